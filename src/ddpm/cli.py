@@ -1,0 +1,263 @@
+"""Command-line interface: a thin layer of argparse subcommands over the library API.
+
+Bad input (``DdpmError``) prints one line to stderr and exits with status 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from ddpm.errors import DdpmError
+
+# flag name -> (config section, field). Flags map one-to-one onto config fields.
+_SECTIONS = {
+    "diffusion": DiffusionConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+_RENAMED = {("data", "name"): "data", ("data", "root"): "data_root", ("model", "kind"): "model"}
+_HELP = {
+    "data": "built-in name (digits, gmm8, moons, swissroll, checkerboard, mnist) or a path: "
+    "image folder, .npy/.npz array, Gaussian-mixture .json",
+    "data_root": "folder holding the MNIST IDX files (for --data mnist)",
+    "image_size": "resize/crop images to this size",
+    "grayscale": "convert images to one channel",
+    "T": "number of diffusion steps",
+    "schedule": "noise schedule: linear | cosine",
+    "prediction": "what the network predicts: eps | x0 | v",
+    "variance": "reverse-process variance: small (beta_tilde) | large (beta) | learned",
+    "loss": "training loss: simple | vlb | hybrid",
+    "timestep_sampler": "how t is drawn for vlb training: uniform | importance",
+    "model": "network: auto (U-Net for images, MLP for vectors) | mlp | unet",
+    "steps": "optimisation steps",
+    "batch_size": "examples per step",
+    "seed": "seed for weights, batches and noise",
+}
+
+EXAMPLES = {
+    "train": """examples:
+  ddpm train                                   # digits, defaults (~3 min on 2 CPU cores)
+  ddpm train --data gmm8 --out runs/gmm8 --steps 4000
+  ddpm train --data digits --loss hybrid --variance learned --steps 20000 --out runs/hybrid
+  ddpm train --data mnist --data-root ~/mnist --out runs/mnist
+  ddpm train --out runs/digits --resume --steps 6000     # continue a run
+  torchrun --nproc-per-node 4 -m ddpm train --data photos/ --image-size 32 --device cuda""",
+    "sample": """examples:
+  ddpm sample runs/digits --n 64 --out samples.png
+  ddpm sample runs/digits --n 8 --trajectory --out chain.png""",
+    "forward": """examples:
+  ddpm forward photo.png --out forward.png
+  ddpm forward digit.png --T 1000 --schedule cosine --frames 8""",
+}
+
+
+def _arg_name(section: str, field: str) -> str:
+    return _RENAMED.get((section, field), field)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field; defaults are None so that only given flags override."""
+    for section, cls in _SECTIONS.items():
+        group = p.add_argument_group(f"{section} options")
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            name = _arg_name(section, f.name)
+            default = getattr(defaults, f.name)
+            flag = "--" + name.replace("_", "-")
+            helptext = _HELP.get(name, f.name.replace("_", " "))
+            if isinstance(default, bool):
+                group.add_argument(
+                    flag,
+                    dest=name,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=f"{helptext} (default: {default})",
+                )
+            elif isinstance(default, tuple):
+                group.add_argument(
+                    flag,
+                    dest=name,
+                    type=int,
+                    nargs="+",
+                    default=None,
+                    help=f"{helptext} (default: {' '.join(map(str, default))})",
+                )
+            else:
+                kind = (
+                    type(default) if default is not None else (int if name == "image_size" else str)
+                )
+                group.add_argument(
+                    flag,
+                    dest=name,
+                    type=kind,
+                    default=None,
+                    help=f"{helptext} (default: {default})",
+                )
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """RunConfig from base (defaults, or a saved run) overridden by the flags that were given."""
+    base = base or RunConfig()
+    parts = {}
+    for section, cls in _SECTIONS.items():
+        current = getattr(base, section)
+        changes = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, _arg_name(section, f.name), None)
+            if value is not None:
+                changes[f.name] = tuple(value) if isinstance(value, list) else value
+        parts[section] = dataclasses.replace(current, **changes)
+    return RunConfig(**parts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="ddpm",
+        description="Denoising diffusion probabilistic models with exact likelihood tools.",
+        formatter_class=fmt,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a DDPM and write a run folder",
+        epilog=EXAMPLES["train"],
+        formatter_class=fmt,
+    )
+    t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<data>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "sample",
+        help="draw samples from a trained run",
+        epilog=EXAMPLES["sample"],
+        formatter_class=fmt,
+    )
+    s.add_argument("run", type=Path, help="run folder written by `ddpm train`")
+    s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument(
+        "--out", type=Path, default=None, help="PNG path (default: RUN/samples_seed<S>.png)"
+    )
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument(
+        "--trajectory", action="store_true", help="also draw x_t and predicted x0 along the chain"
+    )
+    s.add_argument(
+        "--frames", type=int, default=8, help="steps shown with --trajectory (default: 8)"
+    )
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.set_defaults(func=cmd_sample)
+
+    f = sub.add_parser(
+        "forward",
+        help="draw the forward process q(x_t|x_0) applied to an image",
+        epilog=EXAMPLES["forward"],
+        formatter_class=fmt,
+    )
+    f.add_argument("image", type=Path, help="PNG/JPEG image")
+    f.add_argument(
+        "--out", type=Path, default=Path("forward.png"), help="PNG path (default: forward.png)"
+    )
+    f.add_argument("--T", type=int, default=1000, help="number of diffusion steps (default: 1000)")
+    f.add_argument("--schedule", default="linear", help="linear | cosine (default: linear)")
+    f.add_argument("--frames", type=int, default=8, help="number of t shown (default: 8)")
+    f.add_argument("--size", type=int, default=None, help="resize the image to this size first")
+    f.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    f.set_defaults(func=cmd_forward)
+
+    from ddpm import cli_eval
+
+    cli_eval.add_commands(sub, fmt)
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ddpm import runs
+    from ddpm.train import train
+
+    base = None
+    if args.resume and args.out is not None and runs.holds_run(args.out):
+        base = runs.load_config(args.out)[0]
+    cfg = config_from_args(args, base)
+    out = args.out or Path("runs") / Path(cfg.data.name).stem
+    print(f"training on {cfg.data.name!r} for {cfg.train.steps} steps -> {out}", flush=True)
+    result = train(
+        cfg,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"run folder: {result.run_dir}")
+    print(f"weights:    {result.checkpoint_path} (model and EMA)")
+    print(f"samples:    {result.samples_path}")
+    print(f"loss log:   {result.log_path}")
+    print(f"final loss {result.final_loss:.4f} after {result.steps} steps ({result.seconds:.0f} s)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ddpm.api import sample_run
+
+    result = sample_run(
+        args.run,
+        n=args.n,
+        out=args.out,
+        seed=args.seed,
+        trajectory=args.trajectory,
+        frames=args.frames,
+        device=args.device,
+    )
+    print(f"samples: {result.samples_path}")
+    print(f"array:   {result.array_path}")
+    if result.trajectory_path is not None:
+        print(f"trajectory: {result.trajectory_path}")
+    return 0
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    from ddpm.api import forward_strip
+
+    path = forward_strip(
+        args.image,
+        out=args.out,
+        T=args.T,
+        schedule=args.schedule,
+        frames=args.frames,
+        size=args.size,
+        seed=args.seed,
+    )
+    print(f"forward process: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except DdpmError as e:
+        print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddpm {args.command}: interrupted", file=sys.stderr)
+        return 130

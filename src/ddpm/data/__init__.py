@@ -1,0 +1,14 @@
+"""Data sets in model space: digits, MNIST IDX, 2-D toys, Gaussian mixtures, images, arrays."""
+
+from ddpm.data.load import BUILTIN_NAMES, load_dataset
+from ddpm.data.mixture import GaussianMixture, MonteCarloEstimate
+from ddpm.data.spec import Dataset, DataSpec
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "DataSpec",
+    "Dataset",
+    "GaussianMixture",
+    "MonteCarloEstimate",
+    "load_dataset",
+]

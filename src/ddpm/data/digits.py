@@ -1,0 +1,30 @@
+"""The 8 x 8 handwritten digits bundled with scikit-learn (no download).
+
+1797 grey images with values 0..16 (17 levels), shape (1, 8, 8). Fixed split: the indices
+0..1796 are permuted by np.random.default_rng(0).permutation(1797); the first 1500 of that
+permutation are the training set, the last 297 the test set, each in permutation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddpm.data.spec import Dataset, DataSpec, discrete_to_model, split_indices
+
+DIGITS_LEVELS = 17
+DIGITS_TEST = 297
+
+
+def load_digits() -> Dataset:
+    """The sklearn digits: train [1500, 1, 8, 8], test [297, 1, 8, 8] in [-1, 1]; no density."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    values = np.rint(sklearn_digits().images).astype(np.int64)[:, None]  # [1797, 1, 8, 8]
+    train_idx, test_idx = split_indices(len(values), DIGITS_TEST)
+    spec = DataSpec.from_levels("digits", (1, 8, 8), DIGITS_LEVELS)
+    return Dataset(
+        spec=spec,
+        train=discrete_to_model(values[train_idx], DIGITS_LEVELS),
+        test=discrete_to_model(values[test_idx], DIGITS_LEVELS),
+        density=None,
+    )

@@ -1,0 +1,55 @@
+"""load_dataset: one entry point from a DataConfig to a Dataset.
+
+cfg.name is a built-in name (BUILTIN_NAMES) or a path: a mixture '.json', a '.npy'/'.npz'
+array file, or a folder of images. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddpm.config import DataConfig
+from ddpm.data.arrays import load_array_file
+from ddpm.data.digits import load_digits
+from ddpm.data.images import load_image_folder
+from ddpm.data.mixture import GaussianMixture
+from ddpm.data.mnist import load_mnist
+from ddpm.data.spec import Dataset
+from ddpm.data.toys import TOY_NAMES, load_toy, mixture_dataset
+from ddpm.errors import DataError
+
+BUILTIN_NAMES = ("digits", "mnist", *TOY_NAMES)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """The data named by cfg.name, in model space, with its exact density when known.
+
+    digits: sklearn's 8 x 8 digits (1500 train / 297 test). mnist: IDX files in cfg.root.
+    gmm8, moons, swissroll, checkerboard: cfg.n_train / cfg.n_test seeded draws. A '.json'
+    path: a Gaussian mixture of any dimension (GaussianMixture.from_dict layout), sampled like
+    gmm8. A '.npy'/'.npz' path or an image folder: user data split by cfg.test_fraction.
+    """
+    name = cfg.name
+    if name == "digits":
+        return load_digits()
+    if name == "mnist":
+        return load_mnist(cfg.root)
+    if name in TOY_NAMES:
+        return load_toy(name, cfg.n_train, cfg.n_test)
+    path = Path(name).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        mixture = GaussianMixture.from_json_file(path)
+        return mixture_dataset(path.stem, mixture, cfg.n_train, cfg.n_test)
+    if suffix in (".npy", ".npz"):
+        return load_array_file(path, cfg.test_fraction)
+    if path.is_dir():
+        return load_image_folder(path, cfg.image_size, cfg.grayscale, cfg.test_fraction)
+    if path.exists():
+        raise DataError(
+            f"cannot load {path}: give a folder of images, a .npy/.npz array or a mixture .json"
+        )
+    raise DataError(
+        f"unknown data {name!r}: no such file or folder, and not a built-in data set "
+        f"({', '.join(BUILTIN_NAMES)}); check the name or path"
+    )

@@ -1,0 +1,171 @@
+"""What a data set is: its shape, whether it is discrete, and how raw values map to model space.
+
+The model sees x = (raw - shift) / scale. Discrete data with L levels (raw values 0..L-1) uses
+shift = scale = (L - 1) / 2, so v maps to 2 v / (L - 1) - 1 in [-1, 1] as in [Ho20] sec. 3.3,
+and neighbouring values are one bin width 2 / (L - 1) apart.
+
+References:
+    [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddpm.data.mixture import GaussianMixture
+from ddpm.errors import DataError
+
+_SPEC_KEYS = ("name", "shape", "levels", "shift", "scale")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One example's shape, its number of discrete levels (None: continuous) and its scaling."""
+
+    name: str
+    shape: tuple[int, ...]  # one example: (C, H, W) for images, (D,) for vectors
+    levels: int | None  # discrete values per dimension (17 digits, 256 8-bit); None: continuous
+    shift: float = 0.0  # model space: x = (raw - shift) / scale
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.shape)
+        if not shape or any(not isinstance(n, numbers.Integral) or n < 1 for n in shape):
+            raise DataError(
+                f"DataSpec {self.name!r}: shape must be positive integers (got {shape})"
+            )
+        object.__setattr__(self, "shape", tuple(int(n) for n in shape))
+        if not (math.isfinite(self.shift) and math.isfinite(self.scale) and self.scale > 0):
+            raise DataError(
+                f"DataSpec {self.name!r}: need a finite shift and a finite scale > 0 "
+                f"(got shift={self.shift}, scale={self.scale})"
+            )
+        if self.levels is not None:
+            if not isinstance(self.levels, int) or self.levels < 2:
+                raise DataError(f"DataSpec {self.name!r}: levels must be an integer >= 2 or None")
+            half = (self.levels - 1) / 2
+            if self.shift != half or self.scale != half:
+                raise DataError(
+                    f"DataSpec {self.name!r}: discrete data with {self.levels} levels needs "
+                    f"shift = scale = {half} (model space [-1, 1]); use DataSpec.from_levels"
+                )
+
+    @classmethod
+    def from_levels(cls, name: str, shape: tuple[int, ...], levels: int) -> DataSpec:
+        """Values 0..levels-1 mapped to [-1, 1]: shift = scale = (levels - 1) / 2."""
+        half = (levels - 1) / 2
+        return cls(name=name, shape=shape, levels=levels, shift=half, scale=half)
+
+    @property
+    def discrete(self) -> bool:
+        """True when each dimension takes one of `levels` values."""
+        return self.levels is not None
+
+    @property
+    def num_dims(self) -> int:
+        """D = prod(shape): the dimension that bits/dim divides by."""
+        return math.prod(self.shape)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def bin_width(self) -> float:
+        """Distance 2 / (levels - 1) between neighbouring discrete values in model space."""
+        if self.levels is None:
+            raise DataError(f"data {self.name!r} is continuous: it has no bin width")
+        return 2.0 / (self.levels - 1)
+
+    def log_jacobian_nats(self) -> float:
+        """log |dx_model / dx_raw| per example = -D log(scale).
+
+        Add it to a model-space log-density to express it in raw units. 0 for discrete data,
+        whose decoder gives probabilities of the discrete values directly.
+        """
+        if self.levels is not None:
+            return 0.0
+        return -self.num_dims * math.log(self.scale)
+
+    def to_raw(self, x: Tensor) -> Tensor:
+        """Model space -> raw units: raw = x * scale + shift."""
+        return x * self.scale + self.shift
+
+    def to_model(self, raw: Tensor) -> Tensor:
+        """Raw units -> model space: x = (raw - shift) / scale."""
+        return (raw - self.shift) / self.scale
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "levels": self.levels,
+            "shift": self.shift,
+            "scale": self.scale,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DataSpec:
+        """Inverse of to_dict; rejects unknown and missing keys by name."""
+        if not isinstance(d, dict):
+            raise DataError(f"DataSpec: expected a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(_SPEC_KEYS))
+        if unknown:
+            raise DataError(
+                f"DataSpec: unknown key(s) {', '.join(unknown)}; known keys are "
+                f"{', '.join(_SPEC_KEYS)}"
+            )
+        missing = [k for k in ("name", "shape", "levels") if k not in d]
+        if missing:
+            raise DataError(f"DataSpec: missing key(s) {', '.join(missing)}")
+        return cls(
+            name=d["name"],
+            shape=tuple(d["shape"]),
+            levels=d["levels"],
+            shift=float(d.get("shift", 0.0)),
+            scale=float(d.get("scale", 1.0)),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train and test examples in model space, and their exact density when it is known."""
+
+    spec: DataSpec
+    train: Tensor  # float32 [N, *shape], model space
+    test: Tensor  # float32 [M, *shape], model space
+    density: GaussianMixture | None  # exact density in model space (mixtures), else None
+
+    def __post_init__(self) -> None:
+        for split in (self.train, self.test):
+            assert split.dtype == torch.float32 and tuple(split.shape[1:]) == self.spec.shape
+
+
+def discrete_to_model(values: np.ndarray, levels: int) -> Tensor:
+    """Integers 0..levels-1 -> float32 2 v / (levels - 1) - 1, computed in float64."""
+    half = (levels - 1) / 2
+    return torch.from_numpy((values.astype(np.float64) - half) / half).to(torch.float32)
+
+
+def split_indices(n: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed split: permute 0..n-1 with np.random.default_rng(0); the last n_test are test."""
+    perm = np.random.default_rng(0).permutation(n)
+    return perm[: n - n_test], perm[n - n_test :]
+
+
+def num_test(n: int, test_fraction: float) -> int:
+    """Held-out count max(1, round(test_fraction * n)), leaving at least one training example."""
+    return min(max(1, round(test_fraction * n)), n - 1)
+
+
+def split_by_fraction(x: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed split of examples x [N, ...]: the last num_test of a seed-0 permutation are test."""
+    train_idx, test_idx = split_indices(len(x), num_test(len(x), test_fraction))
+    return x[train_idx], x[test_idx]

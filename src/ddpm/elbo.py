@@ -1,0 +1,173 @@
+"""The evidence lower bound of a DDPM, term by term, [Ho20] eq. (5):
+
+    -ELBO(x_0) = L_T + sum_{t=2..T} L_{t-1} + L_0
+    L_T     = KL(q(x_T | x_0) || p(x_T)),          p(x_T) = N(0, I)           (``prior_kl``)
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)),  x_t ~ q(x_t | x_0)   (``kl``)
+    L_0     = -log p_theta(x_0 | x_1),  x_1 ~ q(x_1 | x_0)                    (``decoder_nll``)
+
+L_T and every KL are closed-form Gaussian KLs; the only randomness is the draw of x_t, one per
+(example, t). L_0 is a Gaussian density for continuous data and the discretized Gaussian of
+[Ho20] Sec. 3.3 for data on a grid of ``levels`` values in [-1, 1]. All terms are in nats per
+example, accumulated in float64. ``vb_term`` evaluates "the term at step t" (L_0 at t = 1,
+L_{t-1} for t >= 2), which is also what the L_vlb training loss uses.
+
+References:
+    [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
+    [ND21] Nichol, Dhariwal. Improved Denoising Diffusion Probabilistic Models. arXiv:2102.09672
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ddpm.forward import q_marginal, q_posterior, q_sample, randn_like
+from ddpm.gaussian import discretized_gaussian_log_prob, gaussian_log_prob, normal_kl
+from ddpm.reverse import Denoiser, Parameterisation, p_from_output
+from ddpm.schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class ElboTerms:
+    """Negative ELBO per example, split as in [Ho20] eq. (5); in nats (float64)."""
+
+    prior_kl: Tensor  # [B] L_T = KL(q(x_T|x_0) || p(x_T))
+    kl: Tensor  # [B, T-1] L_{t-1} for t = 2..T
+    decoder_nll: Tensor  # [B] L_0 = -log p_theta(x_0|x_1)
+
+    def total(self) -> Tensor:
+        """-ELBO per example [B], in nats."""
+        return self.prior_kl + self.kl.sum(dim=-1) + self.decoder_nll
+
+    @property
+    def per_timestep(self) -> Tensor:
+        """[B, T]: column t-1 is the term of step t (L_0 at t = 1, L_{t-1} for t >= 2)."""
+        return torch.cat([self.decoder_nll[:, None], self.kl], dim=-1)
+
+
+def bits_per_dim(nats: Tensor | float, num_dims: int) -> Tensor | float:
+    """Convert nats per example into bits per dimension: nats / (D ln 2)."""
+    return nats / (num_dims * math.log(2))
+
+
+def _sum_dims(x: Tensor) -> Tensor:
+    return x.flatten(1).sum(dim=1)
+
+
+def decoder_log_prob(x0: Tensor, mean: Tensor, log_var: Tensor, levels: int | None) -> Tensor:
+    """log p_theta(x_0 | x_1) per example [B]: discretized over ``levels`` values in [-1, 1]
+    ([Ho20] eq. (13)), or a Gaussian density when levels is None (continuous data)."""
+    if levels is None:
+        return _sum_dims(gaussian_log_prob(x0, mean, log_var))
+    return _sum_dims(discretized_gaussian_log_prob(x0, mean, log_var, 2.0 / (levels - 1)))
+
+
+def prior_kl(s: NoiseSchedule, x0: Tensor) -> Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) per example [B], closed form, float64."""
+    x0 = x0.double()
+    q = q_marginal(s, x0, torch.full(x0.shape[:1], s.T, dtype=torch.long, device=x0.device))
+    return _sum_dims(normal_kl(q.mean, q.log_var, torch.zeros_like(x0), torch.zeros_like(x0)))
+
+
+def vb_term_from_output(
+    s: NoiseSchedule,
+    param: Parameterisation,
+    out: Tensor,
+    x0: Tensor,
+    xt: Tensor,
+    t: Tensor,
+    levels: int | None,
+    clip: tuple[float, float] | None = None,
+    detach_mean: bool = False,
+) -> Tensor:
+    """The term of step t per example [B] in nats, given the network output at (x_t, t):
+    L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for t >= 2 and L_0 for t = 1.
+
+    Computed in out's dtype (float64 for evaluation). Gradients flow into ``out``.
+    """
+    x0, xt = x0.to(out.dtype), xt.to(out.dtype)
+    p = p_from_output(s, param, out, xt, t, clip=clip, detach_mean=detach_mean)
+    is_decoder = t == 1
+    post = q_posterior(s, x0, xt, t)
+    # beta_tilde_1 = 0: give the (unused) t = 1 posterior a finite log-variance so the KL
+    # and its gradient stay finite before torch.where discards them.
+    mask = is_decoder.reshape(-1, *([1] * (x0.ndim - 1)))
+    post_log_var = torch.where(mask, torch.zeros_like(post.log_var), post.log_var)
+    kl = _sum_dims(normal_kl(post.mean, post_log_var, p.mean, p.log_var))
+    if not bool(is_decoder.any()):
+        return kl
+    nll = -decoder_log_prob(x0, p.mean, p.log_var, levels)
+    return torch.where(is_decoder, nll, kl)
+
+
+@torch.no_grad()
+def vb_term(
+    s: NoiseSchedule,
+    param: Parameterisation,
+    model: Denoiser,
+    x0: Tensor,
+    t: Tensor,
+    levels: int | None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    clip: tuple[float, float] | None = None,
+) -> Tensor:
+    """Draw x_t ~ q(x_t|x_0) and return the term of step t per example [B], float64 nats."""
+    eps = randn_like(x0, generator) if noise is None else noise
+    xt = q_sample(s, x0.double(), t, noise=eps.double())
+    out = model(xt.to(x0.dtype), t).double()
+    return vb_term_from_output(s, param, out, x0.double(), xt, t, levels, clip=clip)
+
+
+def elbo_terms(
+    s: NoiseSchedule,
+    param: Parameterisation,
+    model: Denoiser,
+    x0: Tensor,
+    levels: int | None,
+    generator: torch.Generator | None = None,
+    max_batch: int = 4096,
+    clip: tuple[float, float] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> ElboTerms:
+    """Every term of -ELBO for each example of x0 [B, ...], one x_t draw per (example, t).
+
+    Timesteps are batched in chunks so that one network call sees at most ``max_batch``
+    inputs (at least one timestep per call). on_chunk(n) is called with the number of
+    timesteps done in each chunk (for progress bars).
+    """
+    B, T = x0.shape[0], s.T
+    per_t = torch.empty(B, T, dtype=torch.float64, device=x0.device)
+    chunk = max(1, max_batch // B)
+    for start in range(1, T + 1, chunk):
+        ts = torch.arange(start, min(start + chunk, T + 1), device=x0.device)
+        t = ts.repeat_interleave(B)
+        x0_rep = x0.repeat(len(ts), *([1] * (x0.ndim - 1)))
+        terms = vb_term(s, param, model, x0_rep, t, levels, generator=generator, clip=clip)
+        per_t[:, start - 1 : start - 1 + len(ts)] = terms.reshape(len(ts), B).T
+        if on_chunk is not None:
+            on_chunk(len(ts))
+    return ElboTerms(prior_kl=prior_kl(s, x0), kl=per_t[:, 1:], decoder_nll=per_t[:, 0])
+
+
+def elbo_mc(
+    s: NoiseSchedule,
+    param: Parameterisation,
+    model: Denoiser,
+    x0: Tensor,
+    levels: int | None,
+    K: int,
+    generator: torch.Generator | None = None,
+    clip: tuple[float, float] | None = None,
+) -> Tensor:
+    """Unbiased estimate of -ELBO per example [B] from K uniform timesteps per example:
+    L_T + (T / K) sum_k term(t_k), t_k ~ U{1..T}. Its expectation is ``elbo_terms(...).total()``."""
+    B = x0.shape[0]
+    t = torch.randint(1, s.T + 1, (K * B,), generator=generator, device=x0.device)
+    x0_rep = x0.repeat(K, *([1] * (x0.ndim - 1)))
+    terms = vb_term(s, param, model, x0_rep, t, levels, generator=generator, clip=clip)
+    return prior_kl(s, x0) + s.T * terms.reshape(K, B).mean(dim=0)

@@ -1,0 +1,127 @@
+"""Plots of numbers: 2-D samples, per-timestep ELBO terms, bound comparisons (PNG files).
+
+References:
+    [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from ddpm.errors import DataError
+from ddpm.report._figure import as_float_array, limits, new_figure, save_figure
+
+__all__ = ["save_scatter_2d", "save_per_timestep", "save_bar_chain"]
+
+
+def save_scatter_2d(
+    x: Tensor | np.ndarray,
+    path: str | os.PathLike,
+    reference: Tensor | np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Scatter plot of 2-D samples x: [N, 2] over reference data points [M, 2] (equal aspect)."""
+    samples = as_float_array(x, "x", ndim=2)
+    ref = None if reference is None else as_float_array(reference, "reference", ndim=2)
+    for name, a in (("x", samples), ("reference", ref)):
+        if a is not None and a.shape[1] != 2:
+            raise DataError(f"{name}: expected shape [N, 2], got {list(a.shape)}")
+    fig = new_figure(5.0, 5.0)
+    ax = fig.add_subplot()
+    if ref is not None:
+        label = f"data ({len(ref)})"
+        ax.scatter(ref[:, 0], ref[:, 1], s=3, c="0.6", alpha=0.5, lw=0, label=label)
+    label = f"samples ({len(samples)})"
+    ax.scatter(samples[:, 0], samples[:, 1], s=3, c="C0", alpha=0.7, lw=0, label=label)
+    arrays = [samples] if ref is None else [samples, ref]
+    ax.set_xlim(*limits(*(a[:, 0] for a in arrays)))
+    ax.set_ylim(*limits(*(a[:, 1] for a in arrays)))
+    ax.set_aspect("equal", adjustable="box")
+    ax.legend(loc="upper right", markerscale=4, frameon=True)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_per_timestep(
+    per_t: Mapping[str, Tensor | np.ndarray],
+    path: str | os.PathLike,
+    ylabel: str = "nats",
+    logy: bool = True,
+    title: str = "",
+) -> Path:
+    """Line plot over t = 1..T of per-timestep terms, one line per model (legend).
+
+    ``per_t[name]`` has shape [T] with entry t-1 for timestep t (e.g. the mean ELBO terms
+    L_0, L_1, ..., L_{T-1} of [Ho20] eq. (5) indexed by the t of p_theta(x_{t-1} | x_t)).
+    The y-axis is logarithmic when ``logy`` and every finite value is positive.
+    """
+    if not per_t:
+        raise DataError("per_t: nothing to plot (no series given)")
+    series = {name: as_float_array(v, f"per_t[{name!r}]", ndim=1) for name, v in per_t.items()}
+    fig = new_figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    for name, v in series.items():
+        t = np.arange(1, len(v) + 1)
+        ax.plot(t, v, marker="o" if len(v) <= 50 else None, ms=3, lw=1.2, label=name)
+    finite = np.concatenate([v[np.isfinite(v)] for v in series.values()])
+    if logy and finite.size and (finite > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_bar_chain(
+    values: Mapping[str, tuple[float, float]],
+    path: str | os.PathLike,
+    title: str = "",
+    xlabel: str = "",
+) -> Path:
+    """Horizontal bars with error bars: ``values[label] = (value, standard error)``.
+
+    Bars run top to bottom in the order given (e.g. -ELBO, -log p, data entropy, in nats or
+    bits/dim), each annotated with "value ± se" so that small gaps stay readable.
+    """
+    if not values:
+        raise DataError("values: nothing to plot (no bars given)")
+    labels = list(values)
+    pairs = np.array([[float(v), float(se)] for v, se in values.values()], dtype=np.float64)
+    means, ses = pairs[:, 0], pairs[:, 1]
+    y = np.arange(len(labels))
+    fig = new_figure(7.0, 0.55 * len(labels) + 1.3)
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(labels))]
+    ax.barh(y, means, xerr=np.nan_to_num(ses), color=colors, alpha=0.8, capsize=4)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()  # first entry on top
+    for yi, m, se in zip(y, means, ses, strict=True):
+        ax.annotate(
+            f"{m:.4g} ± {se:.2g}",
+            xy=(m, yi),
+            xytext=(6 if m >= 0 else -6, 0),
+            textcoords="offset points",
+            ha="left" if m >= 0 else "right",
+            va="center",
+            fontsize=9,
+        )
+    ends = np.concatenate([means - np.nan_to_num(ses), means + np.nan_to_num(ses), [0.0]])
+    lo, hi = float(np.nanmin(ends)), float(np.nanmax(ends))
+    room = 0.3 * ((hi - lo) or 1.0)  # space for the annotations beyond the bar ends
+    ax.set_xlim(lo - room if lo < 0 else 0.0, hi + room if hi > 0 else 0.0)
+    ax.axvline(0.0, color="0.3", lw=0.8)
+    ax.grid(True, axis="x", alpha=0.3)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)

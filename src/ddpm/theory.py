@@ -1,0 +1,205 @@
+"""The theory lab: Bayes-optimal models whose answers are known, measured by the same evaluator
+as trained networks, in the four views of a DDPM:
+
+1. maximum likelihood: -ELBO >= -log p_theta(x_0), tightened by importance-weighted bounds;
+2. the KL chain KL(q(x_{0:T}) || p_theta(x_{0:T})) >= KL(q(x_0) || p_theta(x_0)) >= 0;
+3. a hierarchical VAE with a fixed encoder q(x_{1:T}|x_0): rate (L_T), the diffusion KLs,
+   distortion (L_0), and the posterior gap E[KL(q(x_{1:T}|x_0) || p_theta(x_{1:T}|x_0))];
+4. many easy problems: how the bound spreads over the T steps.
+
+References:
+    [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ddpm.config import DataConfig
+from ddpm.data import DataSpec, GaussianMixture, load_dataset
+from ddpm.errors import ConfigError
+from ddpm.evaluate import Evaluation, evaluate
+from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
+from ddpm.reverse import Parameterisation
+from ddpm.rng import seeded_generator
+from ddpm.schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class TheoryResult:
+    """The subject's evaluation, the Bayes-optimal reference and closed forms where they exist."""
+
+    name: str
+    subject: Evaluation  # the model the report is about (the oracle for gaussian / mixtures)
+    oracle: Evaluation | None = None  # Bayes-optimal model, when the subject is a trained one
+    closed_form: dict | None = None  # exact expectations (Gaussian data)
+
+    def to_dict(self) -> dict:
+        d = self.subject.to_dict()
+        d["subject"] = self.name
+        if self.oracle is not None:
+            d["oracle"] = self.oracle.to_dict()
+        if self.closed_form is not None:
+            d["closed_form"] = self.closed_form
+        return d
+
+
+def _fixed_variance(variance: str) -> str:
+    if variance not in ("small", "large"):
+        raise ConfigError(
+            f"variance {variance!r}: the Bayes-optimal oracle has a fixed variance, "
+            "use --variance small or large"
+        )
+    return variance
+
+
+def theory_gaussian(
+    dim: int = 2,
+    mean: float = 0.5,
+    std: float = 0.5,
+    T: int = 1000,
+    schedule: str = "linear",
+    variance: str = "small",
+    n: int = 2000,
+    iw: tuple[int, ...] = (1, 4, 16),
+    seed: int = 0,
+) -> TheoryResult:
+    """Data N(mean, std^2 I) in ``dim`` dimensions and its Bayes-optimal denoiser: closed-form
+    expectations beside the generic evaluator's estimates on n samples (exact log p_theta)."""
+    if dim < 1 or n < 2 or not std > 0:
+        raise ConfigError(f"need --dim >= 1, --n >= 2 and --std > 0 (got {dim}, {n}, {std})")
+    s = NoiseSchedule.from_name(schedule, T)
+    m = torch.full((dim,), float(mean), dtype=torch.float64)
+    sd = torch.full((dim,), float(std), dtype=torch.float64)
+    an = gaussian_analysis(s, m, sd, _fixed_variance(variance))
+    g = seeded_generator(seed)
+    x0 = m + sd * torch.randn((n, dim), generator=g, dtype=torch.float64)
+    density = GaussianMixture(
+        weights=torch.ones(1, dtype=torch.float64), means=m[None], covs=torch.diag(sd**2)[None]
+    )
+    spec = DataSpec(name=f"gaussian{dim}d", shape=(dim,), levels=None)
+    oracle = GaussianOracle(s, m, sd)
+    ev = evaluate(
+        s,
+        Parameterisation("eps", variance),
+        oracle,
+        x0,
+        spec,
+        name="bayes-optimal",
+        iw=iw,
+        density=density,
+        exact_log_prob=lambda x: gaussian_log_likelihood(an, x),
+        generator=g,
+    )
+    closed = {
+        "neg_elbo": an.neg_elbo,
+        "terms": {
+            "prior": an.prior_kl,
+            "diffusion": float(an.per_timestep[1:].sum()),
+            "decoder": float(an.per_timestep[0]),
+        },
+        "per_timestep": an.per_timestep.tolist(),
+        "entropy": an.entropy,
+        "neg_log_likelihood": an.neg_log_likelihood,
+        "kl_joint": an.kl_joint,
+        "kl_marginal": an.kl_marginal,
+        "posterior_gap": an.posterior_gap,
+    }
+    return TheoryResult(name=f"N({mean}, {std}^2 I_{dim})", subject=ev, closed_form=closed)
+
+
+def load_mixture(name: str) -> tuple[GaussianMixture, DataSpec]:
+    """A known-density data set by name (gmm8) or Gaussian-mixture JSON path (model space)."""
+    data = load_dataset(DataConfig(name=name, n_train=1, n_test=1))
+    if data.density is None:
+        raise ConfigError(
+            f"{name!r} has no known density: the theory lab needs gaussian, gmm8 or a "
+            "Gaussian-mixture .json"
+        )
+    return data.density, data.spec
+
+
+def theory_mixture(
+    name: str = "gmm8",
+    T: int = 1000,
+    schedule: str = "linear",
+    variance: str = "small",
+    n: int = 1000,
+    iw: tuple[int, ...] = (1, 4, 16),
+    seed: int = 0,
+) -> TheoryResult:
+    """The Bayes-optimal denoiser of a Gaussian mixture (gmm8 or a JSON spec), evaluated on n
+    fresh samples: the best -ELBO any network reaches in this model family, the IW bounds,
+    H(q(x_0)) and the KL chain (KL_marginal from the largest-K bound)."""
+    mixture, spec = load_mixture(name)
+    s = NoiseSchedule.from_name(schedule, T)
+    g = seeded_generator(seed)
+    x0 = mixture.sample(n, generator=g)
+    oracle = MixtureOracle(s, mixture)
+    ev = evaluate(
+        s,
+        Parameterisation("eps", _fixed_variance(variance)),
+        oracle,
+        x0,
+        spec,
+        name="bayes-optimal",
+        iw=iw,
+        density=mixture,
+        generator=g,
+    )
+    return TheoryResult(name=spec.name, subject=ev)
+
+
+def theory_run(
+    run_dir: str | Path,
+    n: int = 1000,
+    iw: tuple[int, ...] = (1, 4, 16),
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> TheoryResult:
+    """A trained run on data of known density: its evaluation beside the Bayes-optimal
+    denoiser's (same schedule and T; fixed variance 'small' when the run learned its variance)
+    on the same n test examples."""
+    from ddpm import runs
+
+    run = runs.load_run(run_dir, device=device)
+    data = load_dataset(run.config.data)
+    if data.density is None:
+        raise ConfigError(
+            f"{run_dir}: trained on {run.config.data.name!r}, whose density is unknown; "
+            "`ddpm theory DIR` needs a run on gmm8 or a Gaussian-mixture .json"
+        )
+    x0 = data.test[:n].to(device)
+    g = seeded_generator(seed, device)
+    trained = evaluate(
+        run.schedule,
+        run.param,
+        run.model,
+        x0,
+        data.spec,
+        name="trained",
+        iw=iw,
+        density=data.density.to(device),
+        generator=g,
+    )
+    variance = run.param.variance if run.param.variance != "learned" else "small"
+    oracle_param = dataclasses.replace(run.param, variance=variance)
+    oracle = MixtureOracle(run.schedule, data.density.to(device), prediction=run.param.prediction)
+    best = evaluate(
+        run.schedule,
+        oracle_param,
+        oracle,
+        x0.double(),
+        data.spec,
+        name="bayes-optimal",
+        iw=iw,
+        density=data.density.to(device),
+        generator=g,
+    )
+    return TheoryResult(
+        name=f"{run.config.data.name} ({Path(run_dir).name})", subject=trained, oracle=best
+    )

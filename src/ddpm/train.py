@@ -1,0 +1,297 @@
+"""Training loop: AdamW with linear warm-up, gradient clipping, EMA weights, atomic checkpoints.
+
+Every random draw of step k (batch indices, timesteps, noise) comes from a generator seeded by
+(seed, rank, k) (``ddpm.rng``), so training N steps in one go equals training k steps, resuming,
+and training N - k more: the checkpoint holds weights, EMA, optimizer and sampler state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ddpm import dist, runs
+from ddpm.checkpoint import optimizer_from_tensors, optimizer_to_tensors
+from ddpm.config import RunConfig
+from ddpm.data import Dataset, load_dataset
+from ddpm.errors import CheckpointError, ConfigError
+from ddpm.losses import make_sampler, training_loss
+from ddpm.rng import seeded_generator, step_generator
+from ddpm.sampling import sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    checkpoint_path: Path
+    samples_path: Path | None
+    log_path: Path
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over the first ``warmup`` steps, then constant."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay ramped as min(decay, (1 + k) / (10 + k)) so early averages are not stale."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm.detach(), 1 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+        be.copy_(bm)
+
+
+def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over an existing run unless asked to resume or overwrite it."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: pass one of them")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+    if resume:
+        if not runs.holds_run(out):
+            raise CheckpointError(f"{out}: nothing to resume (no run here); drop --resume")
+        saved, _ = runs.load_config(out)
+        diff = runs.config_difference(saved, cfg)
+        if diff is not None:
+            raise CheckpointError(
+                f"{out}: the requested configuration does not match the saved run ({diff}); "
+                "resume with the run's own settings or train into a new --out"
+            )
+        return
+    if runs.holds_run(out):
+        if not overwrite:
+            raise CheckpointError(
+                f"{out}: already holds a run; pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --out"
+            )
+        for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, "samples.npy"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "progress", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class Trainer:
+    """State of one training run: model, EMA, optimizer, timestep sampler, step counter."""
+
+    def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device, info=None) -> None:
+        self.cfg, self.data, self.device = cfg, data, device
+        self.info = info or dist.DistInfo()
+        if cfg.train.batch_size > data.train.shape[0]:
+            raise ConfigError(
+                f"batch size {cfg.train.batch_size} is larger than the {data.train.shape[0]} "
+                f"training examples of {data.spec.name!r}: pass a smaller --batch-size"
+            )
+        if cfg.train.batch_size % self.info.world_size:
+            raise ConfigError(
+                f"batch size {cfg.train.batch_size} must be divisible by the "
+                f"{self.info.world_size} processes"
+            )
+        # Weight init from the seed (same on every rank) without touching the global RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            self.schedule, self.param, model = runs.build(cfg, data.spec)
+        self.model = model.to(device)
+        self.ema = runs.build(cfg, data.spec)[2].to(device)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.requires_grad_(False)
+        self.ddp = self.model
+        if self.info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        t = cfg.train
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.sampler = make_sampler(cfg.diffusion)
+        self.train_x = data.train.to(device)
+        self.levels = data.spec.levels
+        self.step = 0
+
+    # --- one optimisation step ---------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg, info = self.cfg, self.info
+        g = step_generator(cfg.train.seed, info.rank, self.step, self.device)
+        n = cfg.train.batch_size // info.world_size
+        idx = torch.randint(0, self.train_x.shape[0], (n,), generator=g, device=self.device)
+        x0 = self.train_x[idx]
+        t, p_t = self.sampler.sample(n, g, self.device)
+        out = training_loss(
+            self.schedule, cfg.diffusion, self.ddp, x0, t, p_t, self.levels, generator=g
+        )
+        loss = out.loss.mean()
+        lr = lr_at(self.step, cfg.train.lr, cfg.train.warmup)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.opt.step()
+        ema_update(self.ema, self.model, ema_decay_at(self.step, cfg.train.ema_decay))
+        if out.vb is not None:
+            self.sampler.update(dist.all_gather_cat(t, info), dist.all_gather_cat(out.vb, info))
+        self.step += 1
+        loss_value = float(dist.all_gather_cat(loss.detach()[None], info).mean())
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def save(self, run_dir: Path) -> None:
+        opt_tensors, opt_meta = optimizer_to_tensors(self.opt.state_dict())
+        tensors = {
+            **runs.state_tensors("model", self.model),
+            **runs.state_tensors("ema", self.ema),
+            **{f"optim.{k}": v for k, v in opt_tensors.items()},
+            **{f"sampler.{k}": v for k, v in self.sampler.state_dict().items()},
+        }
+        meta = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
+        runs.save_checkpoint(run_dir, tensors, meta)
+
+    def load(self, run_dir: Path) -> None:
+        tensors, meta = runs.load_checkpoint(run_dir, self.device)
+        where = run_dir / runs.CHECKPOINT
+        runs.load_state(self.model, tensors, "model", where)
+        runs.load_state(self.ema, tensors, "ema", where)
+        opt = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+        try:
+            self.opt.load_state_dict(optimizer_from_tensors(opt, meta["optimizer"]))
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{where}: optimizer state does not fit ({e})") from None
+        self.sampler.load_state_dict(
+            {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
+        )
+        self.step = int(meta["step"])
+
+    # --- samples ----------------------------------------------------------------------------
+    def write_samples(self, path: Path, n: int) -> Path:
+        from ddpm.report.samples import save_samples
+
+        g = seeded_generator(self.cfg.train.seed, self.device)
+        clip = (-1.0, 1.0) if self.data.spec.discrete and self.cfg.diffusion.clip_x0 else None
+        self.ema.eval()
+        spec = self.data.spec
+        out = sample(self.schedule, self.param, self.ema, spec.shape, n, g, self.device, clip)
+        return save_samples(out.x0, path, self.data.spec, reference=self.data.test)
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    data: Dataset | None = None,
+) -> TrainResult:
+    """Train a DDPM as configured and write the run folder ``out_dir`` (see ``ddpm.runs``).
+
+    resume: continue the run in out_dir up to cfg.train.steps; overwrite: replace it.
+    Under torchrun each process calls this; rank 0 writes the files.
+    """
+    out = Path(out_dir)
+    wanted = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    info = dist.init_distributed(wanted)
+    dev = torch.device(device) if device else dist.default_device(info)
+    if info.is_main:
+        prepare_run_dir(out, cfg, resume, overwrite)
+    dist.barrier(info)
+    data = data if data is not None else load_dataset(cfg.data)
+    trainer = Trainer(cfg, data, dev, info)
+    if resume:
+        trainer.load(out)
+        if trainer.step > cfg.train.steps:
+            raise ConfigError(
+                f"{out}: the run is already at step {trainer.step}, past --steps "
+                f"{cfg.train.steps}; pass a larger --steps to train further"
+            )
+    if info.is_main:
+        runs.save_config(out, cfg, data.spec)
+        _truncate_log(out / runs.LOG, trainer.step)
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=trainer.step,
+        disable=not (progress and info.is_main),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    loss = math.nan
+    with bar, open(out / runs.LOG, "a") if info.is_main else _Null() as logf:
+        while trainer.step < cfg.train.steps:
+            stats = trainer.train_step()
+            loss = stats["loss"]
+            if not math.isfinite(loss):
+                raise ConfigError(
+                    f"training diverged at step {trainer.step} (loss {loss}); "
+                    "lower --lr or raise --warmup"
+                )
+            bar.update(1)
+            k = trainer.step
+            if k % cfg.train.log_every == 0 or k == cfg.train.steps:
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if info.is_main:
+                    rec = {"step": k, **stats, "seconds": round(time.perf_counter() - t0, 3)}
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+            if info.is_main and cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0:
+                trainer.save(out)
+            if info.is_main and cfg.train.sample_every and k % cfg.train.sample_every == 0:
+                path = out / "progress" / f"samples_{k:07d}.png"
+                trainer.write_samples(path, cfg.train.num_samples)
+    samples_path = None
+    if info.is_main:
+        trainer.save(out)
+        samples_path = trainer.write_samples(out / runs.SAMPLES, cfg.train.num_samples)
+    dist.barrier(info)
+    dist.cleanup(info)
+    return TrainResult(
+        run_dir=out,
+        checkpoint_path=out / runs.CHECKPOINT,
+        samples_path=samples_path,
+        log_path=out / runs.LOG,
+        steps=trainer.step,
+        final_loss=loss,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpointed step, so a resumed run's log has no duplicates."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    from ddpm.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, ("\n".join(keep) + ("\n" if keep else "")).encode())
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def write(self, _: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
