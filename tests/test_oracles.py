@@ -105,6 +105,8 @@ def test_bad_arguments_raise_config_errors():
         GaussianOracle(s, m, sd[:1])
     with pytest.raises(ConfigError, match="> 0"):
         gaussian_analysis(s, m, -sd)
+    with pytest.raises(ConfigError, match=r"needs vectors mean, std \[D\]"):
+        gaussian_analysis(s, m[None], sd[None])
     with pytest.raises(ConfigError, match="unknown prediction 'score'"):
         GaussianOracle(s, m, sd, prediction="score")
 

@@ -1,3 +1,85 @@
-"""ddpm: denoising diffusion probabilistic models with exact likelihood tools."""
+"""ddpm: denoising diffusion probabilistic models with exact likelihood tools.
+
+The DDPM of [Ho20]: a fixed forward process q, a learned reverse process p_theta fit by the ELBO,
+ancestral sampling; plus the ELBO term by term, bits/dim, importance-weighted bounds and
+Bayes-optimal oracles whose answers are known.
+
+References:
+    [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
+"""
 
 __version__ = "0.1.0"
+
+from ddpm.api import evaluate_run, forward_strip, sample_run  # noqa: E402
+from ddpm.bounds import iw_curve, iw_log_likelihood  # noqa: E402
+from ddpm.config import (  # noqa: E402
+    DataConfig,
+    DiffusionConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from ddpm.data import Dataset, DataSpec, GaussianMixture, load_dataset  # noqa: E402
+from ddpm.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb_term  # noqa: E402
+from ddpm.errors import CheckpointError, ConfigError, DataError, DdpmError  # noqa: E402
+from ddpm.evaluate import Evaluation, evaluate  # noqa: E402
+from ddpm.forward import q_marginal, q_posterior, q_sample, q_step  # noqa: E402
+from ddpm.losses import training_loss  # noqa: E402
+from ddpm.nets import build_model  # noqa: E402
+from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
+from ddpm.reverse import Parameterisation, p_mean_var  # noqa: E402
+from ddpm.runs import Run, load_run  # noqa: E402
+from ddpm.sampling import p_sample, sample  # noqa: E402
+from ddpm.schedule import NoiseSchedule  # noqa: E402
+from ddpm.theory import theory_gaussian, theory_mixture, theory_run  # noqa: E402
+from ddpm.train import TrainResult, train  # noqa: E402
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "DataSpec",
+    "Dataset",
+    "DdpmError",
+    "DiffusionConfig",
+    "ElboTerms",
+    "Evaluation",
+    "GaussianMixture",
+    "GaussianOracle",
+    "MixtureOracle",
+    "ModelConfig",
+    "NoiseSchedule",
+    "Parameterisation",
+    "Run",
+    "RunConfig",
+    "TrainConfig",
+    "TrainResult",
+    "bits_per_dim",
+    "build_model",
+    "elbo_mc",
+    "elbo_terms",
+    "evaluate",
+    "evaluate_run",
+    "forward_strip",
+    "gaussian_analysis",
+    "iw_curve",
+    "iw_log_likelihood",
+    "load_dataset",
+    "load_run",
+    "p_mean_var",
+    "p_sample",
+    "prior_kl",
+    "q_marginal",
+    "q_posterior",
+    "q_sample",
+    "q_step",
+    "sample",
+    "sample_run",
+    "theory_gaussian",
+    "theory_mixture",
+    "theory_run",
+    "train",
+    "training_loss",
+    "vb_term",
+]

@@ -31,6 +31,13 @@ def add_commands(sub, fmt) -> None:
     e.add_argument("--split", default="test", help="test | train (default: test)")
     e.add_argument("--n", type=int, default=None, help="first N examples (default: all)")
     e.add_argument("--iw", type=int, nargs="*", default=[], help="IW bounds for these K")
+    e.add_argument(
+        "--mc",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also the unbiased estimate from K random timesteps per example",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
     e.add_argument("--max-batch", type=int, default=4096, help="inputs per network call")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -76,6 +83,9 @@ def format_evaluation(ev) -> str:
         f"    L_0   decoder       {_fmt(ev.terms['decoder'])}",
         f"  bits/dim              {_fmt(ev.bits_per_dim, ev.bits_per_dim_se)}",
     ]
+    if ev.neg_elbo_mc is not None:
+        est = _fmt(ev.neg_elbo_mc, ev.neg_elbo_mc_se)
+        lines.append(f"  -ELBO from K={ev.mc_timesteps:<4d} t  {est}  (unbiased estimate)")
     for b in ev.iw:
         lines.append(f"  -log IW bound K={b.K:<5d}{_fmt(b.neg_log_likelihood, b.se)}")
     if ev.neg_log_likelihood is not None:
@@ -87,6 +97,9 @@ def format_evaluation(ev) -> str:
         lines.append(f"  KL joint              {_fmt(ev.kl_joint, ev.kl_joint_se)}")
         if ev.kl_marginal is not None:
             lines.append(f"  KL marginal           {_fmt(ev.kl_marginal, ev.kl_marginal_se)}")
+    if ev.posterior_gap is not None:
+        gap = _fmt(ev.posterior_gap, ev.posterior_gap_se)
+        lines.append(f"  E KL(q(x1:T|x0)||p(x1:T|x0)) {gap}  (-ELBO minus -log p)")
     return "\n".join(lines)
 
 
@@ -98,6 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         n=args.n,
         iw=tuple(args.iw),
+        mc_timesteps=args.mc,
         seed=args.seed,
         device=args.device,
         max_batch=args.max_batch,

@@ -44,7 +44,7 @@ class _Serialisable:
                 f"{cls.__name__}: unknown key(s) {', '.join(unknown)}; "
                 f"known keys are {', '.join(sorted(names))}"
             )
-        kwargs = {k: _coerce(hints[k], v) for k, v in d.items()}
+        kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in d.items()}
         return cls(**kwargs)
 
     @classmethod
@@ -52,21 +52,31 @@ class _Serialisable:
         return cls.from_dict(json.loads(text))
 
 
-def _coerce(hint: Any, value: Any) -> Any:
-    """Turn a JSON value back into the dataclass field type (nested configs, tuples)."""
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn a JSON value back into the field type (nested configs, tuples), checking its type."""
     if isinstance(hint, type) and issubclass(hint, _Serialisable):
         return hint.from_dict(value)
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+    origin, args = typing.get_origin(hint), get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        for arg in get_args(hint):
-            if arg is type(None) and value is None:
-                return None
-        for arg in get_args(hint):
-            if typing.get_origin(arg) is tuple and isinstance(value, list):
-                return tuple(value)
-    return value
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list of integers (got {value!r})")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if origin is Literal:
+        return value  # the dataclass checks the choice and names the options
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint, True)
+    if not ok:
+        raise ConfigError(f"{where} must be of type {hint.__name__} (got {value!r})")
+    return float(value) if hint is float else value
 
 
 def _positive(name: str, value: float, owner: str) -> None:

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from ddpm.bounds import iw_log_weights
+from ddpm.bounds import iw_curve
 from ddpm.data import DataSpec, GaussianMixture
-from ddpm.elbo import bits_per_dim, elbo_terms
+from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms
 from ddpm.reverse import Denoiser, Parameterisation
 from ddpm.schedule import NoiseSchedule
 
@@ -71,6 +71,9 @@ class Evaluation:
     bits_per_dim_se: float
     log_jacobian: float  # per-example log|d model / d raw| added to the log-densities
     iw: list[IwBound] = field(default_factory=list)
+    mc_timesteps: int | None = None  # K of the K-timestep Monte Carlo estimate, if run
+    neg_elbo_mc: float | None = None  # its value (unbiased for neg_elbo) and SE
+    neg_elbo_mc_se: float | None = None
     entropy: float | None = None
     entropy_se: float | None = None
     kl_joint: float | None = None
@@ -80,6 +83,8 @@ class Evaluation:
     neg_log_likelihood: float | None = None
     neg_log_likelihood_se: float | None = None
     log_likelihood_exact: bool | None = None
+    posterior_gap: float | None = None  # kl_joint - kl_marginal = E[-ELBO] - E[-log p_theta]
+    posterior_gap_se: float | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -94,6 +99,7 @@ def evaluate(
     spec: DataSpec,
     name: str = "model",
     iw: Sequence[int] = (),
+    mc_timesteps: int | None = None,
     density: GaussianMixture | None = None,
     exact_log_prob: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
@@ -103,6 +109,7 @@ def evaluate(
     """Evaluate -ELBO (every term), IW bounds for each K in ``iw`` and, when the data density
     is known (``density``, model space), the entropy and the KL chain.
 
+    mc_timesteps: also compute the unbiased K-timestep estimate (``elbo_mc``) for comparison.
     x0: [N, *spec.shape] in model space. exact_log_prob(x0) -> [N], model space: the model's
     exact log p_theta(x_0) where tractable (the Gaussian oracle); otherwise the largest-K IW
     bound stands in for it, and ``log_likelihood_exact`` is False.
@@ -127,14 +134,10 @@ def evaluate(
     bpd = bits_per_dim(neg_elbo, dims)
     iw_bounds, nll_iw = [], None
     if iw:
-        # Nested bounds: the chains of the largest K are drawn once and L_K uses the first K.
-        Ks = sorted({int(k) for k in iw})
-        log_w = iw_log_weights(
-            schedule, param, model, x0, levels, Ks[-1], generator=generator, max_batch=max_batch
-        )
-        for K in Ks:
-            nll_iw = math.log(K) - torch.logsumexp(log_w[:K], dim=0) - log_jac
-            iw_bounds.append(IwBound(K, *mean_se(nll_iw)))
+        curve = iw_curve(schedule, param, model, x0, levels, tuple(iw), generator, None, max_batch)
+        for est in curve:
+            nll_iw = est.nll - log_jac
+            iw_bounds.append(IwBound(est.K, *mean_se(nll_iw)))
     out = dict(
         name=name,
         n=x0.shape[0],
@@ -157,6 +160,10 @@ def evaluate(
         log_jacobian=log_jac,
         iw=iw_bounds,
     )
+    if mc_timesteps:
+        est = elbo_mc(schedule, param, model, x0, levels, mc_timesteps, generator=generator)
+        out["mc_timesteps"] = mc_timesteps
+        out["neg_elbo_mc"], out["neg_elbo_mc_se"] = mean_se(est - log_jac)
     nll = None
     if exact_log_prob is not None:
         nll = -exact_log_prob(x0).double() - log_jac
@@ -166,6 +173,7 @@ def evaluate(
         out["log_likelihood_exact"] = False
     if nll is not None:
         out["neg_log_likelihood"], out["neg_log_likelihood_se"] = mean_se(nll)
+        out["posterior_gap"], out["posterior_gap_se"] = mean_se(neg_elbo - nll)
     if density is not None:
         neg_log_q = -density.log_prob(x0.double().flatten(1)) - log_jac  # [N], raw units
         out["entropy"], out["entropy_se"] = mean_se(neg_log_q)

@@ -40,18 +40,20 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import torch
 from torch import Tensor, nn
 
 from ddpm.config import Prediction
-from ddpm.data import GaussianMixture
 from ddpm.elbo import ElboTerms
 from ddpm.errors import ConfigError, require_choice
 from ddpm.forward import eps_from_x0, v_from_x0_eps
 from ddpm.gaussian import LOG_2PI, gaussian_log_prob, normal_kl
 from ddpm.schedule import NoiseSchedule
+
+if TYPE_CHECKING:  # only the mixture's posterior_mean_x0 is used; no import of the data package
+    from ddpm.data import GaussianMixture
 
 FIXED_VARIANCES = ("small", "large")
 
@@ -159,8 +161,10 @@ def gaussian_analysis(
     on N(mean, diag(std^2)) data (mean, std: [D]) with sigma_t^2 from ``variance``; see (G1)-(G4).
     The decoder is the continuous Gaussian N(mu_theta(x_1, 1), sigma_1^2) (levels = None)."""
     require_choice("variance", variance, FIXED_VARIANCES)
-    mean, std = _check_mean_std(mean, std)
     s = schedule
+    mean, std = (v.to(s.beta.device) for v in _check_mean_std(mean, std))
+    if mean.ndim != 1:
+        raise ConfigError(f"gaussian_analysis needs vectors mean, std [D] (got {mean.ndim}-D)")
     sigma2 = s.sigma2_small if variance == "small" else s.sigma2_large
     gain, offset = gaussian_denoiser_coefficients(
         s.alpha_bar[:, None], s.one_minus_alpha_bar[:, None], mean, std
@@ -196,19 +200,22 @@ def gaussian_analysis(
 
 
 def gaussian_log_likelihood(analysis: GaussianAnalysis, x0: Tensor) -> Tensor:
-    """Exact log p_theta(x_0) = log N(x_0; M_0, V_0) per example [B] in nats, (G2). x0: [B, D]."""
-    x0 = x0.to(torch.float64)
-    return gaussian_log_prob(x0, analysis.p_mean, analysis.p_var.log()).sum(dim=-1)
+    """Exact log p_theta(x_0) = log N(x_0; M_0, V_0) per example [B] in nats, (G2). x0: [B, D];
+    float64 on x0's device."""
+    p_mean, p_var = (v.to(x0.device) for v in (analysis.p_mean, analysis.p_var))
+    return gaussian_log_prob(x0.to(torch.float64), p_mean, p_var.log()).sum(dim=-1)
 
 
 def gaussian_elbo_terms(analysis: GaussianAnalysis, x0: Tensor) -> ElboTerms:
     """E_{x_{1:T} ~ q(x_{1:T}|x_0)} of every -ELBO term for each fixed x_0 [B, D], (G3)-(G4).
 
-    Same layout as ``elbo_terms``; ``total()`` is E[-ELBO | x_0] >= -log p_theta(x_0).
+    Same layout as ``elbo_terms`` (float64, on x0's device); ``total()`` is E[-ELBO | x_0] >=
+    -log p_theta(x_0). Computed where the analysis lives (the schedule's device).
     """
-    x0 = x0.to(torch.float64)
     an = analysis
-    return _expected_terms(an.schedule, an.a, an.b, an.sigma2, x0, torch.zeros_like(x0))
+    mu = x0.to(dtype=torch.float64, device=an.a.device)
+    terms = _expected_terms(an.schedule, an.a, an.b, an.sigma2, mu, torch.zeros_like(mu))
+    return ElboTerms(*(v.to(x0.device) for v in (terms.prior_kl, terms.kl, terms.decoder_nll)))
 
 
 def _expected_terms(

@@ -41,7 +41,8 @@ class NoiseSchedule:
     @classmethod
     def linear(cls, T: int) -> NoiseSchedule:
         """[Ho20] Sec. 4: beta from 1e-4 to 0.02 at T = 1000; for other T both ends are scaled
-        by 1000 / T (so that alpha_bar_T stays near zero), then capped at BETA_MAX."""
+        by 1000 / T (so that alpha_bar_T stays near zero for T >= ~20), then capped at BETA_MAX.
+        With T = 1 the single step has beta_1 = 0.1 (the start of the scaled range)."""
         _check_T(T)
         scale = 1000.0 / T
         beta = torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)

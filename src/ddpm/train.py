@@ -206,7 +206,11 @@ def train(
     Under torchrun each process calls this; rank 0 writes the files.
     """
     out = Path(out_dir)
-    wanted = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    wanted = (
+        torch.device(device)
+        if device
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     info = dist.init_distributed(wanted)
     dev = torch.device(device) if device else dist.default_device(info)
     if info.is_main:

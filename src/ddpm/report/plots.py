@@ -37,12 +37,13 @@ def save_scatter_2d(
         label = f"data ({len(ref)})"
         ax.scatter(ref[:, 0], ref[:, 1], s=3, c="0.6", alpha=0.5, lw=0, label=label)
     label = f"samples ({len(samples)})"
-    ax.scatter(samples[:, 0], samples[:, 1], s=3, c="C0", alpha=0.7, lw=0, label=label)
+    size = 12 if len(samples) <= 500 else 4  # few samples: make each one visible
+    ax.scatter(samples[:, 0], samples[:, 1], s=size, c="C0", alpha=0.8, lw=0, label=label)
     arrays = [samples] if ref is None else [samples, ref]
     ax.set_xlim(*limits(*(a[:, 0] for a in arrays)))
     ax.set_ylim(*limits(*(a[:, 1] for a in arrays)))
     ax.set_aspect("equal", adjustable="box")
-    ax.legend(loc="upper right", markerscale=4, frameon=True)
+    ax.legend(loc="upper right", markerscale=2, frameon=True)
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
@@ -107,7 +108,7 @@ def save_bar_chain(
     for yi, m, se in zip(y, means, ses, strict=True):
         ax.annotate(
             f"{m:.4g} ± {se:.2g}",
-            xy=(m, yi),
+            xy=(m + np.nan_to_num(se) * np.sign(m or 1.0), yi),  # beyond the error bar
             xytext=(6 if m >= 0 else -6, 0),
             textcoords="offset points",
             ha="left" if m >= 0 else "right",
