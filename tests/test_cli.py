@@ -30,7 +30,13 @@ def digits_run(tmp_path_factory) -> Path:
 
 def test_train_writes_a_complete_run_folder(digits_run, capsys):
     names = {p.name for p in digits_run.iterdir()}
-    assert {"config.json", "checkpoint.safetensors", "log.jsonl", "samples.png", "samples.npy"} <= names
+    assert {
+        "config.json",
+        "checkpoint.safetensors",
+        "log.jsonl",
+        "samples.png",
+        "samples.npy",
+    } <= names
     doc = json.loads((digits_run / "config.json").read_text())
     assert doc["config"]["diffusion"]["T"] == 5
     assert doc["data_spec"]["levels"] == 17
@@ -41,7 +47,10 @@ def test_train_writes_a_complete_run_folder(digits_run, capsys):
 
 def test_sample_and_trajectory(digits_run, tmp_path, capsys):
     out = tmp_path / "s.png"
-    assert run_cli("sample", digits_run, "--n", "6", "--out", out, "--trajectory", "--frames", "3") == 0
+    assert (
+        run_cli("sample", digits_run, "--n", "6", "--out", out, "--trajectory", "--frames", "3")
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out) in printed and "trajectory" in printed
     assert Image.open(out).size[0] > 0
@@ -51,13 +60,18 @@ def test_sample_and_trajectory(digits_run, tmp_path, capsys):
 
 def test_sampling_is_reproducible_by_seed(digits_run, tmp_path):
     for name in ("a", "b"):
-        assert run_cli("sample", digits_run, "--n", "3", "--seed", "7", "--out", tmp_path / f"{name}.png") == 0
+        assert (
+            run_cli(
+                "sample", digits_run, "--n", "3", "--seed", "7", "--out", tmp_path / f"{name}.png"
+            )
+            == 0
+        )
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
 
 def test_forward_strip(tmp_path, capsys):
     img = tmp_path / "img.png"
-    Image.fromarray((np.arange(256, dtype=np.uint8).reshape(16, 16))).save(img)
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(img)
     out = tmp_path / "fwd.png"
     assert run_cli("forward", img, "--out", out, "--T", "100", "--frames", "5") == 0
     assert Image.open(out).size[0] > 0
@@ -65,7 +79,10 @@ def test_forward_strip(tmp_path, capsys):
 
 def test_evaluate_json_schema(digits_run, tmp_path, capsys):
     capsys.readouterr()
-    assert run_cli("evaluate", digits_run, "--n", "8", "--iw", "1", "2", "--json", "--out", tmp_path) == 0
+    assert (
+        run_cli("evaluate", digits_run, "--n", "8", "--iw", "1", "2", "--json", "--out", tmp_path)
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     for key in ("neg_elbo", "neg_elbo_se", "terms", "per_timestep", "dims", "bits_per_dim", "iw"):
         assert key in doc
@@ -87,7 +104,11 @@ def test_theory_gaussian_json(tmp_path, capsys):
     cf = doc["closed_form"]
     assert abs(doc["neg_elbo"] - cf["neg_elbo"]) < 4 * doc["neg_elbo_se"]
     assert cf["kl_joint"] >= cf["kl_marginal"] >= 0
-    assert {p.name for p in tmp_path.iterdir()} >= {"theory.json", "theory.html", "theory_chain.png"}
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "theory.json",
+        "theory.html",
+        "theory_chain.png",
+    }
 
 
 def test_help_shows_examples(capsys):
@@ -147,7 +168,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list, str]]:
         (["train", "--T", "0"], "T must be an integer >= 1"),
         (["train", "--schedule", "quadratic"], "unknown schedule 'quadratic'"),
         (["train", "--loss", "l1"], "unknown loss 'l1'"),
-        (["train", "--data", "gmm8", "--n-train", "10", "--batch-size", "64"], "larger than the 10"),
+        (
+            ["train", "--data", "gmm8", "--n-train", "10", "--batch-size", "64"],
+            "larger than the 10",
+        ),
         (["sample", tmp / "nothing"], "no such run folder"),
         (["forward", tmp / "nothing.png"], "no such image file"),
         (["evaluate", tmp / "nothing"], "no such run folder"),

@@ -15,7 +15,9 @@ import torch
 from ddpm import runs
 from ddpm.checkpoint import load_tensors
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from ddpm.data import load_dataset
 from ddpm.errors import CheckpointError, ConfigError
+from ddpm.losses import training_loss
 from ddpm.rng import seeded_generator
 from ddpm.sampling import sample
 from ddpm.train import train
@@ -40,8 +42,22 @@ def test_training_on_gmm8_lowers_the_loss_and_samples_land_on_the_modes(gmm8_run
     log = [json.loads(line) for line in (gmm8_run / runs.LOG).read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(100, 3001, 100))
     first, last = log[0]["loss"], sum(r["loss"] for r in log[-5:]) / 5
-    assert last < 0.6 * first
+    assert last < first
     run = runs.load_run(gmm8_run)
+    # the same loss (same x0, t, noise) for the fresh network and the trained one
+    fresh = runs.build(run.config, run.spec)[2]
+    data = load_dataset(run.config.data).test
+    cfg = run.config.diffusion
+    t = torch.randint(1, cfg.T + 1, (len(data),), generator=seeded_generator(2))
+    p_t = torch.full((len(data),), 1 / cfg.T, dtype=torch.float64)
+    with torch.no_grad():
+        losses = [
+            training_loss(run.schedule, cfg, m, data, t, p_t, None, generator=seeded_generator(3))
+            .loss.mean()
+            .item()
+            for m in (fresh, run.model)
+        ]
+    assert losses[1] < 0.5 * losses[0]  # measured: about 0.26 vs 1.0
     x = sample(run.schedule, run.param, run.model, (2,), 2000, seeded_generator(1)).x0
     angles = torch.arange(8) * 2 * math.pi / 8
     modes = 2 * torch.stack([angles.cos(), angles.sin()], dim=1)
@@ -66,7 +82,11 @@ def _tiny_digits(steps: int, **kw) -> RunConfig:
 
 @pytest.mark.parametrize(
     "diffusion",
-    [{}, {"loss": "vlb", "timestep_sampler": "importance"}, {"loss": "hybrid", "variance": "learned"}],
+    [
+        {},
+        {"loss": "vlb", "timestep_sampler": "importance"},
+        {"loss": "hybrid", "variance": "learned"},
+    ],
     ids=["simple", "vlb-importance", "hybrid-learned"],
 )
 def test_resume_equals_training_in_one_go(tmp_path, diffusion):
@@ -84,9 +104,11 @@ def test_resume_equals_training_in_one_go(tmp_path, diffusion):
     # the importance sampler's history is part of the state and past its warm-up here
     if diffusion.get("timestep_sampler") == "importance":
         assert int(a["sampler.counts"].min()) >= 10
-    log_a = (straight / runs.LOG).read_text().splitlines()
-    log_b = (split / runs.LOG).read_text().splitlines()
-    assert [json.loads(x)["loss"] for x in log_a] == [json.loads(x)["loss"] for x in log_b]
+    log_a = {r["step"]: r["loss"] for r in map(json.loads, (straight / runs.LOG).open())}
+    log_b = {r["step"]: r["loss"] for r in map(json.loads, (split / runs.LOG).open())}
+    assert sorted(log_a) == [2, 4, 6, 8, 10, 12]
+    assert sorted(log_b) == [2, 4, 5, 6, 8, 10, 12]  # the first part also logged its last step
+    assert all(log_a[k] == log_b[k] for k in log_a)
 
 
 def test_existing_run_is_never_overwritten_without_being_asked(tmp_path):
@@ -141,7 +163,7 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-port", "29533", "-m", "ddpm", "train", "--data", "gmm8", "--T", "10",
+        "--standalone", "-m", "ddpm", "train", "--data", "gmm8", "--T", "10",
         "--steps", "6", "--batch-size", "32", "--n-train", "200", "--n-test", "50",
         "--num-samples", "8", "--out", str(out), "--device", "cpu", "--quiet",
     ]  # fmt: skip

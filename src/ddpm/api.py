@@ -95,7 +95,9 @@ def forward_strip(
     s = NoiseSchedule.from_name(schedule, T)
     pixels = read_image(image, size, grayscale=False)  # uint8 [C, H, W]
     x0 = torch.tensor(pixels, dtype=torch.float64) / 127.5 - 1
-    ts = [0] + evenly_spaced_steps(T, frames - 1)[::-1] if frames > 2 else [0, T]
+    if frames < 2:
+        raise ConfigError(f"--frames must be >= 2 (got {frames})")
+    ts = sorted({round(k * T / (frames - 1)) for k in range(frames)})  # t = 0 (the image) .. T
     g = seeded_generator(seed)
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     t = torch.tensor(ts)
