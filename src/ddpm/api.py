@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ddpm import runs
 from ddpm.data.images import read_image
@@ -51,6 +52,7 @@ def sample_run(
     trajectory: bool = False,
     frames: int = 8,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> SampleResult:
     """Ancestral samples from a trained run (EMA weights): PNG grid/scatter and .npy.
 
@@ -65,7 +67,11 @@ def sample_run(
         raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
     capture = evenly_spaced_steps(run.schedule.T, frames) if trajectory else ()
     g = seeded_generator(seed, dev)
-    res = sample(run.schedule, run.param, run.model, run.spec.shape, n, g, dev, run.clip, capture)
+    with tqdm(total=run.schedule.T, desc="sample", unit="t", disable=not progress) as bar:
+        res = sample(
+            run.schedule, run.param, run.model, run.spec.shape, n, g, dev, run.clip, capture,
+            on_step=lambda _: bar.update(1),
+        )  # fmt: skip
     path = save_samples(res.x0, out, run.spec)
     traj_path = None
     if trajectory:
@@ -128,8 +134,6 @@ def evaluate_run(
     """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
     Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir)."""
-    from tqdm.auto import tqdm
-
     from ddpm.checkpoint import save_json
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
@@ -145,21 +149,20 @@ def evaluate_run(
     x0 = getattr(data, split)[:n].to(dev)
     density = data.density.to(dev) if data.density is not None else None
     g = seeded_generator(seed, dev)
-    with tqdm(total=run.schedule.T, desc="evaluate", unit="t", disable=not progress) as bar:
-        ev = evaluate(
-            run.schedule,
-            run.param,
-            run.model,
-            x0,
-            data.spec,
-            name=run.run_dir.name,
-            iw=iw,
-            mc_timesteps=mc_timesteps,
-            density=density,
-            generator=g,
-            max_batch=max_batch,
-            on_chunk=bar.update,
-        )
+    ev = evaluate(
+        run.schedule,
+        run.param,
+        run.model,
+        x0,
+        data.spec,
+        name=run.run_dir.name,
+        iw=iw,
+        mc_timesteps=mc_timesteps,
+        density=density,
+        generator=g,
+        max_batch=max_batch,
+        progress=progress,
+    )
     out = Path(out_dir) if out_dir is not None else run.run_dir
     json_path = save_json(out / f"eval_{split}.json", ev.to_dict())
     png = save_per_timestep(

@@ -23,7 +23,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +67,7 @@ def _chain_log_weights(
     levels: int | None,
     generator: torch.Generator | None,
     clip: tuple[float, float] | None,
+    on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
     """log w [N] of one chain per row of x0 [N, ...] drawn from q(x_{1:T}|x_0) (module doc)."""
     model_dtype, x0 = x0.dtype, x0.double()
@@ -82,6 +83,8 @@ def _chain_log_weights(
     for t in range(s.T, 0, -1):
         tt = t_of(t)
         p = p_from_output(s, param, model(xt.to(model_dtype), tt).double(), xt, tt, clip=clip)
+        if on_step is not None:
+            on_step(1)
         if t == 1:  # the decoder p_theta(x_0 | x_1) [Ho20] eq. (13) or its Gaussian form
             log_w += decoder_log_prob(x0, p.mean, p.log_var, levels)
             break
@@ -102,6 +105,7 @@ def iw_log_weights(
     generator: torch.Generator | None = None,
     clip: tuple[float, float] | None = None,
     max_batch: int = 4096,
+    on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
     """log p_theta(x_{0:T}^k) - log q(x_{1:T}^k | x_0) for K independent chains per example:
     [K, B] float64 nats. x0: [B, ...]. Chains are run in groups of max(1, max_batch // B)
@@ -114,7 +118,7 @@ def iw_log_weights(
     for start in range(0, K, group):
         k = min(group, K - start)
         x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))  # row j is chain j // B of example j % B
-        lw = _chain_log_weights(s, param, model, x0_rep, levels, generator, clip)
+        lw = _chain_log_weights(s, param, model, x0_rep, levels, generator, clip, on_step)
         log_w.append(lw.reshape(k, B))
     return torch.cat(log_w, dim=0)
 
@@ -146,6 +150,7 @@ def iw_curve(
     generator: torch.Generator | None = None,
     clip: tuple[float, float] | None = None,
     max_batch: int = 4096,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[IwEstimate]:
     """-L_K for each K in Ks (ascending), as IwEstimate with the SE over examples.
 
@@ -155,7 +160,9 @@ def iw_curve(
     Ks = sorted(set(Ks))
     if not Ks or not all(isinstance(k, int) and k >= 1 for k in Ks):
         raise ConfigError(f"Ks must be a non-empty sequence of integers >= 1 (got {Ks})")
-    log_w = iw_log_weights(s, param, model, x0, levels, Ks[-1], generator, clip, max_batch)
+    log_w = iw_log_weights(
+        s, param, model, x0, levels, Ks[-1], generator, clip, max_batch, on_step=on_step
+    )
     return [IwEstimate.of(K, math.log(K) - torch.logsumexp(log_w[:K], dim=0)) for K in Ks]
 
 

@@ -223,6 +223,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trajectory=args.trajectory,
         frames=args.frames,
         device=args.device,
+        progress=True,
     )
     print(f"samples: {result.samples_path}")
     print(f"array:   {result.array_path}")

@@ -142,16 +142,25 @@ def cmd_theory(args: argparse.Namespace) -> int:
             args.n,
             iw,
             args.seed,
+            progress=not args.json,
         )
         out = args.out or Path("reports") / f"theory_gaussian{args.dim}d"
     elif Path(subject).is_dir():
         from ddpm.api import pick_device
 
-        res = theory.theory_run(subject, args.n, iw, args.seed, pick_device(args.device))
+        dev = pick_device(args.device)
+        res = theory.theory_run(subject, args.n, iw, args.seed, dev, progress=not args.json)
         out = args.out or Path(subject) / "theory"
     else:
         res = theory.theory_mixture(
-            subject, args.T, args.schedule, args.variance, args.n, iw, args.seed
+            subject,
+            args.T,
+            args.schedule,
+            args.variance,
+            args.n,
+            iw,
+            args.seed,
+            progress=not args.json,
         )
         out = args.out or Path("reports") / f"theory_{Path(subject).stem}"
     paths = report.write_theory_report(res, out)

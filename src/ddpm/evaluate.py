@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ddpm.bounds import iw_curve
 from ddpm.data import DataSpec, GaussianMixture
@@ -104,7 +105,7 @@ def evaluate(
     exact_log_prob: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
     max_batch: int = 4096,
-    on_chunk: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Evaluate -ELBO (every term), IW bounds for each K in ``iw`` and, when the data density
     is known (``density``, model space), the entropy and the KL chain.
@@ -112,21 +113,16 @@ def evaluate(
     mc_timesteps: also compute the unbiased K-timestep estimate (``elbo_mc``) for comparison.
     x0: [N, *spec.shape] in model space. exact_log_prob(x0) -> [N], model space: the model's
     exact log p_theta(x_0) where tractable (the Gaussian oracle); otherwise the largest-K IW
-    bound stands in for it, and ``log_likelihood_exact`` is False.
+    bound stands in for it, and ``log_likelihood_exact`` is False. progress: show progress bars.
     """
     start = time.perf_counter()
     levels = spec.levels
     log_jac = spec.log_jacobian_nats()
-    terms = elbo_terms(
-        schedule,
-        param,
-        model,
-        x0,
-        levels,
-        generator=generator,
-        max_batch=max_batch,
-        on_chunk=on_chunk,
-    )
+    with tqdm(total=schedule.T, desc=f"{name}: ELBO", unit="t", disable=not progress) as bar:
+        terms = elbo_terms(
+            schedule, param, model, x0, levels, generator=generator, max_batch=max_batch,
+            on_chunk=bar.update,
+        )  # fmt: skip
     neg_elbo = terms.total() - log_jac  # [N], raw units
     nelbo, nelbo_se = mean_se(neg_elbo)
     per_t = terms.per_timestep
@@ -134,7 +130,13 @@ def evaluate(
     bpd = bits_per_dim(neg_elbo, dims)
     iw_bounds, nll_iw = [], None
     if iw:
-        curve = iw_curve(schedule, param, model, x0, levels, tuple(iw), generator, None, max_batch)
+        groups = -(-max(iw) // max(1, max_batch // x0.shape[0]))
+        desc = f"{name}: IW K<={max(iw)}"
+        with tqdm(total=groups * schedule.T, desc=desc, disable=not progress) as bar:
+            curve = iw_curve(
+                schedule, param, model, x0, levels, tuple(iw), generator, None, max_batch,
+                on_step=bar.update,
+            )  # fmt: skip
         for est in curve:
             nll_iw = est.nll - log_jac
             iw_bounds.append(IwBound(est.K, *mean_se(nll_iw)))

@@ -67,6 +67,7 @@ def theory_gaussian(
     n: int = 2000,
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
+    progress: bool = False,
 ) -> TheoryResult:
     """Data N(mean, std^2 I) in ``dim`` dimensions and its Bayes-optimal denoiser: closed-form
     expectations beside the generic evaluator's estimates on n samples (exact log p_theta)."""
@@ -94,6 +95,7 @@ def theory_gaussian(
         density=density,
         exact_log_prob=lambda x: gaussian_log_likelihood(an, x),
         generator=g,
+        progress=progress,
     )
     closed = {
         "neg_elbo": an.neg_elbo,
@@ -131,6 +133,7 @@ def theory_mixture(
     n: int = 1000,
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
+    progress: bool = False,
 ) -> TheoryResult:
     """The Bayes-optimal denoiser of a Gaussian mixture (gmm8 or a JSON spec), evaluated on n
     fresh samples: the best -ELBO any network reaches in this model family, the IW bounds,
@@ -150,6 +153,7 @@ def theory_mixture(
         iw=iw,
         density=mixture,
         generator=g,
+        progress=progress,
     )
     return TheoryResult(name=spec.name, subject=ev)
 
@@ -160,6 +164,7 @@ def theory_run(
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> TheoryResult:
     """A trained run on data of known density: its evaluation beside the Bayes-optimal
     denoiser's (same schedule and T; fixed variance 'small' when the run learned its variance)
@@ -185,6 +190,7 @@ def theory_run(
         iw=iw,
         density=data.density.to(device),
         generator=g,
+        progress=progress,
     )
     variance = run.param.variance if run.param.variance != "learned" else "small"
     oracle_param = dataclasses.replace(run.param, variance=variance)
@@ -199,6 +205,7 @@ def theory_run(
         iw=iw,
         density=data.density.to(device),
         generator=g,
+        progress=progress,
     )
     return TheoryResult(
         name=f"{run.config.data.name} ({Path(run_dir).name})", subject=trained, oracle=best
