@@ -104,6 +104,15 @@ def test_theory_gaussian_json(tmp_path, capsys):
     cf = doc["closed_form"]
     assert abs(doc["neg_elbo"] - cf["neg_elbo"]) < 4 * doc["neg_elbo_se"]
     assert cf["kl_joint"] >= cf["kl_marginal"] >= 0
+    views = doc["views"]
+    assert views["kl_chain"]["holds"] is True
+    vae = views["hierarchical_vae"]
+    parts = vae["rate_prior"] + vae["diffusion_kls"] + vae["distortion_decoder"]
+    assert parts == pytest.approx(doc["neg_elbo"], rel=1e-12)
+    easy = views["many_easy_problems"]
+    assert 1 <= easy["steps_holding_90_percent"] <= 19 and 2 <= easy["largest_term_t"] <= 20
+    kls = doc["per_timestep"][1:]
+    assert easy["largest_term"] == max(kls)
     assert {p.name for p in tmp_path.iterdir()} >= {
         "theory.json",
         "theory.html",

@@ -103,6 +103,40 @@ def format_evaluation(ev) -> str:
     return "\n".join(lines)
 
 
+def format_views(v: dict) -> str:
+    """The four views of ``ddpm.theory.four_views`` as text."""
+    ml, chain, vae, easy = (
+        v["maximum_likelihood"], v["kl_chain"], v["hierarchical_vae"], v["many_easy_problems"]
+    )  # fmt: skip
+    lines = ["four views:"]
+    nll = ml["neg_log_likelihood"]
+    how = "exact" if ml["log_likelihood_exact"] else "largest-K IW bound"
+    lines.append(
+        f"  1. maximum likelihood: -ELBO {ml['neg_elbo']:.4f}"
+        + "".join(f" >= -L_{b['K']} {b['neg_log_likelihood']:.4f}" for b in ml["iw"] if b["K"] > 1)
+        + (f" >= -log p {nll:.4f} ({how})" if nll is not None else "")
+    )
+    if chain["kl_joint"] is not None and chain["kl_marginal"] is not None:
+        ok = "holds" if chain["holds"] else "VIOLATED beyond 4 SE"
+        lines.append(
+            f"  2. KL chain: KL_joint {chain['kl_joint']:.4f} >= KL_marginal "
+            f"{chain['kl_marginal']:.4f} >= 0 ({ok})"
+        )
+    gap = vae["posterior_gap"]
+    lines.append(
+        f"  3. hierarchical VAE: rate L_T {vae['rate_prior']:.4f} + diffusion KLs "
+        f"{vae['diffusion_kls']:.4f} + distortion L_0 {vae['distortion_decoder']:.4f}"
+        + (f"; encoder mismatch E KL(q||p_theta posterior) {gap:.4f}" if gap is not None else "")
+    )
+    lines.append(
+        f"  4. many easy problems: T = {easy['T']}; the largest term is at t = "
+        f"{easy['largest_term_t']}; the first 10% of steps hold "
+        f"{100 * easy['share_in_first_tenth_of_steps']:.0f}% of the diffusion KLs; "
+        f"{easy['steps_holding_90_percent']} steps hold 90%"
+    )
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddpm.api import evaluate_run
 
@@ -168,6 +202,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
     print(format_evaluation(res.subject))
+    print(format_views(theory.four_views(res.subject)))
     if res.oracle is not None:
         print(format_evaluation(res.oracle))
     if res.closed_form is not None:

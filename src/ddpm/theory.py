@@ -14,7 +14,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -41,11 +41,50 @@ class TheoryResult:
     def to_dict(self) -> dict:
         d = self.subject.to_dict()
         d["subject"] = self.name
+        d["views"] = four_views(self.subject)
         if self.oracle is not None:
             d["oracle"] = self.oracle.to_dict()
         if self.closed_form is not None:
             d["closed_form"] = self.closed_form
         return d
+
+
+def four_views(ev: Evaluation) -> dict:
+    """The evaluation read in the four views of the module docstring (nats per example)."""
+    kl = torch.tensor(ev.per_timestep[1:], dtype=torch.float64)  # L_{t-1}, t = 2..T: all >= 0
+    total = float(kl.sum())
+    steps_for_90 = int((kl.sort(descending=True).values.cumsum(0) < 0.9 * total).sum()) + 1
+    first_tenth = float(kl[: max(1, len(kl) // 10)].sum()) / total if total > 0 else 0.0
+    worst = int(kl.argmax()) + 2 if len(kl) else 1
+    ml = {"neg_elbo": ev.neg_elbo, "iw": [asdict(b) for b in ev.iw]}
+    ml["neg_log_likelihood"] = ev.neg_log_likelihood
+    ml["log_likelihood_exact"] = ev.log_likelihood_exact
+    return {
+        "maximum_likelihood": ml,
+        "kl_chain": {
+            "kl_joint": ev.kl_joint,
+            "kl_marginal": ev.kl_marginal,
+            "holds": None
+            if ev.kl_joint is None or ev.kl_marginal is None
+            else bool(
+                ev.kl_joint + 4 * ev.kl_joint_se >= ev.kl_marginal - 4 * ev.kl_marginal_se
+                and ev.kl_marginal + 4 * ev.kl_marginal_se >= 0
+            ),
+        },
+        "hierarchical_vae": {
+            "rate_prior": ev.terms["prior"],
+            "diffusion_kls": ev.terms["diffusion"],
+            "distortion_decoder": ev.terms["decoder"],
+            "posterior_gap": ev.posterior_gap,
+        },
+        "many_easy_problems": {
+            "T": ev.T,
+            "largest_term_t": worst,
+            "largest_term": float(kl.max()) if len(kl) else None,
+            "share_in_first_tenth_of_steps": first_tenth,
+            "steps_holding_90_percent": min(steps_for_90, len(kl)),
+        },
+    }
 
 
 def _fixed_variance(variance: str) -> str:
