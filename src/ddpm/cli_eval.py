@@ -75,31 +75,40 @@ def _fmt(value: float | None, se: float | None = None) -> str:
 
 def format_evaluation(ev) -> str:
     """A terminal table of one Evaluation."""
+
+    def row(label: str, value: float | None, se: float | None = None, note: str = "") -> str:
+        return f"  {label:<30s}{_fmt(value, se)}" + (f"  ({note})" if note else "")
+
     lines = [
         f"{ev.name}: n = {ev.n}, D = {ev.dims}, T = {ev.T}   (nats per example ± SE)",
-        f"  -ELBO                 {_fmt(ev.neg_elbo, ev.neg_elbo_se)}",
-        f"    L_T   prior         {_fmt(ev.terms['prior'])}",
-        f"    L_1..L_(T-1) KLs    {_fmt(ev.terms['diffusion'])}",
-        f"    L_0   decoder       {_fmt(ev.terms['decoder'])}",
-        f"  bits/dim              {_fmt(ev.bits_per_dim, ev.bits_per_dim_se)}",
+        row("-ELBO", ev.neg_elbo, ev.neg_elbo_se),
+        row("  L_T  prior", ev.terms["prior"]),
+        row("  L_1..L_(T-1)  diffusion KLs", ev.terms["diffusion"]),
+        row("  L_0  decoder", ev.terms["decoder"]),
+        row("bits/dim", ev.bits_per_dim, ev.bits_per_dim_se),
     ]
     if ev.neg_elbo_mc is not None:
-        est = _fmt(ev.neg_elbo_mc, ev.neg_elbo_mc_se)
-        lines.append(f"  -ELBO from K={ev.mc_timesteps:<4d} t  {est}  (unbiased estimate)")
+        label = f"-ELBO, K={ev.mc_timesteps} random t"
+        lines.append(row(label, ev.neg_elbo_mc, ev.neg_elbo_mc_se, "unbiased estimate"))
     for b in ev.iw:
-        lines.append(f"  -log IW bound K={b.K:<5d}{_fmt(b.neg_log_likelihood, b.se)}")
+        lines.append(row(f"-log IW bound, K={b.K}", b.neg_log_likelihood, b.se))
     if ev.neg_log_likelihood is not None:
         how = "exact" if ev.log_likelihood_exact else "largest-K IW bound"
-        nll = _fmt(ev.neg_log_likelihood, ev.neg_log_likelihood_se)
-        lines.append(f"  -log p_theta(x0)      {nll}  ({how})")
+        lines.append(row("-log p_theta(x0)", ev.neg_log_likelihood, ev.neg_log_likelihood_se, how))
     if ev.entropy is not None:
-        lines.append(f"  H(q(x0))              {_fmt(ev.entropy, ev.entropy_se)}")
-        lines.append(f"  KL joint              {_fmt(ev.kl_joint, ev.kl_joint_se)}")
+        lines.append(row("H(q(x0))", ev.entropy, ev.entropy_se))
+        lines.append(row("KL joint", ev.kl_joint, ev.kl_joint_se, "E[-ELBO] - H"))
         if ev.kl_marginal is not None:
-            lines.append(f"  KL marginal           {_fmt(ev.kl_marginal, ev.kl_marginal_se)}")
+            lines.append(row("KL marginal", ev.kl_marginal, ev.kl_marginal_se, "E[-log p] - H"))
     if ev.posterior_gap is not None:
-        gap = _fmt(ev.posterior_gap, ev.posterior_gap_se)
-        lines.append(f"  E KL(q(x1:T|x0)||p(x1:T|x0)) {gap}  (-ELBO minus -log p)")
+        lines.append(
+            row(
+                "posterior gap",
+                ev.posterior_gap,
+                ev.posterior_gap_se,
+                "E KL(q(x1:T|x0)||p(x1:T|x0))",
+            )
+        )
     return "\n".join(lines)
 
 
