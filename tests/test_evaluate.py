@@ -49,6 +49,8 @@ def test_evaluator_on_the_gaussian_oracle_matches_the_closed_forms():
     assert sum(ev.terms.values()) == pytest.approx(ev.neg_elbo, rel=1e-12)
     assert sum(ev.per_timestep) + ev.terms["prior"] == pytest.approx(ev.neg_elbo, rel=1e-10)
     assert ev.bits_per_dim == pytest.approx(ev.neg_elbo / (D * math.log(2)), rel=1e-12)
+    assert ev.bits_per_dim_se == pytest.approx(ev.neg_elbo_se / (D * math.log(2)), rel=1e-9)
+    assert ev.nats_per_dim_se == pytest.approx(ev.neg_elbo_se / D, rel=1e-12)
     assert [b.K for b in ev.iw] == [1, 4]
     # K = 1 is an unbiased ELBO estimate; K = 4 is tighter (nested chains, paired)
     assert abs(ev.iw[0].neg_log_likelihood - an.neg_elbo) < 4 * ev.iw[0].se

@@ -85,6 +85,7 @@ def format_evaluation(ev) -> str:
         row("  L_T  prior", ev.terms["prior"]),
         row("  L_1..L_(T-1)  diffusion KLs", ev.terms["diffusion"]),
         row("  L_0  decoder", ev.terms["decoder"]),
+        row("nats/dim", ev.nats_per_dim, ev.nats_per_dim_se),
         row("bits/dim", ev.bits_per_dim, ev.bits_per_dim_se),
     ]
     if ev.neg_elbo_mc is not None:

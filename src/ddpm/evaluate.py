@@ -68,6 +68,7 @@ class Evaluation:
     per_timestep: list[float]  # length T; entry t-1: the term of step t
     per_timestep_se: list[float]
     nats_per_dim: float
+    nats_per_dim_se: float
     bits_per_dim: float
     bits_per_dim_se: float
     log_jacobian: float  # per-example log|d model / d raw| added to the log-densities
@@ -157,6 +158,7 @@ def evaluate(
         if x0.shape[0] > 1
         else [0.0] * schedule.T,
         nats_per_dim=nelbo / dims,
+        nats_per_dim_se=nelbo_se / dims,
         bits_per_dim=mean_se(bpd)[0],
         bits_per_dim_se=mean_se(bpd)[1],
         log_jacobian=log_jac,
