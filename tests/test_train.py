@@ -20,6 +20,7 @@ from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import training_loss
 from ddpm.rng import seeded_generator
 from ddpm.sampling import sample
+from ddpm.theory import theory_run
 from ddpm.train import train
 
 
@@ -67,6 +68,17 @@ def test_training_on_gmm8_lowers_the_loss_and_samples_land_on_the_modes(gmm8_run
     nearest = torch.cdist(x, modes).argmin(dim=1)
     assert torch.bincount(nearest, minlength=8).min() >= 0.05 * 2000
     assert (gmm8_run / "samples.png").stat().st_size > 0
+
+
+def test_trained_gmm8_model_against_the_bayes_optimal_one(gmm8_run):
+    """theory_run pairs the trained model and the oracle on the same x_0 and x_t draws: the
+    oracle's ELBO is the best in the model family, so the paired gap is >= 0 (within SE)."""
+    res = theory_run(gmm8_run, n=400, iw=(1,))
+    gap, se = res.gap_to_oracle()
+    assert gap > -4 * se
+    assert se < 0.5 * res.subject.neg_elbo_se  # pairing removes most of the data variance
+    assert res.oracle.entropy == res.subject.entropy  # same examples
+    assert res.to_dict()["gap_to_oracle"] == gap
 
 
 def _tiny_digits(steps: int, **kw) -> RunConfig:

@@ -215,6 +215,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
     print(format_views(theory.four_views(res.subject)))
     if res.oracle is not None:
         print(format_evaluation(res.oracle))
+        gap, se = res.gap_to_oracle()
+        print(f"trained -ELBO minus Bayes-optimal -ELBO (paired): {gap:.4f} ± {se:.4f} nats")
     if res.closed_form is not None:
         cf = res.closed_form
         print("closed form (expectations over q(x0)):")

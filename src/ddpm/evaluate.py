@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -88,9 +89,12 @@ class Evaluation:
     posterior_gap: float | None = None  # kl_joint - kl_marginal = E[-ELBO] - E[-log p_theta]
     posterior_gap_se: float | None = None
     seconds: float = 0.0
+    per_example: Tensor | None = field(default=None, repr=False)  # [N] -ELBO (not in JSON)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(dataclasses.replace(self, per_example=None))
+        del d["per_example"]
+        return d
 
 
 def evaluate(
@@ -184,5 +188,6 @@ def evaluate(
         out["kl_joint"], out["kl_joint_se"] = mean_se(neg_elbo - neg_log_q)
         if nll is not None:
             out["kl_marginal"], out["kl_marginal_se"] = mean_se(nll - neg_log_q)
+    out["per_example"] = neg_elbo.detach().cpu()
     out["seconds"] = time.perf_counter() - start
     return Evaluation(**out)

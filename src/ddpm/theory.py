@@ -22,7 +22,7 @@ import torch
 from ddpm.config import DataConfig
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
 from ddpm.errors import ConfigError
-from ddpm.evaluate import Evaluation, evaluate
+from ddpm.evaluate import Evaluation, evaluate, mean_se
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
 from ddpm.reverse import Parameterisation
 from ddpm.rng import seeded_generator
@@ -38,12 +38,18 @@ class TheoryResult:
     oracle: Evaluation | None = None  # Bayes-optimal model, when the subject is a trained one
     closed_form: dict | None = None  # exact expectations (Gaussian data)
 
+    def gap_to_oracle(self) -> tuple[float, float]:
+        """E[-ELBO_trained - -ELBO_optimal] over the same examples and x_t draws, with its SE:
+        how far the trained model is from the best ELBO its model family allows."""
+        return mean_se(self.subject.per_example - self.oracle.per_example)
+
     def to_dict(self) -> dict:
         d = self.subject.to_dict()
         d["subject"] = self.name
         d["views"] = four_views(self.subject)
         if self.oracle is not None:
             d["oracle"] = self.oracle.to_dict()
+            d["gap_to_oracle"], d["gap_to_oracle_se"] = self.gap_to_oracle()
         if self.closed_form is not None:
             d["closed_form"] = self.closed_form
         return d
@@ -218,6 +224,7 @@ def theory_run(
             "`ddpm theory DIR` needs a run on gmm8 or a Gaussian-mixture .json"
         )
     x0 = data.test[:n].to(device)
+    # Both models see the same x_t draws (same seed), so their difference is paired.
     g = seeded_generator(seed, device)
     trained = evaluate(
         run.schedule,
@@ -234,11 +241,12 @@ def theory_run(
     variance = run.param.variance if run.param.variance != "learned" else "small"
     oracle_param = dataclasses.replace(run.param, variance=variance)
     oracle = MixtureOracle(run.schedule, data.density.to(device), prediction=run.param.prediction)
+    g = seeded_generator(seed, device)
     best = evaluate(
         run.schedule,
         oracle_param,
         oracle,
-        x0.double(),
+        x0,
         data.spec,
         name="bayes-optimal",
         iw=iw,
