@@ -209,3 +209,15 @@ def test_existing_run_and_corrupted_checkpoint(digits_run, tmp_path, capsys):
     assert run_cli("sample", broken) == 2
     err = capsys.readouterr().err
     assert "checkpoint.safetensors" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_from_the_cli_keeps_the_runs_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "--out", out, *TINY, "--num-samples", "2") == 0
+    # only --steps given: T, channels, batch size come from the saved run
+    assert run_cli("train", "--out", out, "--resume", "--steps", "5", "--quiet") == 0
+    assert "final loss" in capsys.readouterr().out
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 5
+    assert run_cli("train", "--out", out, "--resume", "--steps", "6", "--T", "7") == 2
+    assert "does not match the saved run (diffusion.T: 5 vs 7)" in capsys.readouterr().err

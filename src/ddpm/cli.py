@@ -190,11 +190,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ddpm import runs
     from ddpm.train import train
 
-    base = None
-    if args.resume and args.out is not None and runs.holds_run(args.out):
-        base = runs.load_config(args.out)[0]
-    cfg = config_from_args(args, base)
-    out = args.out or Path("runs") / Path(cfg.data.name).stem
+    out = args.out or Path("runs") / Path(args.data or DataConfig().name).stem
+    base = runs.load_config(out)[0] if args.resume and runs.holds_run(out) else None
+    cfg = config_from_args(args, base)  # a resumed run keeps its settings unless flags differ
     print(f"training on {cfg.data.name!r} for {cfg.train.steps} steps -> {out}", flush=True)
     result = train(
         cfg,
