@@ -186,3 +186,18 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
     assert log[-1]["step"] == 6 and math.isfinite(log[-1]["loss"])
     run = runs.load_run(out)
     assert run.step == 6
+
+
+def test_evaluate_run_reports_the_kl_chain_on_known_density(gmm8_run, tmp_path):
+    from ddpm.api import evaluate_run
+
+    res = evaluate_run(gmm8_run, n=200, iw=(1, 4), out_dir=tmp_path)
+    ev = res.evaluation
+    assert (
+        ev.log_likelihood_exact is False and ev.neg_log_likelihood == ev.iw[-1].neg_log_likelihood
+    )
+    assert ev.entropy is not None and ev.kl_joint == pytest.approx(ev.neg_elbo - ev.entropy)
+    assert ev.kl_joint + 4 * ev.kl_joint_se > ev.kl_marginal > -4 * ev.kl_marginal_se
+    doc = json.loads(res.json_path.read_text())
+    assert doc["kl_marginal"] == ev.kl_marginal and "per_example" not in doc
+    assert res.per_timestep_path.exists()
