@@ -120,9 +120,9 @@ def p_mean_var(
                 eps_hat = math.sqrt(ab) * head + math.sqrt(omab) * xt[i]
             mean = (xt[i] - beta / math.sqrt(omab) * eps_hat) / math.sqrt(alpha)  # eq. (11)
         if variance == "learned":
-            # [ND21] eq. (15) with the decoder variance at both ends when t = 1.
+            # [ND21] eq. (15); at t = 1 from the decoder variance beta_tilde_2 up to beta_1.
             u = (out[D + i] + 1) / 2
-            log_hi = math.log(sched.decoder_var if t == 1 else beta)
+            log_hi = math.log(beta)
             log_lo = math.log(sched.decoder_var if t == 1 else sched.beta_tilde[t])
             var = math.exp(u * log_hi + (1 - u) * log_lo)
         else:

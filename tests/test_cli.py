@@ -129,8 +129,13 @@ def test_help_shows_examples(capsys):
 
 
 def test_python_dash_m_and_console_script_agree():
-    proc = subprocess.run([sys.executable, "-m", "ddpm", "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "train" in proc.stdout
+    script = Path(sys.executable).with_name("ddpm")  # installed beside the interpreter
+    outputs = []
+    for cmd in ([sys.executable, "-m", "ddpm", "--help"], [str(script), "--help"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout.replace("__main__.py", "ddpm"))
+    assert "train" in outputs[0] and outputs[0] == outputs[1]
 
 
 # --- bad input: one line on stderr, exit status 2, no traceback --------------------------------
@@ -186,6 +191,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[list, str]]:
         (["evaluate", tmp / "nothing"], "no such run folder"),
         (["theory", "moons"], "no known density"),
         (["theory", "gaussian", "--variance", "learned"], "fixed variance"),
+        (["theory", "gmm8", "--n", "0"], "--n must be >= 2"),
+        (["train", "--seed", "-1"], "seed must be >= 0"),
+        (["train", "--device", "foo"], "--device 'foo'"),
+        (["train", "--device", "cuda:0"], "CUDA is not available"),
+        (["train", "--image-size", "16"], "apply to image folders"),
+        (["train", "--data", "gmm8", "--data-root", tmp], "--data-root is for --data mnist"),
+        (["forward", tmp / "nothing.png", "--size", "0"], "--size must be >= 2"),
     ]
 
 

@@ -104,3 +104,45 @@ def test_mean_se():
     x = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
     m, se = mean_se(x)
     assert m == 2.5 and se == pytest.approx(x.std().item() / 2, rel=1e-12)
+
+
+def test_per_timestep_se_is_the_standard_error_of_each_column():
+    s, an, oracle, x0, density, _ = _gaussian_setup(n=50)
+    spec = DataSpec(name="gauss", shape=(D,), levels=None)
+    param = Parameterisation("eps", "large")
+    ev = evaluate(s, param, oracle, x0, spec, generator=torch.Generator().manual_seed(5))
+    from ddpm.elbo import elbo_terms
+
+    per_t = elbo_terms(s, param, oracle, x0, None, torch.Generator().manual_seed(5)).per_timestep
+    want = per_t.std(dim=0) / math.sqrt(50)  # same draws: the same generator state
+    torch.testing.assert_close(torch.tensor(ev.per_timestep_se, dtype=torch.float64), want)
+
+
+def test_max_batch_bounds_every_network_call():
+    """More examples than max_batch: examples are sliced, for the ELBO and for the IW chains."""
+    s, an, oracle, x0, density, g = _gaussian_setup(n=10)
+    sizes = []
+
+    def model(xt, t):
+        sizes.append(xt.shape[0])
+        return oracle(xt, t)
+
+    spec = DataSpec(name="gauss", shape=(D,), levels=None)
+    ev = evaluate(s, Parameterisation("eps", "large"), model, x0, spec, iw=(1, 3), max_batch=4,
+                  generator=g)  # fmt: skip
+    assert max(sizes) <= 4 and len(ev.per_timestep) == T
+    assert ev.n == 10 and len(ev.per_example) == 10
+
+
+def test_bad_evaluation_requests_are_refused_before_any_work():
+    from ddpm.errors import ConfigError
+
+    s, an, oracle, x0, density, g = _gaussian_setup(n=10)
+    spec = DataSpec(name="gauss", shape=(D,), levels=None)
+    param = Parameterisation("eps", "large")
+    with pytest.raises(ConfigError, match="at least 2 examples"):
+        evaluate(s, param, oracle, x0[:1], spec)
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        evaluate(s, param, oracle, x0, spec, iw=(0,))
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        evaluate(s, param, oracle, x0, spec, mc_timesteps=-1)

@@ -67,7 +67,7 @@ def test_predictions_are_consistent(name, prediction):
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_learned_variance_endpoints(name):
     # out = -1 gives u = 0 (beta_tilde_t: 'small'), out = +1 gives u = 1 (beta_t: 'large'); at
-    # t = 1 both ends are the decoder variance.
+    # t = 1 the range runs from the decoder variance beta_tilde_2 to beta_1 ([ND21]'s code).
     T = 20
     s = NoiseSchedule.from_name(name, T)
     t = torch.arange(1, T + 1)
@@ -78,12 +78,14 @@ def test_learned_variance_endpoints(name):
         out = torch.cat([head, torch.full((T, D), value, dtype=torch.float64)], dim=1)
         got = p_from_output(s, learned, out, xt, t).log_var
         want = p_from_output(s, Parameterisation(variance=fixed), head, xt, t).log_var
-        torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(got[1:], want[1:], rtol=1e-14, atol=1e-14)
+        end = s.beta_tilde[2] if value < 0 else s.beta[1]
+        torch.testing.assert_close(got[0].exp(), end.expand(D), rtol=1e-14, atol=0)
     # halfway: the geometric mean of beta_t and beta_tilde_t
     out = torch.cat([head, torch.zeros(T, D, dtype=torch.float64)], dim=1)
     var = p_from_output(s, learned, out, xt, t).log_var.exp()[:, 0]
     torch.testing.assert_close(var[1:], (s.beta[2:] * s.beta_tilde[2:]).sqrt(), rtol=1e-12, atol=0)
-    assert float(var[0]) == pytest.approx(float(s.beta_tilde[2]), rel=1e-14)
+    assert float(var[0]) == pytest.approx(float((s.beta[1] * s.beta_tilde[2]).sqrt()), rel=1e-12)
 
 
 def test_clip_clamps_x0_hat_before_the_mean():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from ddpm import runs
 from ddpm.checkpoint import load_tensors
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
-from ddpm.errors import CheckpointError, ConfigError
+from ddpm.errors import CheckpointError, ConfigError, DataError
 from ddpm.losses import training_loss
 from ddpm.rng import seeded_generator
 from ddpm.sampling import sample
@@ -81,10 +82,10 @@ def test_trained_gmm8_model_against_the_bayes_optimal_one(gmm8_run):
     assert res.to_dict()["gap_to_oracle"] == gap
 
 
-def _tiny_digits(steps: int, **kw) -> RunConfig:
+def _tiny_digits(steps: int, dropout: float = 0.0, **kw) -> RunConfig:
     return RunConfig(
         diffusion=DiffusionConfig(T=5, **kw),
-        model=ModelConfig(channels=8, attn_resolutions=()),
+        model=ModelConfig(channels=8, attn_resolutions=(), dropout=dropout),
         data=DataConfig(name="digits"),
         train=TrainConfig(
             steps=steps, batch_size=16, warmup=3, log_every=2, checkpoint_every=0, num_samples=4
@@ -98,8 +99,9 @@ def _tiny_digits(steps: int, **kw) -> RunConfig:
         {},
         {"loss": "vlb", "timestep_sampler": "importance"},
         {"loss": "hybrid", "variance": "learned"},
+        {"dropout": 0.3},
     ],
-    ids=["simple", "vlb-importance", "hybrid-learned"],
+    ids=["simple", "vlb-importance", "hybrid-learned", "dropout"],
 )
 def test_resume_equals_training_in_one_go(tmp_path, diffusion):
     straight = tmp_path / "straight"
@@ -201,3 +203,43 @@ def test_evaluate_run_reports_the_kl_chain_on_known_density(gmm8_run, tmp_path):
     doc = json.loads(res.json_path.read_text())
     assert doc["kl_marginal"] == ev.kl_marginal and "per_example" not in doc
     assert res.per_timestep_path.exists()
+
+
+def test_interrupted_resume_and_a_torn_log_line_leave_the_run_usable(tmp_path):
+    out = tmp_path / "run"
+    train(_tiny_digits(4), out, progress=False)
+    # a resume to 8 steps rewrites config.json at once; stop it before its first checkpoint
+    runs.save_config(out, _tiny_digits(8), runs.load_config(out)[1])
+    assert runs.load_run(out).step == 4
+    with open(out / runs.LOG, "a") as f:
+        f.write('{"step": 6, "lo')  # a line cut short by a crash
+    train(_tiny_digits(8), out, resume=True, progress=False)
+    steps = [json.loads(x)["step"] for x in (out / runs.LOG).read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path):
+    out = tmp_path / "run"
+    train(_tiny_digits(2), out, progress=False)
+    before = (out / runs.CHECKPOINT).read_bytes()
+    bad = dataclasses.replace(_tiny_digits(2), data=DataConfig(name="digitz"))
+    with pytest.raises(DataError, match="unknown data 'digitz'"):
+        train(bad, out, overwrite=True, progress=False)
+    assert (out / runs.CHECKPOINT).read_bytes() == before
+
+
+def test_one_dimensional_mixture_trains_and_samples(tmp_path):
+    from ddpm.api import sample_run
+
+    spec = tmp_path / "m1.json"
+    spec.write_text(
+        json.dumps({"weights": [0.5, 0.5], "means": [[-1.0], [1.0]], "stds": [0.2, 0.2]})
+    )
+    cfg = RunConfig(
+        diffusion=DiffusionConfig(T=10),
+        data=DataConfig(name=str(spec), n_train=200, n_test=50),
+        train=TrainConfig(steps=3, batch_size=16, num_samples=8),
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    res = sample_run(tmp_path / "run", n=5, trajectory=True, frames=3)
+    assert res.x0.shape == (5, 1) and res.trajectory_path.exists()

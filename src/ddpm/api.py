@@ -10,10 +10,11 @@ from tqdm.auto import tqdm
 
 from ddpm import runs
 from ddpm.data.images import read_image
+from ddpm.dist import pick_device
 from ddpm.errors import ConfigError, DataError
 from ddpm.forward import q_sample
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
-from ddpm.report.samples import save_samples
+from ddpm.report.samples import as_plane, save_samples
 from ddpm.rng import seeded_generator
 from ddpm.sampling import sample
 from ddpm.schedule import NoiseSchedule
@@ -25,16 +26,6 @@ class SampleResult:
     array_path: Path
     trajectory_path: Path | None
     x0: torch.Tensor  # [N, *shape] in model space
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """The requested device, or CUDA when available, else CPU."""
-    if device is not None:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def evenly_spaced_steps(T: int, frames: int) -> list[int]:
@@ -80,7 +71,7 @@ def sample_run(
         if run.spec.is_image:
             save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
         else:
-            save_trajectory_2d(res.xt[:, :, :2].cpu(), res.steps, traj_path)
+            save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
     return SampleResult(path, out.with_suffix(".npy"), traj_path, res.x0)
 
 
@@ -96,6 +87,8 @@ def forward_strip(
     """The forward process q(x_t | x_0) applied to one image at ``frames`` values of t,
     from t = 0 (the image) to t = T (almost pure noise), [Ho20] eq. (4)."""
     image = Path(image)
+    if size is not None and size < 2:
+        raise ConfigError(f"--size must be >= 2 pixels (got {size})")
     if not image.is_file():
         raise DataError(f"{image}: no such image file; give the path of a PNG or JPEG image")
     s = NoiseSchedule.from_name(schedule, T)

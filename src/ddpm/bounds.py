@@ -109,10 +109,18 @@ def iw_log_weights(
 ) -> Tensor:
     """log p_theta(x_{0:T}^k) - log q(x_{1:T}^k | x_0) for K independent chains per example:
     [K, B] float64 nats. x0: [B, ...]. Chains are run in groups of max(1, max_batch // B)
-    chains, so one network call sees at most max(max_batch, B) inputs."""
+    chains (examples in slices of max_batch), so one network call sees at most max_batch
+    inputs."""
     if not isinstance(K, int) or K < 1:
         raise ConfigError(f"the number of importance samples K must be an integer >= 1 (got {K})")
     B = x0.shape[0]
+    if B > max_batch:  # more examples than one call may see: slice them
+        parts = [
+            iw_log_weights(s, param, model, x0[i : i + max_batch], levels, K, generator, clip,
+                           max_batch, on_step)
+            for i in range(0, B, max_batch)
+        ]  # fmt: skip
+        return torch.cat(parts, dim=1)
     group = max(1, max_batch // B)
     log_w = []
     for start in range(0, K, group):

@@ -187,6 +187,8 @@ class TrainConfig(_Serialisable):
             _positive(name, getattr(self, name), "train")
         if self.warmup < 0 or self.sample_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("warmup, sample_every and checkpoint_every must be >= 0")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0 (got {self.seed})")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (got {self.ema_decay})")
         if self.grad_clip < 0:

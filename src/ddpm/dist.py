@@ -14,6 +14,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
+from ddpm.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,26 +32,39 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group if launched by torchrun (WORLD_SIZE > 1); else single process."""
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU (ConfigError if unusable)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {device!r}: {e}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group if launched by torchrun (WORLD_SIZE > 1); else single process.
+
+    Returns the process's info and its device: under torchrun a CUDA device is the one of
+    this process's LOCAL_RANK (set as the current device, so NCCL collectives use it).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo()
+        return DistInfo(), device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch_dist.init_process_group(backend=backend)
-    return DistInfo(
-        rank=torch_dist.get_rank(),
-        world_size=torch_dist.get_world_size(),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
-
-
-def default_device(info: DistInfo) -> torch.device:
-    """CUDA device of this local rank when available, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
+        if device.type == "cuda":
+            torch_dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            torch_dist.init_process_group(backend="gloo")
+    info = DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank)
+    return info, device
 
 
 def all_gather_cat(x: Tensor, info: DistInfo) -> Tensor:

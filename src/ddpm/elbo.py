@@ -39,6 +39,8 @@ class ElboTerms:
     kl: Tensor  # [B, T-1] L_{t-1} for t = 2..T
     decoder_nll: Tensor  # [B] L_0 = -log p_theta(x_0|x_1)
 
+    FIELDS = ("prior_kl", "kl", "decoder_nll")
+
     def total(self) -> Tensor:
         """-ELBO per example [B], in nats."""
         return self.prior_kl + self.kl.sum(dim=-1) + self.decoder_nll
@@ -136,11 +138,20 @@ def elbo_terms(
 ) -> ElboTerms:
     """Every term of -ELBO for each example of x0 [B, ...], one x_t draw per (example, t).
 
-    Timesteps are batched in chunks so that one network call sees at most ``max_batch``
-    inputs (at least one timestep per call). on_chunk(n) is called with the number of
-    timesteps done in each chunk (for progress bars).
+    Timesteps (and, when B > max_batch, examples) are batched in chunks so that one network
+    call sees at most ``max_batch`` inputs. on_chunk(n) is called with the number of timesteps
+    done in each chunk, as a fraction when examples are sliced (for progress bars).
     """
     B, T = x0.shape[0], s.T
+    if B > max_batch:  # more examples than one call may see: evaluate them in slices
+        parts = [
+            elbo_terms(
+                s, param, model, x0[i : i + max_batch], levels, generator, max_batch, clip,
+                None if on_chunk is None else _scaled(on_chunk, min(max_batch, B - i) / B),
+            )
+            for i in range(0, B, max_batch)
+        ]  # fmt: skip
+        return ElboTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in ElboTerms.FIELDS))
     per_t = torch.empty(B, T, dtype=torch.float64, device=x0.device)
     chunk = max(1, max_batch // B)
     for start in range(1, T + 1, chunk):
@@ -152,6 +163,10 @@ def elbo_terms(
         if on_chunk is not None:
             on_chunk(len(ts))
     return ElboTerms(prior_kl=prior_kl(s, x0), kl=per_t[:, 1:], decoder_nll=per_t[:, 0])
+
+
+def _scaled(fn: Callable[[float], None], factor: float) -> Callable[[float], None]:
+    return lambda n: fn(n * factor)
 
 
 def elbo_mc(

@@ -34,15 +34,16 @@ from tqdm.auto import tqdm
 from ddpm.bounds import iw_curve
 from ddpm.data import DataSpec, GaussianMixture
 from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms
+from ddpm.errors import ConfigError
 from ddpm.reverse import Denoiser, Parameterisation
 from ddpm.schedule import NoiseSchedule
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:
-    """Sample mean and its standard error std / sqrt(n) (SE = 0 for a single value)."""
+    """Sample mean and its standard error std / sqrt(n) (NaN for a single value)."""
     x = x.double().flatten()
     n = x.numel()
-    se = float(x.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+    se = float(x.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
     return float(x.mean()), se
 
 
@@ -120,6 +121,15 @@ def evaluate(
     exact log p_theta(x_0) where tractable (the Gaussian oracle); otherwise the largest-K IW
     bound stands in for it, and ``log_likelihood_exact`` is False. progress: show progress bars.
     """
+    if x0.shape[0] < 2:
+        raise ConfigError(
+            f"evaluation needs at least 2 examples for a standard error (got {x0.shape[0]})"
+        )
+    if any(int(k) < 1 for k in iw) or (mc_timesteps is not None and mc_timesteps < 1):
+        raise ConfigError(
+            f"importance samples K and Monte Carlo timesteps must be >= 1 (got iw={list(iw)}, "
+            f"mc={mc_timesteps})"
+        )
     start = time.perf_counter()
     levels = spec.levels
     log_jac = spec.log_jacobian_nats()
@@ -135,7 +145,8 @@ def evaluate(
     bpd = bits_per_dim(neg_elbo, dims)
     iw_bounds, nll_iw = [], None
     if iw:
-        groups = -(-max(iw) // max(1, max_batch // x0.shape[0]))
+        b = min(x0.shape[0], max_batch)  # examples per slice, as iw_log_weights slices them
+        groups = -(-x0.shape[0] // b) * -(-max(iw) // max(1, max_batch // b))
         desc = f"{name}: IW K<={max(iw)}"
         with tqdm(total=groups * schedule.T, desc=desc, disable=not progress) as bar:
             curve = iw_curve(
@@ -158,9 +169,7 @@ def evaluate(
             "decoder": float(terms.decoder_nll.mean()) - log_jac,
         },
         per_timestep=per_t.mean(dim=0).tolist(),
-        per_timestep_se=(per_t.std(dim=0) / math.sqrt(max(1, x0.shape[0] - 1))).tolist()
-        if x0.shape[0] > 1
-        else [0.0] * schedule.T,
+        per_timestep_se=(per_t.std(dim=0) / math.sqrt(x0.shape[0])).tolist(),
         nats_per_dim=nelbo / dims,
         nats_per_dim_se=nelbo_se / dims,
         bits_per_dim=mean_se(bpd)[0],
@@ -168,7 +177,7 @@ def evaluate(
         log_jacobian=log_jac,
         iw=iw_bounds,
     )
-    if mc_timesteps:
+    if mc_timesteps is not None:
         est = elbo_mc(schedule, param, model, x0, levels, mc_timesteps, generator=generator)
         out["mc_timesteps"] = mc_timesteps
         out["neg_elbo_mc"], out["neg_elbo_mc_se"] = mean_se(est - log_jac)

@@ -94,8 +94,8 @@ class ImportanceSampler(UniformSampler):
         return {"terms": self.terms.clone(), "counts": self.counts.clone()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.terms = state["terms"].to(torch.float64).clone()
-        self.counts = state["counts"].to(torch.long).clone()
+        self.terms = state["terms"].to("cpu", torch.float64).clone()  # kept on the CPU
+        self.counts = state["counts"].to("cpu", torch.long).clone()
 
 
 def make_sampler(cfg: DiffusionConfig) -> UniformSampler:

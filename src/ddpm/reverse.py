@@ -9,7 +9,8 @@ and the mean is the posterior mean with x_0 replaced by its prediction x0_hat:
 Variances (``Variance``): 'small' sigma_t^2 = beta_tilde_t, 'large' sigma_t^2 = beta_t (both with
 the decoder variance beta_tilde_2 at t = 1, see ``NoiseSchedule.sigma2_small``), or 'learned':
     log sigma_t^2 = u log beta_t + (1 - u) log beta_tilde_t,  u = (out + 1) / 2   [ND21] eq. (15)
-where out is the network's second block of output channels.
+where out is the network's second block of output channels; at t = 1 the range runs from the
+decoder variance beta_tilde_2 to beta_1.
 
 The network protocol: ``model(x_t, t)`` with x_t [B, *shape] and t int64 [B] returns
 [B, out_mult * C, ...] (channel dim 1; for vectors [B, out_mult * D]); out_mult = 2 for learned
@@ -26,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, get_args
 
-import torch
 from torch import Tensor
 
 from ddpm.config import DiffusionConfig, Prediction, Variance
@@ -95,9 +95,9 @@ def p_log_var(s: NoiseSchedule, param: Parameterisation, t: Tensor, xt: Tensor, 
     if param.variance == "large":
         return log_large.expand_as(xt)
     # learned: interpolate between log beta_t and the clipped log beta_tilde_t [ND21] eq. (15);
-    # at t = 1 both ends are the decoder variance, since beta_tilde_1 = 0 has no logarithm.
+    # at t = 1 the lower end is the decoder variance beta_tilde_2 (beta_tilde_1 = 0 has no
+    # logarithm) and the upper end beta_1, as in [ND21]'s code.
     log_beta = s.at(s.beta.clamp(min=1e-300).log(), t, xt)
-    log_beta = torch.where(t.reshape(log_beta.shape) == 1, log_small, log_beta)
     u = (var_out + 1) / 2
     return u * log_beta + (1 - u) * log_small
 

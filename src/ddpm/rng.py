@@ -6,10 +6,15 @@ import numpy as np
 import torch
 
 
+def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed that depends only on (seed, rank, step, stream)."""
+    seq = np.random.SeedSequence([seed, rank, step, stream])
+    return int(seq.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
+
+
 def step_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu"):
     """A torch.Generator on device whose state depends only on (seed, rank, step)."""
-    state = np.random.SeedSequence([seed, rank, step]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
+    return torch.Generator(device=device).manual_seed(step_seed(seed, rank, step))
 
 
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

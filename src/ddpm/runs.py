@@ -127,8 +127,9 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool 
     schedule, param, model = build(cfg, spec)
     tensors, meta = load_checkpoint(run_dir, device)
     saved_cfg = RunConfig.from_dict(meta["config"]) if "config" in meta else cfg
-    if saved_cfg != cfg:
-        diff = _first_difference(saved_cfg, cfg)
+    # config.json may be ahead of the checkpoint in the fields a resume may change (--steps).
+    diff = config_difference(saved_cfg, cfg)
+    if diff is not None:
         raise CheckpointError(
             f"{run_dir}: {CONFIG} does not match the checkpoint ({diff}); "
             f"restore the original {CONFIG} or train again"

@@ -93,6 +93,11 @@ def four_views(ev: Evaluation) -> dict:
     }
 
 
+def _check_n(n: int) -> None:
+    if n < 2:
+        raise ConfigError(f"--n must be >= 2 examples (got {n})")
+
+
 def _fixed_variance(variance: str) -> str:
     if variance not in ("small", "large"):
         raise ConfigError(
@@ -183,6 +188,7 @@ def theory_mixture(
     """The Bayes-optimal denoiser of a Gaussian mixture (gmm8 or a JSON spec), evaluated on n
     fresh samples: the best -ELBO any network reaches in this model family, the IW bounds,
     H(q(x_0)) and the KL chain (KL_marginal from the largest-K bound)."""
+    _check_n(n)
     mixture, spec = load_mixture(name)
     s = NoiseSchedule.from_name(schedule, T)
     g = seeded_generator(seed)
@@ -216,6 +222,7 @@ def theory_run(
     on the same n test examples."""
     from ddpm import runs
 
+    _check_n(n)
     run = runs.load_run(run_dir, device=device)
     data = load_dataset(run.config.data)
     if data.density is None:

@@ -7,6 +7,7 @@ and training N - k more: the checkpoint holds weights, EMA, optimizer and sample
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from ddpm.config import RunConfig
 from ddpm.data import Dataset, load_dataset
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import make_sampler, training_loss
-from ddpm.rng import seeded_generator, step_generator
+from ddpm.rng import seeded_generator, step_generator, step_seed
 from ddpm.sampling import sample
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         be.copy_(bm)
 
 
-def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over an existing run unless asked to resume or overwrite it."""
+def check_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over an existing run unless asked to resume or overwrite it (reads only)."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pass one of them")
     if out.exists() and not out.is_dir():
@@ -77,17 +78,21 @@ def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) ->
                 f"{out}: the requested configuration does not match the saved run ({diff}); "
                 "resume with the run's own settings or train into a new --out"
             )
-        return
-    if runs.holds_run(out):
-        if not overwrite:
-            raise CheckpointError(
-                f"{out}: already holds a run; pass --resume to continue it, --overwrite to "
-                "replace it, or choose another --out"
-            )
-        for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, "samples.npy"):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "progress", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    elif runs.holds_run(out) and not overwrite:
+        raise CheckpointError(
+            f"{out}: already holds a run; pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out"
+        )
+
+
+def clear_run_dir(out: Path) -> None:
+    """Remove what a previous run wrote into out (for --overwrite, once the new run is set up)."""
+    for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, "samples.npy"):
+        (out / name).unlink(missing_ok=True)
+    for stale in [*out.glob("eval_*.json"), *out.glob("eval_*.png"), *out.glob("samples_seed*")]:
+        stale.unlink()
+    for folder in ("progress", "theory"):
+        shutil.rmtree(out / folder, ignore_errors=True)
 
 
 class Trainer:
@@ -111,9 +116,7 @@ class Trainer:
             torch.manual_seed(cfg.train.seed)
             self.schedule, self.param, model = runs.build(cfg, data.spec)
         self.model = model.to(device)
-        self.ema = runs.build(cfg, data.spec)[2].to(device)
-        self.ema.load_state_dict(self.model.state_dict())
-        self.ema.requires_grad_(False)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.ddp = self.model
         if self.info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -133,9 +136,14 @@ class Trainer:
         idx = torch.randint(0, self.train_x.shape[0], (n,), generator=g, device=self.device)
         x0 = self.train_x[idx]
         t, p_t = self.sampler.sample(n, g, self.device)
-        out = training_loss(
-            self.schedule, cfg.diffusion, self.ddp, x0, t, p_t, self.levels, generator=g
-        )
+        # Layers that draw from the global RNG (dropout) get a state fixed by (seed, rank,
+        # step) too, inside a fork so that the caller's RNG state is left as it was.
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(step_seed(cfg.train.seed, info.rank, self.step, stream=1))
+            out = training_loss(
+                self.schedule, cfg.diffusion, self.ddp, x0, t, p_t, self.levels, generator=g
+            )
         loss = out.loss.mean()
         lr = lr_at(self.step, cfg.train.lr, cfg.train.warmup)
         for group in self.opt.param_groups:
@@ -206,16 +214,8 @@ def train(
     Under torchrun each process calls this; rank 0 writes the files.
     """
     out = Path(out_dir)
-    wanted = (
-        torch.device(device)
-        if device
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    info = dist.init_distributed(wanted)
-    dev = torch.device(device) if device else dist.default_device(info)
-    if info.is_main:
-        prepare_run_dir(out, cfg, resume, overwrite)
-    dist.barrier(info)
+    info, dev = dist.init_distributed(dist.pick_device(device))
+    check_run_dir(out, cfg, resume, overwrite)  # every rank: a refusal stops them all alike
     data = data if data is not None else load_dataset(cfg.data)
     trainer = Trainer(cfg, data, dev, info)
     if resume:
@@ -226,8 +226,13 @@ def train(
                 f"{cfg.train.steps}; pass a larger --steps to train further"
             )
     if info.is_main:
+        # Only now, with data and model set up, is an old run replaced.
+        if overwrite and out.is_dir():
+            clear_run_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
         runs.save_config(out, cfg, data.spec)
         _truncate_log(out / runs.LOG, trainer.step)
+    dist.barrier(info)
     t0 = time.perf_counter()
     bar = tqdm(
         total=cfg.train.steps,
@@ -281,10 +286,18 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines past the checkpointed step, so a resumed run's log has no duplicates."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    keep = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= step]
     from ddpm.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, ("\n".join(keep) + ("\n" if keep else "")).encode())
+
+
+def _logged_step(line: str) -> float:
+    """Step of one log line; a line cut short by a crash counts as past every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 class _Null:

@@ -16,7 +16,7 @@ from ddpm.data.mixture import GaussianMixture
 from ddpm.data.mnist import load_mnist
 from ddpm.data.spec import Dataset
 from ddpm.data.toys import TOY_NAMES, load_toy, mixture_dataset
-from ddpm.errors import DataError
+from ddpm.errors import ConfigError, DataError
 
 BUILTIN_NAMES = ("digits", "mnist", *TOY_NAMES)
 
@@ -30,6 +30,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     gmm8. A '.npy'/'.npz' path or an image folder: user data split by cfg.test_fraction.
     """
     name = cfg.name
+    _check_options_apply(cfg)
     if name == "digits":
         return load_digits()
     if name == "mnist":
@@ -53,3 +54,14 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         f"unknown data {name!r}: no such file or folder, and not a built-in data set "
         f"({', '.join(BUILTIN_NAMES)}); check the name or path"
     )
+
+
+def _check_options_apply(cfg: DataConfig) -> None:
+    """Options that do nothing for this data are errors, not silently ignored."""
+    folder = cfg.name not in BUILTIN_NAMES and Path(cfg.name).expanduser().is_dir()
+    if (cfg.image_size is not None or cfg.grayscale) and not folder:
+        raise ConfigError(
+            f"--image-size and --grayscale apply to image folders, not to {cfg.name!r}; drop them"
+        )
+    if cfg.root is not None and cfg.name != "mnist":
+        raise ConfigError(f"--data-root is for --data mnist, not {cfg.name!r}; drop it")

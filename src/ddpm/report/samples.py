@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ddpm.checkpoint import atomic_write_bytes
@@ -37,6 +38,13 @@ def save_samples(
     save_array(spec.to_raw(x.detach().cpu().double()), path.with_suffix(".npy"))
     if spec.is_image:
         return save_image_grid(x.clamp(-1, 1), path)
-    ref = None if reference is None else reference[:, :2].cpu()
-    pts = x[:, :2].cpu() if x.shape[1] >= 2 else x.cpu().repeat(1, 2)
-    return save_scatter_2d(pts, path, reference=ref, title=f"{spec.name}: {len(x)} samples")
+    ref = None if reference is None else as_plane(reference)
+    return save_scatter_2d(as_plane(x), path, reference=ref, title=f"{spec.name}: {len(x)} samples")
+
+
+def as_plane(x: Tensor) -> Tensor:
+    """Points [..., D] to plot in a plane: the first two coordinates, or (x, 0) when D = 1."""
+    x = x.detach().cpu()
+    if x.shape[-1] >= 2:
+        return x[..., :2]
+    return torch.cat([x, torch.zeros_like(x)], dim=-1)
