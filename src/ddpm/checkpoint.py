@@ -342,14 +342,11 @@ def _first_mismatch(
     return None
 
 
-def load_module_state(
-    path: str | os.PathLike, module: nn.Module, strict: bool = True
-) -> dict[str, str]:
-    """Load weights written by :func:`save_module` into ``module``; return the file's metadata.
-
-    Missing or unexpected keys (when ``strict``) and shape mismatches raise CheckpointError.
-    """
-    tensors, metadata = load_tensors(path)
+def load_module_tensors(
+    module: nn.Module, tensors: Mapping[str, Tensor], where: str, strict: bool = True
+) -> None:
+    """Load a state dict into ``module``; missing or unexpected keys (when ``strict``) and shape
+    mismatches raise CheckpointError naming ``where`` and the first difference."""
     detail = _first_mismatch(tensors, module.state_dict(), strict)
     if detail is None:
         try:
@@ -359,7 +356,15 @@ def load_module_state(
             detail = lines[-1] if lines else type(e).__name__
     if detail is not None:
         raise CheckpointError(
-            f"{path}: weights do not match the model built from config.json ({detail}); "
+            f"{where}: weights do not match the model built from config.json ({detail}); "
             "the checkpoint was written by a different model configuration"
         )
+
+
+def load_module_state(
+    path: str | os.PathLike, module: nn.Module, strict: bool = True
+) -> dict[str, str]:
+    """Load weights written by :func:`save_module` into ``module``; return the file's metadata."""
+    tensors, metadata = load_tensors(path)
+    load_module_tensors(module, tensors, str(path), strict)
     return metadata

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ddpm import __version__
-from ddpm.checkpoint import load_json, load_tensors, save_json, save_tensors
+from ddpm.checkpoint import load_json, load_module_tensors, load_tensors, save_json, save_tensors
 from ddpm.config import RunConfig
 from ddpm.data import DataSpec
 from ddpm.errors import CheckpointError
@@ -109,15 +109,7 @@ def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu"):
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, where: Path):
     """Load the ``prefix.*`` tensors into module; mismatches become a CheckpointError."""
     state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(
-            f"{where}: {prefix} weights do not match the model built from {CONFIG} ({detail}); "
-            "the checkpoint was written for a different model configuration"
-        ) from None
+    load_module_tensors(module, state, f"{where} ({prefix} weights)")
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> Run:
