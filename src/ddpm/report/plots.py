@@ -7,7 +7,7 @@ References:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from torch import Tensor
 from ddpm.errors import DataError
 from ddpm.report._figure import as_float_array, limits, new_figure, save_figure
 
-__all__ = ["save_scatter_2d", "save_per_timestep", "save_bar_chain"]
+__all__ = ["save_scatter_2d", "save_per_timestep", "save_bar_chain", "save_steps_curve"]
 
 
 def save_scatter_2d(
@@ -123,6 +123,41 @@ def save_bar_chain(
     ax.grid(True, axis="x", alpha=0.3)
     if xlabel:
         ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_steps_curve(
+    steps: Sequence[int],
+    values: Sequence[float],
+    ses: Sequence[float],
+    path: str | os.PathLike,
+    ylabel: str = "bits/dim",
+    title: str = "",
+) -> Path:
+    """A bound against the number of steps K of a respaced process: ``values[i] ± ses[i]``
+    (one standard error) at K = ``steps[i]``, on a logarithmic K axis, each point annotated."""
+    k = as_float_array(np.asarray(steps, dtype=np.float64), "steps", ndim=1)
+    v = as_float_array(np.asarray(values, dtype=np.float64), "values", ndim=1)
+    se = as_float_array(np.asarray(ses, dtype=np.float64), "ses", ndim=1)
+    if not (len(k) == len(v) == len(se)) or len(k) == 0:
+        raise DataError(
+            f"steps, values, ses: need equal non-zero lengths (got {len(k)}, {len(v)}, {len(se)})"
+        )
+    order = np.argsort(k)
+    k, v, se = k[order], v[order], se[order]
+    fig = new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    ax.errorbar(k, v, yerr=np.nan_to_num(se), marker="o", ms=4, lw=1.2, capsize=3)
+    for ki, vi in zip(k, v, strict=True):
+        ax.annotate(f"{vi:.3f}", xy=(ki, vi), xytext=(4, 6), textcoords="offset points", fontsize=8)
+    if k.min() > 0 and k.max() > k.min():
+        ax.set_xscale("log")
+    ax.set_xticks(k, [str(int(x)) for x in k])
+    ax.set_xlabel("steps K")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
