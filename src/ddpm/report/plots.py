@@ -11,12 +11,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from ddpm.errors import DataError
 from ddpm.report._figure import as_float_array, limits, new_figure, save_figure
 
-__all__ = ["save_scatter_2d", "save_per_timestep", "save_bar_chain", "save_steps_curve"]
+__all__ = [
+    "save_scatter_2d",
+    "save_per_timestep",
+    "save_bar_chain",
+    "save_steps_curve",
+    "steps_figure",
+]
 
 
 def save_scatter_2d(
@@ -128,22 +135,22 @@ def save_bar_chain(
     return save_figure(fig, path)
 
 
-def save_steps_curve(
+def steps_figure(
     steps: Sequence[int],
     values: Sequence[float],
     ses: Sequence[float],
-    path: str | os.PathLike,
     ylabel: str = "bits/dim",
     title: str = "",
-) -> Path:
+) -> Figure:
     """A bound against the number of steps K of a respaced process: ``values[i] ± ses[i]``
-    (one standard error) at K = ``steps[i]``, on a logarithmic K axis, each point annotated."""
-    k = as_float_array(np.asarray(steps, dtype=np.float64), "steps", ndim=1)
-    v = as_float_array(np.asarray(values, dtype=np.float64), "values", ndim=1)
-    se = as_float_array(np.asarray(ses, dtype=np.float64), "ses", ndim=1)
-    if not (len(k) == len(v) == len(se)) or len(k) == 0:
+    (one standard error) at K = ``steps[i]``, sorted by K, on a logarithmic K axis."""
+    k = np.asarray(steps, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    se = np.asarray(ses, dtype=np.float64)
+    if not (k.ndim == v.ndim == se.ndim == 1 and len(k) == len(v) == len(se) > 0):
         raise DataError(
-            f"steps, values, ses: need equal non-zero lengths (got {len(k)}, {len(v)}, {len(se)})"
+            f"steps, values, ses: need 1-D sequences of one non-zero length (got {k.shape}, "
+            f"{v.shape}, {se.shape})"
         )
     order = np.argsort(k)
     k, v, se = k[order], v[order], se[order]
@@ -160,4 +167,16 @@ def save_steps_curve(
     ax.grid(True, which="major", alpha=0.3)
     if title:
         ax.set_title(title)
-    return save_figure(fig, path)
+    return fig
+
+
+def save_steps_curve(
+    steps: Sequence[int],
+    values: Sequence[float],
+    ses: Sequence[float],
+    path: str | os.PathLike,
+    ylabel: str = "bits/dim",
+    title: str = "",
+) -> Path:
+    """``steps_figure`` written as PNG to path."""
+    return save_figure(steps_figure(steps, values, ses, ylabel, title), path)
