@@ -153,7 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run", type=Path, help="run folder written by `ddpm train`")
     s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     s.add_argument(
-        "--out", type=Path, default=None, help="PNG path (default: RUN/samples_seed<S>.png)"
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG path (default: RUN/samples_seed<S>[_K<K>][_ddim_eta<E>].png)",
     )
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.add_argument(
