@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,14 +13,18 @@ from tqdm.auto import tqdm
 from ddpm import dist, runs
 from ddpm.checkpoint import save_json
 from ddpm.data.images import read_image
+from ddpm.ddim import check_eta, ddim_sample
 from ddpm.dist import pick_device
-from ddpm.errors import ConfigError, DataError
+from ddpm.errors import ConfigError, DataError, require_choice
 from ddpm.forward import q_sample
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
+from ddpm.respace import respace
 from ddpm.rng import KeyedNoise, seeded_generator
 from ddpm.sampling import sample
 from ddpm.schedule import NoiseSchedule
+
+SAMPLERS = ("ancestral", "ddim")
 
 
 @dataclass(frozen=True)
@@ -68,26 +73,42 @@ def sample_run(
     device: str | torch.device | None = None,
     progress: bool = False,
     clip: bool | None = None,
+    steps: int | None = None,
+    sampler: str = "ancestral",
+    eta: float | None = None,
 ) -> SampleResult:
-    """Ancestral samples from a trained run (EMA weights): PNG grid/scatter and .npy.
+    """Samples from a trained run (EMA weights): PNG grid/scatter and .npy.
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
     clip: clip x0_hat to [-1, 1] in every step (None: as the run samples, see ``clip_range``).
+    steps: sample the K-step respaced process ([ND21] Sec. 4) instead of all T steps.
+    sampler: 'ancestral' ([Ho20] Alg. 2) or 'ddim' ([SME21] eq. (12)) with ``eta`` (default 0:
+    deterministic; 1: ancestral with sigma_t^2 = beta_tilde_t).
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
+    require_choice("sampler", sampler, SAMPLERS)
+    if eta is not None and sampler != "ddim":
+        raise ConfigError(f"--eta {eta} applies to --sampler ddim only (got --sampler {sampler})")
+    eta = check_eta(0.0 if eta is None else eta)
     dev = pick_device(device)
     run = runs.load_run(run_dir, device=dev)
     x0_range = clip_range(run, clip)
-    out = Path(out) if out is not None else run.run_dir / f"samples_seed{seed}.png"
+    diffusion = run.diffusion if steps is None else respace(run.diffusion, steps)
+    if out is None:
+        how = "" if steps is None else f"_K{steps}"
+        how += f"_ddim_eta{eta:g}" if sampler == "ddim" else ""
+        out = run.run_dir / f"samples_seed{seed}{how}.png"
+    out = Path(out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
-    T = run.diffusion.T
+    T = diffusion.T
     capture = evenly_spaced_steps(T, frames) if trajectory else ()
     g = seeded_generator(seed, dev)
-    with tqdm(total=T, desc="sample", unit="t", disable=not progress) as bar:
-        res = sample(
-            run.diffusion, run.model, run.spec.shape, n, g, dev, x0_range, capture,
+    draw = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
+    with tqdm(total=T, desc=f"sample ({sampler})", unit="t", disable=not progress) as bar:
+        res = draw(
+            diffusion, run.model, run.spec.shape, n, g, dev, x0_range, capture,
             on_step=lambda _: bar.update(1),
         )  # fmt: skip
     path = save_samples(res.x0, out, run.spec)
@@ -211,3 +232,75 @@ def evaluate_run(
     dist.barrier(info)
     dist.cleanup(info)
     return EvalResult(ev, json_path, png, npy, info.is_main)
+
+
+@dataclass(frozen=True)
+class StepsEvalResult:
+    evaluations: list  # ddpm.evaluate.Evaluation, one per K (its T is K)
+    json_path: Path
+    steps_path: Path  # PNG: bits/dim against K
+
+
+def evaluate_steps_run(
+    run_dir: str | Path,
+    steps: tuple[int, ...],
+    split: str = "test",
+    n: int | None = None,
+    iw: tuple[int, ...] = (),
+    mc_timesteps: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    max_batch: int = 4096,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    clip: bool | None = None,
+) -> StepsEvalResult:
+    """The exact K-step -ELBO of a trained run for each K in ``steps``: the run's network in
+    the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
+    K-step model, evaluated on the same examples with noise keyed by (seed, example, t).
+    Writes eval_<split>_steps.json (``steps``: one report per K) and eval_<split>_steps.png
+    (bits/dim against K) into out_dir (default: run_dir)."""
+    from ddpm.data import load_dataset
+    from ddpm.evaluate import evaluate
+    from ddpm.report import save_steps_curve
+
+    if not steps:
+        raise ConfigError("--steps needs at least one K")
+    if split not in ("test", "train"):
+        raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be >= 1 (got {n})")
+    dev = pick_device(device)
+    run = runs.load_run(run_dir, device=dev)
+    x0_range = clip_range(run, clip)
+    data = load_dataset(run.config.data)
+    x0 = getattr(data, split)[:n].to(dev)
+    density = data.density.to(dev) if data.density is not None else None
+    ks = sorted(set(int(k) for k in steps))
+    diffusions = [respace(run.diffusion, k) for k in ks]  # check every K before evaluating
+    evaluations = [
+        evaluate(
+            d, run.model, x0, data.spec, name=f"{run.run_dir.name} K={k}", iw=iw,
+            mc_timesteps=mc_timesteps, density=density,
+            generator=KeyedNoise(seed, torch.arange(x0.shape[0])), max_batch=max_batch,
+            progress=progress, clip=x0_range,
+        )  # fmt: skip
+        for k, d in zip(ks, diffusions, strict=True)
+    ]
+    out = Path(out_dir) if out_dir is not None else run.run_dir
+    doc = {
+        "run": str(run.run_dir),
+        "split": split,
+        "T": run.diffusion.T,
+        "clip": list(x0_range) if x0_range is not None else None,
+        "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
+    }
+    json_path = save_json(out / f"eval_{split}_steps.json", doc)
+    png = save_steps_curve(
+        [ev.T for ev in evaluations],
+        [ev.bits_per_dim for ev in evaluations],
+        [ev.bits_per_dim_se for ev in evaluations],
+        out / f"eval_{split}_steps.png",
+        title=f"{run.run_dir.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
+    )
+    return StepsEvalResult(evaluations, json_path, png)

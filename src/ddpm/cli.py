@@ -51,7 +51,9 @@ EXAMPLES = {
   torchrun --nproc-per-node 4 -m ddpm train --data photos/ --image-size 32 --device cuda""",
     "sample": """examples:
   ddpm sample runs/digits --n 64 --out samples.png
-  ddpm sample runs/digits --n 8 --trajectory --out chain.png""",
+  ddpm sample runs/digits --n 8 --trajectory --out chain.png
+  ddpm sample runs/digits --steps 50                      # 50 of the T = 1000 steps
+  ddpm sample runs/digits --steps 25 --sampler ddim --eta 0""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
   ddpm forward digit.png --T 1000 --schedule cosine --frames 8""",
@@ -151,7 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run", type=Path, help="run folder written by `ddpm train`")
     s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     s.add_argument(
-        "--out", type=Path, default=None, help="PNG path (default: RUN/samples_seed<S>.png)"
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG path (default: RUN/samples_seed<S>[_K<K>][_ddim_eta<E>].png)",
     )
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.add_argument(
@@ -166,6 +171,20 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="clip the predicted x0 to [-1, 1] in every step (default: yes for discrete data)",
+    )
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sample the K-step respaced process (default: all T steps)",
+    )
+    s.add_argument("--sampler", default="ancestral", help="ancestral | ddim (default: ancestral)")
+    s.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="ddim: noise scale in [0, 1]; 0 deterministic, 1 ancestral (default: 0)",
     )
     s.set_defaults(func=cmd_sample)
 
@@ -229,6 +248,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         device=args.device,
         progress=True,
         clip=args.clip,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
     )
     print(f"samples: {result.samples_path}  (p_theta: {clip_words(result.clip)})")
     print(f"array:   {result.array_path}")
