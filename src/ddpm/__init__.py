@@ -26,6 +26,7 @@ from ddpm.errors import CheckpointError, ConfigError, DataError, DdpmError  # no
 from ddpm.evaluate import Evaluation, evaluate  # noqa: E402
 from ddpm.forward import q_marginal, q_posterior, q_sample, q_step  # noqa: E402
 from ddpm.losses import training_loss  # noqa: E402
+from ddpm.models import LoadedModel, load_model  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
 from ddpm.reverse import Parameterisation, p_mean_var  # noqa: E402
@@ -49,6 +50,7 @@ __all__ = [
     "Evaluation",
     "GaussianMixture",
     "GaussianOracle",
+    "LoadedModel",
     "MixtureOracle",
     "ModelConfig",
     "NoiseSchedule",
@@ -68,6 +70,7 @@ __all__ = [
     "gaussian_analysis",
     "iw_curve",
     "iw_log_likelihood",
+    "load_model",
     "load_dataset",
     "load_run",
     "p_mean_var",

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ddpm import runs
 from ddpm.data.images import read_image
 from ddpm.dist import pick_device
 from ddpm.errors import ConfigError, DataError
 from ddpm.forward import q_sample
+from ddpm.models import load_model
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
 from ddpm.rng import seeded_generator
@@ -45,31 +45,32 @@ def sample_run(
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> SampleResult:
-    """Ancestral samples from a trained run (EMA weights): PNG grid/scatter and .npy.
+    """Ancestral samples from a trained run (EMA weights) or a diffusers DDPMPipeline folder:
+    PNG grid/scatter and .npy.
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
     dev = pick_device(device)
-    run = runs.load_run(run_dir, device=dev)
-    out = Path(out) if out is not None else run.run_dir / f"samples_seed{seed}.png"
+    m = load_model(run_dir, device=dev)
+    out = Path(out) if out is not None else m.path / f"samples_seed{seed}.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
-    T = run.diffusion.T
+    T = m.diffusion.T
     capture = evenly_spaced_steps(T, frames) if trajectory else ()
     g = seeded_generator(seed, dev)
     with tqdm(total=T, desc="sample", unit="t", disable=not progress) as bar:
         res = sample(
-            run.diffusion, run.model, run.spec.shape, n, g, dev, run.clip, capture,
+            m.diffusion, m.model, m.spec.shape, n, g, dev, m.clip, capture,
             on_step=lambda _: bar.update(1),
         )  # fmt: skip
-    path = save_samples(res.x0, out, run.spec)
+    path = save_samples(res.x0, out, m.spec)
     traj_path = None
     if trajectory:
         traj_path = out.with_name(out.stem + "_trajectory.png")
         k = min(n, 8)
-        if run.spec.is_image:
+        if m.spec.is_image:
             save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
         else:
             save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
@@ -124,10 +125,15 @@ def evaluate_run(
     max_batch: int = 4096,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    data: str | None = None,
 ) -> EvalResult:
-    """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
+    """Exact -ELBO of a trained model on a data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
-    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir)."""
+
+    run_dir: a ddpm run folder or a diffusers DDPMPipeline folder (``ddpm.models.load_model``).
+    data: a data name or path to score on (default: the run's own data; a diffusers folder
+    names none, so it needs one). Writes eval_<split>.json and eval_<split>_per_timestep.png
+    into out_dir (default: run_dir)."""
     from ddpm.checkpoint import save_json
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
@@ -138,17 +144,18 @@ def evaluate_run(
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
     dev = pick_device(device)
-    run = runs.load_run(run_dir, device=dev)
-    data = load_dataset(run.config.data)
-    x0 = getattr(data, split)[:n].to(dev)
-    density = data.density.to(dev) if data.density is not None else None
+    m = load_model(run_dir, device=dev)
+    dataset = load_dataset(m.data_config(data))
+    m.check_data(dataset.spec)
+    x0 = getattr(dataset, split)[:n].to(dev)
+    density = dataset.density.to(dev) if dataset.density is not None else None
     g = seeded_generator(seed, dev)
     ev = evaluate(
-        run.diffusion,
-        run.model,
+        m.diffusion,
+        m.model,
         x0,
-        data.spec,
-        name=run.run_dir.name,
+        dataset.spec,
+        name=m.name,
         iw=iw,
         mc_timesteps=mc_timesteps,
         density=density,
@@ -156,10 +163,10 @@ def evaluate_run(
         max_batch=max_batch,
         progress=progress,
     )
-    out = Path(out_dir) if out_dir is not None else run.run_dir
+    out = Path(out_dir) if out_dir is not None else m.path
     json_path = save_json(out / f"eval_{split}.json", ev.to_dict())
     png = save_per_timestep(
-        {f"{run.run_dir.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
+        {f"{m.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
         out / f"eval_{split}_per_timestep.png",
         title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
     )

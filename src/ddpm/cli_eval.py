@@ -10,7 +10,8 @@ EXAMPLES = {
     "evaluate": """examples:
   ddpm evaluate runs/digits                      # exact -ELBO on the test split, bits/dim
   ddpm evaluate runs/digits --n 100 --iw 1 4 16  # plus importance-weighted bounds
-  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain""",
+  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
+  ddpm evaluate pipeline/ --data digits          # a diffusers DDPMPipeline folder""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
@@ -27,7 +28,15 @@ def add_commands(sub, fmt) -> None:
         epilog=EXAMPLES["evaluate"],
         formatter_class=fmt,
     )
-    e.add_argument("run", type=Path, help="run folder written by `ddpm train`")
+    e.add_argument(
+        "run", type=Path, help="run folder of `ddpm train`, or a diffusers DDPMPipeline folder"
+    )
+    e.add_argument(
+        "--data",
+        default=None,
+        metavar="NAME|PATH",
+        help="data to score on (default: the run's own; required for a diffusers folder)",
+    )
     e.add_argument("--split", default="test", help="test | train (default: test)")
     e.add_argument("--n", type=int, default=None, help="first N examples (default: all)")
     e.add_argument("--iw", type=int, nargs="*", default=[], help="IW bounds for these K")
@@ -161,6 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         out_dir=args.out,
         progress=not args.json,
+        data=args.data,
     )
     if args.json:
         print(json.dumps(res.evaluation.to_dict(), indent=2))

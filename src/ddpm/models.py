@@ -17,6 +17,7 @@ from ddpm.config import DataConfig
 from ddpm.data import BUILTIN_NAMES, DataSpec
 from ddpm.diffusion import Diffusion
 from ddpm.errors import CheckpointError, ConfigError, DataError
+from ddpm.foreign import diffusers as foreign_diffusers
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,8 +67,6 @@ def load_model(
 ) -> LoadedModel:
     """Load a trained model from a ddpm run folder (EMA weights by default) or a diffusers
     DDPMPipeline folder (model_index.json, unet/, scheduler/)."""
-    from ddpm.foreign import diffusers as foreign_diffusers
-
     path = Path(path)
     if foreign_diffusers.is_diffusers_folder(path):
         diffusion, model, shape, clip = foreign_diffusers.load_diffusers(path, device)
@@ -81,5 +80,4 @@ def load_model(
     from ddpm import runs
 
     run = runs.load_run(path, device=device, ema=ema)
-    diffusion = Diffusion(run.schedule, run.param)
-    return LoadedModel(path, "ddpm", diffusion, run.model, run.spec, run.config.data, run.clip)
+    return LoadedModel(path, "ddpm", run.diffusion, run.model, run.spec, run.config.data, run.clip)
