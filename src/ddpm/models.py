@@ -69,9 +69,9 @@ def load_model(
     DDPMPipeline folder (model_index.json, unet/, scheduler/)."""
     path = Path(path)
     if foreign_diffusers.is_diffusers_folder(path):
-        diffusion, model, shape, clip = foreign_diffusers.load_diffusers(path, device)
-        spec = DataSpec.from_levels(path.name or "diffusers", shape, 256)
-        return LoadedModel(path, "diffusers", diffusion, model, spec, None, clip)
+        d = foreign_diffusers.load_diffusers(path, device)
+        spec = DataSpec.from_levels(path.name or "diffusers", d.shape, 256)
+        return LoadedModel(path, "diffusers", d.diffusion, d.model, spec, None, d.clip)
     if path.is_dir() and not (path / "config.json").exists():
         raise CheckpointError(
             f"{path}: neither a ddpm run folder (config.json) nor a diffusers folder "

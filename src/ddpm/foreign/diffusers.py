@@ -37,6 +37,7 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +247,18 @@ def unet_shape(config: dict[str, Any], param: Parameterisation, where: str) -> t
     return (c_in, int(hw[0]), int(hw[1]))
 
 
-def load_diffusers(folder: str | Path, device: torch.device | str = "cpu"):
-    """(Diffusion, wrapped network, per-example shape, sampling clip) from a diffusers folder."""
+@dataclass(frozen=True, eq=False)
+class DiffusersModel:
+    """What a diffusers folder holds, in ddpm's terms."""
+
+    diffusion: Diffusion
+    model: DiffusersUNet
+    shape: tuple[int, int, int]  # one example (C, H, W)
+    clip: tuple[float, float] | None  # clip_sample range for sampling
+
+
+def load_diffusers(folder: str | Path, device: torch.device | str = "cpu") -> DiffusersModel:
+    """The process, the wrapped network and the example shape of a diffusers folder."""
     folder = Path(folder)
     check_pipeline(folder)
     for name in (SCHEDULER_CONFIG, UNET_CONFIG, UNET_WEIGHTS):
@@ -263,10 +274,12 @@ def load_diffusers(folder: str | Path, device: torch.device | str = "cpu"):
     diffusers = import_diffusers()
     try:
         unet = diffusers.UNet2DModel.from_pretrained(
-            str(folder / "unet"), local_files_only=True, use_safetensors=True
+            str(folder / "unet"),
+            local_files_only=True,  # a local folder: never look anything up online
+            use_safetensors=True,  # never unpickle
+            low_cpu_mem_usage=False,
         )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder / 'unet'}: cannot load the UNet2DModel ({first})") from None
-    model = DiffusersUNet(unet).to(device).eval()
-    return diffusion, model, shape, clip
+    return DiffusersModel(diffusion, DiffusersUNet(unet).to(device).eval(), shape, clip)
