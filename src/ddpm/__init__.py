@@ -27,6 +27,7 @@ from ddpm.errors import CheckpointError, ConfigError, DataError, DdpmError  # no
 from ddpm.evaluate import Evaluation, evaluate  # noqa: E402
 from ddpm.forward import q_marginal, q_posterior, q_sample, q_step  # noqa: E402
 from ddpm.losses import training_loss  # noqa: E402
+from ddpm.models import LoadedModel, load_model  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
 from ddpm.respace import respace, space_timesteps  # noqa: E402
@@ -53,6 +54,7 @@ __all__ = [
     "GaussianMixture",
     "GaussianOracle",
     "KeyedNoise",
+    "LoadedModel",
     "MixtureOracle",
     "ModelConfig",
     "NoiseSchedule",
@@ -74,6 +76,7 @@ __all__ = [
     "gaussian_analysis",
     "iw_curve",
     "iw_log_likelihood",
+    "load_model",
     "load_dataset",
     "load_run",
     "p_mean_var",

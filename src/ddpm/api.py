@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ddpm import dist, runs
+from ddpm import dist
 from ddpm.checkpoint import save_json
 from ddpm.data.images import read_image
 from ddpm.ddim import check_eta, ddim_sample
 from ddpm.dist import pick_device
 from ddpm.errors import ConfigError, DataError, require_choice
 from ddpm.forward import q_sample
+from ddpm.models import LoadedModel, load_model
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
 from ddpm.respace import respace
@@ -43,7 +44,7 @@ def evenly_spaced_steps(T: int, frames: int) -> list[int]:
     return sorted({round(T - k * (T - 1) / (frames - 1)) for k in range(frames)}, reverse=True)
 
 
-def clip_range(run: runs.Run, clip: bool | None) -> tuple[float, float] | None:
+def clip_range(run: LoadedModel, clip: bool | None) -> tuple[float, float] | None:
     """The range x0_hat is clipped to in p_theta: None as the run samples (clip to [-1, 1]
     for discrete data); True clips (discrete data only), False does not."""
     if clip is None:
@@ -77,7 +78,8 @@ def sample_run(
     sampler: str = "ancestral",
     eta: float | None = None,
 ) -> SampleResult:
-    """Samples from a trained run (EMA weights): PNG grid/scatter and .npy.
+    """Samples from a trained run (EMA weights) or a diffusers DDPMPipeline folder: PNG
+    grid/scatter and .npy.
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
     clip: clip x0_hat to [-1, 1] in every step (None: as the run samples, see ``clip_range``).
@@ -92,13 +94,13 @@ def sample_run(
         raise ConfigError(f"--eta {eta} applies to --sampler ddim only (got --sampler {sampler})")
     eta = check_eta(0.0 if eta is None else eta)
     dev = pick_device(device)
-    run = runs.load_run(run_dir, device=dev)
-    x0_range = clip_range(run, clip)
-    diffusion = run.diffusion if steps is None else respace(run.diffusion, steps)
+    m = load_model(run_dir, device=dev)
+    x0_range = clip_range(m, clip)
+    diffusion = m.diffusion if steps is None else respace(m.diffusion, steps)
     if out is None:
         how = "" if steps is None else f"_K{steps}"
         how += f"_ddim_eta{eta:g}" if sampler == "ddim" else ""
-        out = run.run_dir / f"samples_seed{seed}{how}.png"
+        out = m.path / f"samples_seed{seed}{how}.png"
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
@@ -108,15 +110,15 @@ def sample_run(
     draw = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
     with tqdm(total=T, desc=f"sample ({sampler})", unit="t", disable=not progress) as bar:
         res = draw(
-            diffusion, run.model, run.spec.shape, n, g, dev, x0_range, capture,
+            diffusion, m.model, m.spec.shape, n, g, dev, x0_range, capture,
             on_step=lambda _: bar.update(1),
         )  # fmt: skip
-    path = save_samples(res.x0, out, run.spec)
+    path = save_samples(res.x0, out, m.spec)
     traj_path = None
     if trajectory:
         traj_path = out.with_name(out.stem + "_trajectory.png")
         k = min(n, 8)
-        if run.spec.is_image:
+        if m.spec.is_image:
             save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
         else:
             save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
@@ -175,11 +177,16 @@ def evaluate_run(
     progress: bool = False,
     clip: bool | None = None,
     per_example: str | Path | None = None,
+    data: str | None = None,
 ) -> EvalResult:
-    """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
+    """Exact -ELBO of a trained model on a data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
-    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir),
-    and each example's -ELBO (nats, float64 [n]) to the .npy file ``per_example`` if given.
+
+    run_dir: a ddpm run folder or a diffusers DDPMPipeline folder (``ddpm.models.load_model``).
+    data: a data name or path to score on (default: the run's own data; a diffusers folder
+    names none, so it needs one). Writes eval_<split>.json and eval_<split>_per_timestep.png
+    into out_dir (default: run_dir), and each example's -ELBO (nats, float64 [n]) to the .npy
+    file ``per_example`` if given.
 
     Noise is keyed by (seed, example index, t, chain) (``ddpm.rng.KeyedNoise``): an example's
     numbers are the same for any n, max_batch and number of processes. Under torchrun each
@@ -197,24 +204,25 @@ def evaluate_run(
     if per_example is not None and Path(per_example).suffix != ".npy":
         raise ConfigError(f"--per-example {per_example}: give a path ending in .npy")
     info, dev = dist.init_distributed(pick_device(device))
-    run = runs.load_run(run_dir, device=dev)
-    x0_range = clip_range(run, clip)
-    data = load_dataset(run.config.data)
-    x0 = getattr(data, split)[:n]
+    m = load_model(run_dir, device=dev)
+    x0_range = clip_range(m, clip)
+    dataset = load_dataset(m.data_config(data))
+    m.check_data(dataset.spec)
+    x0 = getattr(dataset, split)[:n]
     check_request(x0.shape[0], iw, mc_timesteps)
-    density = data.density.to(dev) if data.density is not None else None
+    density = dataset.density.to(dev) if dataset.density is not None else None
     start, stop = dist.shard(x0.shape[0], info)
     t0 = time.perf_counter()
     terms = example_terms(
-        run.diffusion, run.model, x0[start:stop].to(dev), data.spec.levels, iw, mc_timesteps,
+        m.diffusion, m.model, x0[start:stop].to(dev), dataset.spec.levels, iw, mc_timesteps,
         density, None, KeyedNoise(seed, torch.arange(start, stop)), max_batch, x0_range,
-        progress and info.is_main, run.run_dir.name,
+        progress and info.is_main, m.name,
     )  # fmt: skip
     terms = terms.map(lambda v: dist.gather_rows(v, info))
     ev = summarise(
-        terms, data.spec, run.run_dir.name, iw, mc_timesteps, x0_range, time.perf_counter() - t0
+        terms, dataset.spec, m.name, iw, mc_timesteps, x0_range, time.perf_counter() - t0
     )
-    out = Path(out_dir) if out_dir is not None else run.run_dir
+    out = Path(out_dir) if out_dir is not None else m.path
     json_path, png = out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"
     npy = Path(per_example) if per_example is not None else None
     if info.is_main:
@@ -225,7 +233,7 @@ def evaluate_run(
         doc["processes"] = info.world_size
         save_json(json_path, doc)
         save_per_timestep(
-            {f"{run.run_dir.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
+            {f"{m.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
             png,
             title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
         )
@@ -254,6 +262,7 @@ def evaluate_steps_run(
     out_dir: str | Path | None = None,
     progress: bool = False,
     clip: bool | None = None,
+    data: str | None = None,
 ) -> StepsEvalResult:
     """The exact K-step -ELBO of a trained run for each K in ``steps``: the run's network in
     the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
@@ -271,27 +280,28 @@ def evaluate_steps_run(
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
     dev = pick_device(device)
-    run = runs.load_run(run_dir, device=dev)
-    x0_range = clip_range(run, clip)
-    data = load_dataset(run.config.data)
-    x0 = getattr(data, split)[:n].to(dev)
-    density = data.density.to(dev) if data.density is not None else None
+    m = load_model(run_dir, device=dev)
+    x0_range = clip_range(m, clip)
+    dataset = load_dataset(m.data_config(data))
+    m.check_data(dataset.spec)
+    x0 = getattr(dataset, split)[:n].to(dev)
+    density = dataset.density.to(dev) if dataset.density is not None else None
     ks = sorted(set(int(k) for k in steps))
-    diffusions = [respace(run.diffusion, k) for k in ks]  # check every K before evaluating
+    diffusions = [respace(m.diffusion, k) for k in ks]  # check every K before evaluating
     evaluations = [
         evaluate(
-            d, run.model, x0, data.spec, name=f"{run.run_dir.name} K={k}", iw=iw,
+            d, m.model, x0, dataset.spec, name=f"{m.name} K={k}", iw=iw,
             mc_timesteps=mc_timesteps, density=density,
             generator=KeyedNoise(seed, torch.arange(x0.shape[0])), max_batch=max_batch,
             progress=progress, clip=x0_range,
         )  # fmt: skip
         for k, d in zip(ks, diffusions, strict=True)
     ]
-    out = Path(out_dir) if out_dir is not None else run.run_dir
+    out = Path(out_dir) if out_dir is not None else m.path
     doc = {
-        "run": str(run.run_dir),
+        "run": str(m.path),
         "split": split,
-        "T": run.diffusion.T,
+        "T": m.diffusion.T,
         "clip": list(x0_range) if x0_range is not None else None,
         "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
     }
@@ -301,6 +311,6 @@ def evaluate_steps_run(
         [ev.bits_per_dim for ev in evaluations],
         [ev.bits_per_dim_se for ev in evaluations],
         out / f"eval_{split}_steps.png",
-        title=f"{run.run_dir.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
+        title=f"{m.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
     )
     return StepsEvalResult(evaluations, json_path, png)

@@ -53,7 +53,8 @@ EXAMPLES = {
   ddpm sample runs/digits --n 64 --out samples.png
   ddpm sample runs/digits --n 8 --trajectory --out chain.png
   ddpm sample runs/digits --steps 50                      # 50 of the T = 1000 steps
-  ddpm sample runs/digits --steps 25 --sampler ddim --eta 0""",
+  ddpm sample runs/digits --steps 25 --sampler ddim --eta 0
+  ddpm sample pipeline/ --n 16 --out s.png          # a diffusers DDPMPipeline folder""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
   ddpm forward digit.png --T 1000 --schedule cosine --frames 8""",
@@ -150,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES["sample"],
         formatter_class=fmt,
     )
-    s.add_argument("run", type=Path, help="run folder written by `ddpm train`")
+    s.add_argument(
+        "run", type=Path, help="run folder of `ddpm train`, or a diffusers DDPMPipeline folder"
+    )
     s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     s.add_argument(
         "--out",

@@ -16,6 +16,7 @@ EXAMPLES = {
   ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
   ddpm evaluate runs/digits --per-example a.npy  # each example's -ELBO, to pair two models
   ddpm evaluate runs/digits --steps 10 50 1000   # -ELBO of the K-step respaced models
+  ddpm evaluate pipeline/ --data digits          # a diffusers DDPMPipeline folder
   torchrun --nproc-per-node 4 -m ddpm evaluate runs/digits -n 1000  # over 4 processes""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
@@ -34,7 +35,15 @@ def add_commands(sub, fmt) -> None:
         epilog=EXAMPLES["evaluate"],
         formatter_class=fmt,
     )
-    e.add_argument("run", type=Path, help="run folder written by `ddpm train`")
+    e.add_argument(
+        "run", type=Path, help="run folder of `ddpm train`, or a diffusers DDPMPipeline folder"
+    )
+    e.add_argument(
+        "--data",
+        default=None,
+        metavar="NAME|PATH",
+        help="data to score on (default: the run's own; required for a diffusers folder)",
+    )
     e.add_argument("--split", default="test", help="test | train (default: test)")
     e.add_argument(
         "-n", "--n", type=int, default=None, help="first N examples (default: all; under "
@@ -226,6 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.json,
         clip=args.clip,
         per_example=args.per_example,
+        data=args.data,
     )
     if args.steps is not None:
         if args.per_example is not None:

@@ -1,0 +1,285 @@
+"""A folder written by diffusers' ``DDPMPipeline.save_pretrained`` as a ddpm model.
+
+    DIR/model_index.json                   components: unet (UNet2DModel), scheduler (DDPMScheduler)
+    DIR/scheduler/scheduler_config.json    the process: betas, variance_type, prediction_type
+    DIR/unet/config.json + diffusion_pytorch_model.safetensors    the network
+
+The scheduler config becomes a ``Diffusion``; the network is wrapped so that ``model(x, t)``
+returns a plain tensor. Nothing else is translated: every likelihood and sampling formula is
+ddpm's own. The mapping, key by key (diffusers' 0-based timestep k is ddpm's step t = k + 1):
+
+    betas           diffusers' float32 betas (computed as ``DDPMScheduler.__init__`` does),
+                    cast exactly to float64; alpha_bar etc. are then derived in float64
+    beta_schedule   linear, scaled_linear, squaredcos_cap_v2, or trained_betas
+    variance_type   fixed_small -> 'small', fixed_large -> 'large', learned_range -> 'learned'
+    prediction_type epsilon -> 'eps', sample -> 'x0', v_prediction -> 'v'
+    time map        network time for step t is t - 1
+    clip_sample     clip predicted x_0 to [-clip_sample_range, clip_sample_range] while sampling
+
+Conventions that differ, all at t = 1 only (diffusers' k = 0), where diffusers' sampler adds no
+noise, so sampling is unaffected; the evaluation uses ddpm's decoder variance beta_tilde_2:
+    fixed_small:   diffusers' beta_tilde_1 = 0 is clamped to 1e-20 (a degenerate decoder).
+    fixed_large:   diffusers uses beta_1; ddpm uses beta_tilde_2 (as [ND21]'s code).
+    learned_range: diffusers interpolates log sigma^2 between log(1e-20) and log beta_1; ddpm
+                   between log beta_tilde_2 and log beta_1.
+For t >= 2 the three variances are the same functions of the schedule in both libraries
+(learned_range: log sigma^2 = u log beta_t + (1 - u) log beta_tilde_t, u = (v + 1) / 2,
+[ND21] eq. (15)).
+
+diffusers is imported only inside the functions that load a network, so ``import ddpm`` never
+imports it. Files are read from the local folder only; nothing is downloaded.
+
+References:
+    [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
+    [ND21] Nichol, Dhariwal. Improved Denoising Diffusion Probabilistic Models. arXiv:2102.09672
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ddpm.checkpoint import load_json
+from ddpm.diffusion import Diffusion, Parameterisation
+from ddpm.errors import CheckpointError, ConfigError
+from ddpm.schedule import NoiseSchedule
+
+INSTALL = 'pip install -e ".[diffusers]"'
+MODEL_INDEX = "model_index.json"
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
+UNET_CONFIG = "unet/config.json"
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+VARIANCES = {"fixed_small": "small", "fixed_large": "large", "learned_range": "learned"}
+PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # all equal for the full T-step chain
+
+# DDPMScheduler's keys and defaults (diffusers 0.2x-0.4x); a saved config may omit any of them.
+SCHEDULER_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,  # used only with thresholding
+    "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,  # used only with thresholding
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+}
+_META_KEYS = ("_class_name", "_diffusers_version")
+
+
+def is_diffusers_folder(path: str | Path) -> bool:
+    """True when path is a folder holding a diffusers model_index.json."""
+    return (Path(path) / MODEL_INDEX).is_file()
+
+
+# --- the process: scheduler_config.json -> Diffusion -------------------------------------------
+def scheduler_settings(config: dict[str, Any], where: str = "scheduler config") -> dict[str, Any]:
+    """The config with DDPMScheduler's defaults filled in; unsupported settings raise a
+    ConfigError naming the key."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: expected a JSON object")
+    cls = config.get("_class_name", "DDPMScheduler")
+    if cls != "DDPMScheduler":
+        raise ConfigError(f"{where}: _class_name {cls!r} is not supported; only DDPMScheduler is")
+    unknown = sorted(set(config) - set(SCHEDULER_DEFAULTS) - set(_META_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unsupported key {unknown[0]!r} (not a DDPMScheduler setting)")
+    c = {**SCHEDULER_DEFAULTS, **{k: v for k, v in config.items() if k not in _META_KEYS}}
+    T = c["num_train_timesteps"]
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ConfigError(f"{where}: num_train_timesteps must be an integer >= 1 (got {T!r})")
+    if c["trained_betas"] is None and c["beta_schedule"] not in BETA_SCHEDULES:
+        raise ConfigError(
+            f"{where}: beta_schedule {c['beta_schedule']!r} is not supported "
+            f"(supported: {', '.join(BETA_SCHEDULES)}, or trained_betas)"
+        )
+    for key, table in (("variance_type", VARIANCES), ("prediction_type", PREDICTIONS)):
+        if c[key] not in table:
+            raise ConfigError(
+                f"{where}: {key} {c[key]!r} is not supported (supported: {', '.join(table)})"
+            )
+    for key in ("thresholding", "rescale_betas_zero_snr"):
+        if c[key] is not False:
+            raise ConfigError(f"{where}: {key} = {c[key]!r} is not supported (only false)")
+    if c["steps_offset"] != 0:
+        raise ConfigError(
+            f"{where}: steps_offset = {c['steps_offset']!r} is not supported (only 0)"
+        )
+    if c["timestep_spacing"] not in TIMESTEP_SPACINGS:
+        raise ConfigError(
+            f"{where}: timestep_spacing {c['timestep_spacing']!r} is not supported "
+            f"(supported: {', '.join(TIMESTEP_SPACINGS)})"
+        )
+    if not isinstance(c["clip_sample"], bool):
+        raise ConfigError(f"{where}: clip_sample must be true or false (got {c['clip_sample']!r})")
+    r = c["clip_sample_range"]
+    if c["clip_sample"] and not (isinstance(r, int | float) and r > 0):
+        raise ConfigError(f"{where}: clip_sample_range must be a number > 0 (got {r!r})")
+    return c
+
+
+def diffusers_betas(c: dict[str, Any]) -> Tensor:
+    """beta_1..beta_T [T] float32, computed as DDPMScheduler.__init__ computes them."""
+    T = c["num_train_timesteps"]
+    if c["trained_betas"] is not None:
+        return torch.tensor(c["trained_betas"], dtype=torch.float32)
+    start, end = c["beta_start"], c["beta_end"]
+    if c["beta_schedule"] == "linear":
+        return torch.linspace(start, end, T, dtype=torch.float32)
+    if c["beta_schedule"] == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, T, dtype=torch.float32) ** 2
+
+    # squaredcos_cap_v2: [ND21] eq. (17) with s = 0.008, evaluated in Python floats, capped.
+    def f(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - f((k + 1) / T) / f(k / T), 0.999) for k in range(T)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def diffusion_from_scheduler(
+    config: dict[str, Any], where: str = "scheduler config"
+) -> tuple[Diffusion, tuple[float, float] | None]:
+    """(Diffusion, sampling clip range) for a DDPMScheduler config (see the module docstring)."""
+    c = scheduler_settings(config, where)
+    T = c["num_train_timesteps"]
+    try:
+        betas = diffusers_betas(c)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{where}: cannot build the betas ({e})") from None
+    if betas.shape != (T,):
+        raise ConfigError(
+            f"{where}: trained_betas has {betas.numel()} entries, num_train_timesteps is {T}"
+        )
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise ConfigError(f"{where}: every beta must lie in (0, 1); check the beta settings")
+    beta = torch.cat([torch.zeros(1, dtype=torch.float64), betas.double()])
+    param = Parameterisation(PREDICTIONS[c["prediction_type"]], VARIANCES[c["variance_type"]])
+    time_map = torch.arange(T + 1, dtype=torch.long) - 1  # step t is diffusers' timestep t - 1
+    r = float(c["clip_sample_range"])
+    return Diffusion(NoiseSchedule(beta), param, time_map), ((-r, r) if c["clip_sample"] else None)
+
+
+# --- the network -----------------------------------------------------------------------------
+class DiffusersUNet(nn.Module):
+    """A diffusers UNet2DModel behind ddpm's network protocol: forward(x, t) -> unet(x, t).sample.
+
+    x: [B, C, H, W]; t: the network time [B] (diffusers' 0-based timesteps, see the time map).
+    The output [B, out_channels, H, W] is returned in x's dtype.
+    """
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        return self.unet(x.to(dtype), t).sample.to(x.dtype)
+
+
+def import_diffusers():
+    """The diffusers package, or a ConfigError saying how to install it."""
+    try:
+        import diffusers
+    except ImportError:
+        raise ConfigError(
+            f"reading a diffusers folder needs the diffusers package: {INSTALL}"
+        ) from None
+    return diffusers
+
+
+def check_pipeline(folder: Path) -> None:
+    """model_index.json must name a UNet2DModel and a DDPMScheduler and nothing else."""
+    index = load_json(folder / MODEL_INDEX)
+    want = {"unet": "UNet2DModel", "scheduler": "DDPMScheduler"}
+    for key, value in index.items():
+        if key.startswith("_"):
+            continue
+        cls = value[1] if isinstance(value, list) and len(value) == 2 else value
+        if key not in want:
+            raise ConfigError(
+                f"{folder / MODEL_INDEX}: component {key!r} is not supported "
+                "(a DDPMPipeline folder holds unet and scheduler)"
+            )
+        if cls != want[key]:
+            raise ConfigError(
+                f"{folder / MODEL_INDEX}: {key} is {cls!r}; only {want[key]} is supported"
+            )
+    missing = [k for k in want if k not in index]
+    if missing:
+        raise ConfigError(f"{folder / MODEL_INDEX}: no {missing[0]!r} component")
+
+
+def unet_shape(config: dict[str, Any], param: Parameterisation, where: str) -> tuple[int, int, int]:
+    """Per-example shape (C, H, W) of the unet; its outputs must fit the parameterisation."""
+    for key in ("num_class_embeds", "class_embed_type"):
+        if config.get(key) is not None:
+            raise ConfigError(
+                f"{where}: {key} = {config[key]!r} is not supported (unconditional only)"
+            )
+    size, c_in, c_out = (
+        config.get("sample_size"),
+        config.get("in_channels"),
+        config.get("out_channels"),
+    )
+    hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, list) else None
+    if hw is None or len(hw) != 2 or not isinstance(c_in, int):
+        raise ConfigError(f"{where}: needs an integer sample_size (or [H, W]) and in_channels")
+    if c_out != param.out_mult * c_in:
+        raise ConfigError(
+            f"{where}: out_channels = {c_out}, but variance {param.variance!r} needs "
+            f"{param.out_mult} x in_channels = {param.out_mult * c_in}"
+        )
+    return (c_in, int(hw[0]), int(hw[1]))
+
+
+@dataclass(frozen=True, eq=False)
+class DiffusersModel:
+    """What a diffusers folder holds, in ddpm's terms."""
+
+    diffusion: Diffusion
+    model: DiffusersUNet
+    shape: tuple[int, int, int]  # one example (C, H, W)
+    clip: tuple[float, float] | None  # clip_sample range for sampling
+
+
+def load_diffusers(folder: str | Path, device: torch.device | str = "cpu") -> DiffusersModel:
+    """The process, the wrapped network and the example shape of a diffusers folder."""
+    folder = Path(folder)
+    check_pipeline(folder)
+    for name in (SCHEDULER_CONFIG, UNET_CONFIG, UNET_WEIGHTS):
+        if not (folder / name).is_file():
+            raise CheckpointError(
+                f"{folder / name}: missing; save the pipeline with "
+                "save_pretrained(DIR, safe_serialization=True)"
+            )
+    diffusion, clip = diffusion_from_scheduler(
+        load_json(folder / SCHEDULER_CONFIG), str(folder / SCHEDULER_CONFIG)
+    )
+    shape = unet_shape(load_json(folder / UNET_CONFIG), diffusion.param, str(folder / UNET_CONFIG))
+    diffusers = import_diffusers()
+    try:
+        unet = diffusers.UNet2DModel.from_pretrained(
+            str(folder / "unet"),
+            local_files_only=True,  # a local folder: never look anything up online
+            use_safetensors=True,  # never unpickle
+            low_cpu_mem_usage=False,
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{folder / 'unet'}: cannot load the UNet2DModel ({first})") from None
+    return DiffusersModel(diffusion, DiffusersUNet(unet).to(device).eval(), shape, clip)

@@ -1,0 +1,286 @@
+"""diffusers DDPMPipeline folders: the mapping to a Diffusion checked against diffusers itself.
+
+A tiny UNet2DModel + DDPMScheduler is saved with save_pretrained into a temporary folder; the
+loaded model must score like the same network wrapped by hand, and one ddpm reverse step must
+equal DDPMScheduler.step given the same noise (float64: to rounding; float32: within the
+rounding of diffusers' float32 arithmetic).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from ddpm.cli import main
+from ddpm.config import DataConfig
+from ddpm.data import load_dataset
+from ddpm.diffusion import Diffusion, Parameterisation
+from ddpm.errors import ConfigError
+from ddpm.evaluate import evaluate
+from ddpm.foreign.diffusers import diffusers_betas, diffusion_from_scheduler, scheduler_settings
+from ddpm.models import load_model
+from ddpm.rng import KeyedNoise
+from ddpm.sampling import p_sample
+from ddpm.schedule import NoiseSchedule
+
+T = 10
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+# (beta_schedule or trained betas, variance_type, prediction_type): every supported value once.
+CASES = [
+    ("linear", "fixed_small", "epsilon"),
+    ("squaredcos_cap_v2", "fixed_large", "v_prediction"),
+    ("scaled_linear", "learned_range", "sample"),
+    ("trained", "learned_range", "epsilon"),
+]
+
+
+def scheduler_kwargs(schedule: str, variance: str, prediction: str) -> dict:
+    kw = dict(num_train_timesteps=T, variance_type=variance, prediction_type=prediction)
+    if schedule == "trained":
+        kw["trained_betas"] = np.geomspace(1e-3, 0.2, T).tolist()
+    else:
+        kw["beta_schedule"] = schedule
+    return kw
+
+
+def tiny_unet(out_mult: int, seed: int = 0) -> UNet2DModel:
+    torch.manual_seed(seed)  # diffusers initialises from the global generator
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=out_mult,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+
+
+def save_pipeline(folder: Path, case: tuple[str, str, str]) -> tuple[UNet2DModel, DDPMScheduler]:
+    scheduler = DDPMScheduler(**scheduler_kwargs(*case))
+    unet = tiny_unet(2 if case[1] == "learned_range" else 1)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return unet, scheduler
+
+
+def by_hand(unet: UNet2DModel, scheduler: DDPMScheduler):
+    """The same network and process wrapped directly from the diffusers objects."""
+    variance = {"fixed_small": "small", "fixed_large": "large", "learned_range": "learned"}
+    prediction = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+    cfg = scheduler.config
+    beta = torch.cat([torch.zeros(1, dtype=torch.float64), scheduler.betas.double()])
+    diffusion = Diffusion(
+        NoiseSchedule(beta),
+        Parameterisation(prediction[cfg.prediction_type], variance[cfg.variance_type]),
+        time_map=torch.arange(T + 1) - 1,
+    )
+    return diffusion, lambda x, t: unet(x, t).sample
+
+
+@pytest.fixture(params=CASES, ids=["-".join(c) for c in CASES])
+def pipeline(request, tmp_path):
+    folder = tmp_path / "pipe"
+    unet, scheduler = save_pipeline(folder, request.param)
+    return folder, unet, scheduler
+
+
+# --- the process -------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
+def test_betas_are_diffusers_float32_betas(case):
+    kw = scheduler_kwargs(*case)
+    expected = DDPMScheduler(**kw).betas
+    got = diffusers_betas(scheduler_settings(kw))
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    diffusion, _ = diffusion_from_scheduler(kw)
+    assert torch.equal(diffusion.schedule.beta[1:], expected.double())  # exact cast
+    assert diffusion.net_t(torch.tensor([1, T])).tolist() == [0, T - 1]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_one_step_equals_scheduler_step_in_float64(case, clip_sample):
+    """Every t, mean and variance: ddpm's p_sample against DDPMScheduler.step with the
+    scheduler's arrays in float64 (same formulas, so equal to float64 rounding)."""
+    kw = {**scheduler_kwargs(*case), "clip_sample": clip_sample}
+    scheduler = DDPMScheduler(**kw)
+    scheduler.betas = scheduler.betas.double()
+    scheduler.alphas = 1 - scheduler.betas
+    scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, dim=0)
+    scheduler.one = torch.tensor(1.0, dtype=torch.float64)
+    diffusion, clip = diffusion_from_scheduler(kw)
+    g = torch.Generator().manual_seed(0)
+    channels = diffusion.param.out_mult
+    for t in range(1, T + 1):
+        xt = 1.5 * torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+        out = torch.randn(4, channels, 8, 8, generator=g, dtype=torch.float64)
+        if channels == 2:
+            out[:, 1:] = out[:, 1:].tanh()  # a variance output in [-1, 1]
+
+        def model(x, net_t, t=t, out=out):
+            assert net_t.tolist() == [t - 1] * 4  # diffusers' 0-based timestep
+            return out
+
+        expected = scheduler.step(out, t - 1, xt, generator=torch.Generator().manual_seed(t))
+        z = torch.randn(xt.shape, generator=torch.Generator().manual_seed(t), dtype=xt.dtype)
+        got, p = p_sample(diffusion, model, xt, t, clip=clip, noise=z)
+        torch.testing.assert_close(p.x0_hat, expected.pred_original_sample, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(got, expected.prev_sample, rtol=1e-9, atol=1e-12)
+
+
+def test_one_step_of_the_loaded_model_equals_scheduler_step(pipeline):
+    """The saved pipeline through load_model, in float32 as diffusers runs it. The loaded
+    network at step t is exactly the unet at timestep t - 1. diffusers forms 1 - alpha_bar_t from
+    a float32 cumprod: its relative rounding error is up to ~(t + 1) eps / (1 - alpha_bar_t),
+    which bounds the difference from ddpm's coefficients (float64, cast to float32)."""
+    folder, unet, scheduler = pipeline
+    m = load_model(folder)
+    g = torch.Generator().manual_seed(1)
+    alpha_bar = scheduler.alphas_cumprod.double()
+    for t in (1, 2, T // 2, T):
+        xt = torch.randn(3, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            out = unet(xt, t - 1).sample
+            tt = torch.full((3,), t)
+            assert torch.equal(m.model(xt, m.diffusion.net_t(tt)), out)
+            expected = scheduler.step(out, t - 1, xt, generator=torch.Generator().manual_seed(t))
+            z = torch.randn(xt.shape, generator=torch.Generator().manual_seed(t))
+            got, _ = p_sample(m.diffusion, m.model, xt, t, clip=m.clip, noise=z)
+        scale = float(xt.abs().max() + out.abs().max() + z.abs().max())
+        tol = 2 * (t + 1) * EPS32 / float(1 - alpha_bar[t - 1]) * scale
+        assert float((got - expected.prev_sample).abs().max()) <= tol
+
+
+def test_sampling_chain_equals_ddpm_pipeline(pipeline, tmp_path, capsys):
+    """`ddpm sample DIR --seed 0` draws the same noise in the same order as DDPMPipeline with a
+    generator seeded 0: the samples agree to float32 rounding (per-step differences of a few
+    1e-6, see above, accumulated over T = 10 steps stay below 1e-4)."""
+    folder, unet, scheduler = pipeline
+    out = tmp_path / "s.png"
+    assert main(["sample", str(folder), "--n", "3", "--seed", "0", "--out", str(out)]) == 0
+    ours = np.load(tmp_path / "s.npy") / 255  # raw 8-bit units -> [0, 1]
+    pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        batch_size=3,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=T,
+        output_type="np",
+    ).images  # [N, H, W, C] in [0, 1]
+    np.testing.assert_allclose(ours.transpose(0, 2, 3, 1), theirs, atol=1e-4)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+def test_cli_evaluate_equals_the_model_wrapped_by_hand(pipeline, tmp_path, capsys, monkeypatch):
+    folder, unet, scheduler = pipeline
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the loader tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    n = 6
+    args = ["evaluate", str(folder), "--data", "digits", "--n", str(n), "--json"]
+    assert main([*args, "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    diffusion, model = by_hand(unet, scheduler)
+    data = load_dataset(DataConfig(name="digits"))
+    with torch.no_grad():
+        ev = evaluate(
+            diffusion, model, data.test[:n], data.spec, generator=KeyedNoise(0, torch.arange(n)),
+            clip=load_model(folder).clip,  # the p_theta `ddpm sample` draws from
+        )  # fmt: skip
+    assert report["n"] == n and report["T"] == T
+    assert report["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-6)
+    assert report["bits_per_dim"] == pytest.approx(ev.bits_per_dim, rel=1e-6)
+    np.testing.assert_allclose(report["per_timestep"], ev.per_timestep, rtol=1e-6)
+
+
+def test_decoder_variance_is_ddpm_convention(pipeline):
+    """At t = 1 diffusers clamps beta_tilde_1 = 0 to 1e-20 (fixed_small) or uses beta_1
+    (fixed_large); the evaluation's decoder uses beta_tilde_2 for both fixed variances."""
+    folder, _, scheduler = pipeline
+    s = load_model(folder).diffusion.schedule
+    if scheduler.config.variance_type == "fixed_small":
+        assert float(scheduler._get_variance(0)) == pytest.approx(1e-20)
+        assert float(s.sigma2_small[1]) == pytest.approx(float(s.beta_tilde[2]), rel=1e-12)
+    if scheduler.config.variance_type == "fixed_large":
+        assert float(scheduler._get_variance(0)) == pytest.approx(float(s.beta[1]), rel=1e-6)
+        assert float(s.sigma2_large[1]) == pytest.approx(float(s.beta_tilde[2]), rel=1e-12)
+
+
+# --- bad input: one line naming the key --------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("thresholding", True),
+        ("rescale_betas_zero_snr", True),
+        ("variance_type", "learned"),
+        ("variance_type", "fixed_small_log"),
+        ("beta_schedule", "sigmoid"),
+        ("prediction_type", "flow"),
+        ("timestep_spacing", "karras"),
+        ("steps_offset", 1),
+        ("num_train_timesteps", 0),
+        ("some_new_setting", 1),
+    ],
+)
+def test_unsupported_scheduler_settings_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        diffusion_from_scheduler({"num_train_timesteps": T, key: value})
+
+
+def test_unsupported_setting_is_one_line_from_the_cli(tmp_path, capsys):
+    folder = tmp_path / "pipe"
+    save_pipeline(folder, CASES[0])
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "thresholding": True}))
+    assert main(["evaluate", str(folder), "--data", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "thresholding" in err
+
+
+def test_diffusers_folder_needs_data_of_its_shape(tmp_path, capsys):
+    folder = tmp_path / "pipe"
+    save_pipeline(folder, CASES[0])
+    assert main(["evaluate", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--data" in err
+    assert main(["evaluate", str(folder), "--data", "gmm8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "(2,)" in err and "(1, 8, 8)" in err
+
+
+def test_output_channels_must_fit_the_variance(tmp_path, capsys):
+    folder = tmp_path / "pipe"
+    scheduler = DDPMScheduler(num_train_timesteps=T, variance_type="learned_range")
+    DDPMPipeline(unet=tiny_unet(1), scheduler=scheduler).save_pretrained(folder)
+    assert main(["sample", str(folder), "--n", "2", "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out_channels" in err
+
+
+def test_without_diffusers_one_line_says_how_to_install(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "pipe"
+    save_pipeline(folder, CASES[0])
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` now fails
+    for cmd in (["evaluate", str(folder), "--data", "digits"], ["sample", str(folder)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and 'pip install -e ".[diffusers]"' in err
+
+
+def test_import_ddpm_does_not_import_diffusers():
+    code = (
+        "import sys, ddpm, ddpm.models, ddpm.foreign.diffusers, ddpm.cli; "
+        "assert 'diffusers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
