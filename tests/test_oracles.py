@@ -220,7 +220,7 @@ def posterior_kl_by_matrices(an, x0: torch.Tensor) -> torch.Tensor:
     for d in range(x0.shape[1]):
         # p: x_T ~ N(0, 1); x_{t-1} = a_t x_t + b_t + sigma_t z for t = T..1; order x_T..x_0
         a, b = an.a[1:, d].flip(0).tolist(), an.b[1:, d].flip(0).tolist()
-        mean_p, cov = linear_chain(0.0, 1.0, a, b, an.sigma2[1:].flip(0).tolist())
+        mean_p, cov = linear_chain(0.0, 1.0, a, b, an.sigma2[1:, d].flip(0).tolist())
         k = cov[:T, T] / cov[T, T]  # condition on x_0 (last variable)
         cov_p = (cov[:T, :T] - torch.outer(k, cov[T, :T])).flip(0, 1)  # order x_1..x_T
         coef_p, const_p = k.flip(0), (mean_p[:T] - k * mean_p[T]).flip(0)

@@ -10,29 +10,38 @@ Variances (``Variance``): 'small' sigma_t^2 = beta_tilde_t, 'large' sigma_t^2 = 
 the decoder variance beta_tilde_2 at t = 1, see ``NoiseSchedule.sigma2_small``), or 'learned':
     log sigma_t^2 = u log beta_t + (1 - u) log beta_tilde_t,  u = (out + 1) / 2   [ND21] eq. (15)
 where out is the network's second block of output channels; at t = 1 the range runs from the
-decoder variance beta_tilde_2 to beta_1.
+decoder variance beta_tilde_2 to beta_1. 'optimal': the model emits log sigma_t^2 itself, per
+example and dimension, as its second block of channels. The Bayes-optimal oracles
+(``ddpm.oracles``) use it for the exact reverse variance of [BLZ22]; trained networks do not
+(``DiffusionConfig`` accepts only small, large and learned).
 
 The network protocol: ``model(x_t, t)`` with x_t [B, *shape] and t int64 [B] returns
 [B, out_mult * C, ...] (channel dim 1; for vectors [B, out_mult * D]); out_mult = 2 for learned
-variances.
+or model-supplied ('optimal') variances.
 
 References:
     [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
     [ND21] Nichol, Dhariwal. Improved Denoising Diffusion Probabilistic Models. arXiv:2102.09672
     [SH22] Salimans, Ho. Progressive Distillation for Fast Sampling of Diffusion Models.
+    [BLZ22] Bao, Li, Zhu, Zhang. Analytic-DPM: an Analytic Estimate of the Optimal Reverse
+            Variance in Diffusion Probabilistic Models. arXiv:2201.06503
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, get_args
+from typing import Literal, Protocol, get_args
 
 from torch import Tensor
 
-from ddpm.config import DiffusionConfig, Prediction, Variance
+from ddpm.config import DiffusionConfig, Prediction
 from ddpm.errors import ConfigError, require_choice
 from ddpm.forward import eps_from_x0, x0_from_eps, x0_from_v
 from ddpm.schedule import NoiseSchedule
+
+# The variances of p_theta. DiffusionConfig.variance (trained networks) is the subset without
+# 'optimal', which only a model that knows its posterior variance can supply.
+ReverseVariance = Literal["small", "large", "learned", "optimal"]
 
 
 class Denoiser(Protocol):
@@ -46,16 +55,16 @@ class Parameterisation:
     """How network outputs become p_theta: what the mean head predicts and which variance."""
 
     prediction: Prediction = "eps"
-    variance: Variance = "small"
+    variance: ReverseVariance = "small"
 
     def __post_init__(self) -> None:
         require_choice("prediction", self.prediction, get_args(Prediction))
-        require_choice("variance", self.variance, get_args(Variance))
+        require_choice("variance", self.variance, get_args(ReverseVariance))
 
     @property
     def out_mult(self) -> int:
         """Output channels per data channel: 2 when the network also emits the variance."""
-        return 2 if self.variance == "learned" else 1
+        return 2 if self.variance in ("learned", "optimal") else 1
 
     @classmethod
     def of(cls, cfg: DiffusionConfig) -> Parameterisation:
@@ -88,6 +97,8 @@ def split_output(param: Parameterisation, out: Tensor, xt: Tensor) -> tuple[Tens
 
 def p_log_var(s: NoiseSchedule, param: Parameterisation, t: Tensor, xt: Tensor, var_out=None):
     """log sigma_t^2 for each example, broadcast to xt's shape (see module docstring)."""
+    if param.variance == "optimal":
+        return var_out  # the model's own log sigma_t^2
     log_small = s.at(s.sigma2_small.log(), t, xt)
     if param.variance == "small":
         return log_small.expand_as(xt)

@@ -23,7 +23,13 @@ from ddpm.config import DataConfig
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
-from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
+from ddpm.oracles import (
+    ORACLE_VARIANCES,
+    GaussianOracle,
+    MixtureOracle,
+    gaussian_analysis,
+    gaussian_log_likelihood,
+)
 from ddpm.reverse import Parameterisation
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
@@ -98,13 +104,27 @@ def _check_n(n: int) -> None:
         raise ConfigError(f"--n must be >= 2 examples (got {n})")
 
 
-def _fixed_variance(variance: str) -> str:
-    if variance not in ("small", "large"):
+def _oracle_variance(variance: str) -> str:
+    if variance not in ORACLE_VARIANCES:
         raise ConfigError(
-            f"variance {variance!r}: the Bayes-optimal oracle has a fixed variance, "
-            "use --variance small or large"
+            f"variance {variance!r}: a Bayes-optimal oracle uses small, large or optimal "
+            "(the exact posterior variance); use --variance small, large or optimal"
         )
     return variance
+
+
+def gaussian_data(
+    dim: int, mean: float, std: float
+) -> tuple[torch.Tensor, torch.Tensor, GaussianMixture, DataSpec]:
+    """N(mean, std^2 I_dim): mean [D], std [D], the density as a one-component mixture, spec."""
+    if dim < 1 or not std > 0:
+        raise ConfigError(f"need --dim >= 1 and --std > 0 (got {dim}, {std})")
+    m = torch.full((dim,), float(mean), dtype=torch.float64)
+    sd = torch.full((dim,), float(std), dtype=torch.float64)
+    density = GaussianMixture(
+        weights=torch.ones(1, dtype=torch.float64), means=m[None], covs=torch.diag(sd**2)[None]
+    )
+    return m, sd, density, DataSpec(name=f"gaussian{dim}d", shape=(dim,), levels=None)
 
 
 def theory_gaussian(
@@ -121,19 +141,14 @@ def theory_gaussian(
 ) -> TheoryResult:
     """Data N(mean, std^2 I) in ``dim`` dimensions and its Bayes-optimal denoiser: closed-form
     expectations beside the generic evaluator's estimates on n samples (exact log p_theta)."""
-    if dim < 1 or n < 2 or not std > 0:
-        raise ConfigError(f"need --dim >= 1, --n >= 2 and --std > 0 (got {dim}, {n}, {std})")
+    if n < 2:
+        raise ConfigError(f"need --n >= 2 (got {n})")
     s = NoiseSchedule.from_name(schedule, T)
-    m = torch.full((dim,), float(mean), dtype=torch.float64)
-    sd = torch.full((dim,), float(std), dtype=torch.float64)
-    an = gaussian_analysis(s, m, sd, _fixed_variance(variance))
+    m, sd, density, spec = gaussian_data(dim, mean, std)
+    an = gaussian_analysis(s, m, sd, _oracle_variance(variance))
     g = seeded_generator(seed)
     x0 = m + sd * torch.randn((n, dim), generator=g, dtype=torch.float64)
-    density = GaussianMixture(
-        weights=torch.ones(1, dtype=torch.float64), means=m[None], covs=torch.diag(sd**2)[None]
-    )
-    spec = DataSpec(name=f"gaussian{dim}d", shape=(dim,), levels=None)
-    oracle = GaussianOracle(s, m, sd)
+    oracle = GaussianOracle(s, m, sd, variance=variance)
     ev = evaluate(
         s,
         Parameterisation("eps", variance),
@@ -158,6 +173,7 @@ def theory_gaussian(
         "entropy": an.entropy,
         "neg_log_likelihood": an.neg_log_likelihood,
         "kl_joint": an.kl_joint,
+        "kl_prior_marginal": an.kl_prior_marginal,
         "kl_marginal": an.kl_marginal,
         "posterior_gap": an.posterior_gap,
     }
@@ -193,10 +209,10 @@ def theory_mixture(
     s = NoiseSchedule.from_name(schedule, T)
     g = seeded_generator(seed)
     x0 = mixture.sample(n, generator=g)
-    oracle = MixtureOracle(s, mixture)
+    oracle = MixtureOracle(s, mixture, variance=_oracle_variance(variance))
     ev = evaluate(
         s,
-        Parameterisation("eps", _fixed_variance(variance)),
+        Parameterisation("eps", variance),
         oracle,
         x0,
         spec,
