@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ddpm.diffusion import Diffusion, denoise
+from ddpm.diffusion import Denoiser, Diffusion, denoise
 from ddpm.errors import ConfigError
 from ddpm.forward import q_sample, randn_like
 from ddpm.gaussian import gaussian_log_prob
-from ddpm.reverse import Denoiser, p_from_output
+from ddpm.reverse import p_from_output
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,15 @@ def step_log_ratios(
     t: Tensor,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """r_t of (J1) per example [B] (float64) for x0 [B, D] ~ q(x_0) and steps t [B] in 1..T."""
-    s = diffusion.schedule
+    """r_t of (J1) per example [B] (float64) for x0 [B, D] ~ q(x_0) and steps t [B] in 1..T;
+    the network is called in x0's dtype, everything else is float64."""
+    s, dtype = diffusion.schedule, x0.dtype  # the network sees its data dtype
     x0 = x0.double()
     x_prev = q_sample(s, x0, t - 1, noise=randn_like(x0, generator))  # x_0 itself at t = 1
     alpha, beta = s.at(s.alpha, t, x0), s.at(s.beta, t, x0)
     xt = alpha.sqrt() * x_prev + beta.sqrt() * randn_like(x0, generator)  # [Ho20] eq. (2)
-    out = denoise(diffusion, model, xt, t).double()
-    p = p_from_output(s, diffusion.param, out, xt, t)
+    out = denoise(diffusion, model, xt.to(dtype), t).double()
+    p = p_from_output(diffusion, out, xt, t)
     log_q_step = _sum_dims(gaussian_log_prob(xt, alpha.sqrt() * x_prev, beta.log()))
     ab = s.alpha_bar.to(t.device)
     log_q_prev = density.diffused_log_prob(x_prev, ab[t - 1])

@@ -63,11 +63,11 @@ import torch
 from torch import Tensor, nn
 
 from ddpm.config import Prediction
+from ddpm.diffusion import Parameterisation
 from ddpm.elbo import ElboTerms
 from ddpm.errors import ConfigError, require_choice
 from ddpm.forward import eps_from_x0, v_from_x0_eps
 from ddpm.gaussian import LOG_2PI, gaussian_log_prob, normal_kl
-from ddpm.reverse import Parameterisation
 from ddpm.schedule import NoiseSchedule
 
 if TYPE_CHECKING:  # only the mixture's posterior_mean_x0 is used; no import of the data package

@@ -26,11 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ddpm import theory
-from ddpm.diffusion import Diffusion
+from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.joint_kl import JointKl, joint_kl
 from ddpm.oracles import ORACLE_VARIANCES, GaussianOracle, MixtureOracle
-from ddpm.reverse import Parameterisation
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
 

@@ -21,6 +21,7 @@ import torch
 
 from ddpm.config import DataConfig
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
+from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
 from ddpm.oracles import (
@@ -30,7 +31,6 @@ from ddpm.oracles import (
     gaussian_analysis,
     gaussian_log_likelihood,
 )
-from ddpm.reverse import Parameterisation
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
 
@@ -150,8 +150,7 @@ def theory_gaussian(
     x0 = m + sd * torch.randn((n, dim), generator=g, dtype=torch.float64)
     oracle = GaussianOracle(s, m, sd, variance=variance)
     ev = evaluate(
-        s,
-        Parameterisation("eps", variance),
+        Diffusion(s, Parameterisation("eps", variance)),
         oracle,
         x0,
         spec,
@@ -211,8 +210,7 @@ def theory_mixture(
     x0 = mixture.sample(n, generator=g)
     oracle = MixtureOracle(s, mixture, variance=_oracle_variance(variance))
     ev = evaluate(
-        s,
-        Parameterisation("eps", variance),
+        Diffusion(s, Parameterisation("eps", variance)),
         oracle,
         x0,
         spec,
@@ -250,8 +248,7 @@ def theory_run(
     # Both models see the same x_t draws (same seed), so their difference is paired.
     g = seeded_generator(seed, device)
     trained = evaluate(
-        run.schedule,
-        run.param,
+        run.diffusion,
         run.model,
         x0,
         data.spec,
@@ -261,13 +258,17 @@ def theory_run(
         generator=g,
         progress=progress,
     )
-    variance = run.param.variance if run.param.variance != "learned" else "small"
-    oracle_param = dataclasses.replace(run.param, variance=variance)
-    oracle = MixtureOracle(run.schedule, data.density.to(device), prediction=run.param.prediction)
+    param = run.diffusion.param
+    variance = param.variance if param.variance != "learned" else "small"
+    oracle_diffusion = dataclasses.replace(
+        run.diffusion, param=dataclasses.replace(param, variance=variance)
+    )
+    oracle = MixtureOracle(
+        run.diffusion.schedule, data.density.to(device), prediction=param.prediction
+    )
     g = seeded_generator(seed, device)
     best = evaluate(
-        run.schedule,
-        oracle_param,
+        oracle_diffusion,
         oracle,
         x0,
         data.spec,
