@@ -111,6 +111,7 @@ class EvalResult:
     evaluation: object  # ddpm.evaluate.Evaluation
     json_path: Path
     per_timestep_path: Path
+    mse_path: Path | None = None  # eps-MSE and x0-MSE per timestep
 
 
 def evaluate_run(
@@ -127,7 +128,8 @@ def evaluate_run(
 ) -> EvalResult:
     """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
-    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir)."""
+    Writes eval_<split>.json, eval_<split>_per_timestep.png and eval_<split>_mse.png (eps- and
+    x0-prediction errors per timestep) into out_dir (default: run_dir)."""
     from ddpm.checkpoint import save_json
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
@@ -163,4 +165,9 @@ def evaluate_run(
         out / f"eval_{split}_per_timestep.png",
         title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
     )
-    return EvalResult(ev, json_path, png)
+    from ddpm.report.theory import save_mse_per_timestep
+
+    mse = save_mse_per_timestep(
+        [ev], out / f"eval_{split}_mse.png", f"{run.run_dir.name} ({split})"
+    )
+    return EvalResult(ev, json_path, png, mse)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from ddpm import theory
 from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
@@ -127,17 +129,14 @@ def sweep_gaussian(
     evaluator's estimates and the step-wise joint KL, on the same n examples for every T."""
     Ts = _check(Ts, variances)
     points = []
-    for variance in variances:
-        for T in Ts:
-            start = time.perf_counter()
-            res = theory.theory_gaussian(
-                dim, mean, std, T, schedule, variance, n, iw, seed, progress=progress
-            )
-            s = NoiseSchedule.from_name(schedule, T)
-            m, sd, density, _ = theory.gaussian_data(dim, mean, std)
-            oracle = GaussianOracle(s, m, sd, variance=variance)
-            joint = _joint(s, variance, oracle, density, n, seed)
-            points.append(SweepPoint(T, variance, res, joint, time.perf_counter() - start))
+    for variance, T in _grid(variances, Ts, progress):
+        start = time.perf_counter()
+        res = theory.theory_gaussian(dim, mean, std, T, schedule, variance, n, iw, seed)
+        s = NoiseSchedule.from_name(schedule, T)
+        m, sd, density, _ = theory.gaussian_data(dim, mean, std)
+        oracle = GaussianOracle(s, m, sd, variance=variance)
+        joint = _joint(s, variance, oracle, density, n, seed)
+        points.append(SweepPoint(T, variance, res, joint, time.perf_counter() - start))
     return Sweep(name=points[0].report.name, points=tuple(points))
 
 
@@ -156,15 +155,26 @@ def sweep_mixture(
     Ts = _check(Ts, variances)
     mixture, spec = theory.load_mixture(name)
     points = []
-    for variance in variances:
-        for T in Ts:
-            start = time.perf_counter()
-            res = theory.theory_mixture(name, T, schedule, variance, n, iw, seed, progress)
-            s = NoiseSchedule.from_name(schedule, T)
-            oracle = MixtureOracle(s, mixture, variance=variance)
-            joint = _joint(s, variance, oracle, mixture, n, seed)
-            points.append(SweepPoint(T, variance, res, joint, time.perf_counter() - start))
+    for variance, T in _grid(variances, Ts, progress):
+        start = time.perf_counter()
+        res = theory.theory_mixture(name, T, schedule, variance, n, iw, seed)
+        s = NoiseSchedule.from_name(schedule, T)
+        oracle = MixtureOracle(s, mixture, variance=variance)
+        joint = _joint(s, variance, oracle, mixture, n, seed)
+        points.append(SweepPoint(T, variance, res, joint, time.perf_counter() - start))
     return Sweep(name=spec.name, points=tuple(points))
+
+
+def _grid(variances: Sequence[str], Ts: list[int], progress: bool):
+    """(variance, T) pairs, variance-major, with a progress bar weighted by T (the cost)."""
+    with tqdm(
+        total=len(variances) * sum(Ts), desc="T-sweep", unit="t", disable=not progress
+    ) as bar:
+        for variance in variances:
+            for T in Ts:
+                bar.set_postfix_str(f"{variance}, T = {T}")
+                yield variance, T
+                bar.update(T)
 
 
 def _joint(s: NoiseSchedule, variance: str, oracle, density, n: int, seed: int) -> JointKl:

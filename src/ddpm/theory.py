@@ -13,11 +13,12 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from ddpm.config import DataConfig
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
@@ -49,6 +50,22 @@ class TheoryResult:
         how far the trained model is from the best ELBO its model family allows."""
         return mean_se(self.subject.per_example - self.oracle.per_example)
 
+    def gap_per_timestep(self) -> tuple[Tensor, Tensor]:
+        """The paired gap of each step's term, trained minus Bayes-optimal, on the same x_0 and
+        x_t: (mean [T], SE [T]) in nats; entry t-1 is step t (L_0 at t = 1)."""
+        diff = self.subject.per_example_terms - self.oracle.per_example_terms  # [N, T]
+        return diff.mean(dim=0), diff.std(dim=0) / math.sqrt(diff.shape[0])
+
+    def gap_band(self) -> dict:
+        """The shortest band of steps t_lo..t_hi whose summed per-step gap holds at least half
+        of the total gap (ties: the larger sum), with the gap in it and its paired SE."""
+        diff = self.subject.per_example_terms - self.oracle.per_example_terms  # [N, T]
+        lo, hi = half_band(diff.mean(dim=0))
+        inside = diff[:, lo - 1 : hi].sum(dim=1)
+        gap, se = mean_se(inside)
+        total = float(diff.sum(dim=1).mean())
+        return {"t_lo": lo, "t_hi": hi, "gap": gap, "gap_se": se, "share": gap / total}
+
     def to_dict(self) -> dict:
         d = self.subject.to_dict()
         d["subject"] = self.name
@@ -56,9 +73,26 @@ class TheoryResult:
         if self.oracle is not None:
             d["oracle"] = self.oracle.to_dict()
             d["gap_to_oracle"], d["gap_to_oracle_se"] = self.gap_to_oracle()
+            gap, se = self.gap_per_timestep()
+            d["gap_per_timestep"], d["gap_per_timestep_se"] = gap.tolist(), se.tolist()
+            d["gap_band"] = self.gap_band()
         if self.closed_form is not None:
             d["closed_form"] = self.closed_form
         return d
+
+
+def half_band(per_t: Tensor) -> tuple[int, int]:
+    """The shortest run of steps (t_lo, t_hi), 1-based and inclusive, whose values sum to at
+    least half of the total (of equal widths, the larger sum). per_t: [T]; a total <= 0
+    gives (1, T)."""
+    T, total = per_t.numel(), float(per_t.sum())
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), per_t.double().cpu().cumsum(0)])
+    for width in range(1, T + 1):
+        sums = cum[width:] - cum[:-width]  # sums[a]: steps a+1..a+width
+        if total > 0 and float(sums.max()) >= 0.5 * total:
+            a = int(sums.argmax())
+            return a + 1, a + width
+    return 1, T
 
 
 def four_views(ev: Evaluation) -> dict:
@@ -232,8 +266,9 @@ def theory_run(
     progress: bool = False,
 ) -> TheoryResult:
     """A trained run on data of known density: its evaluation beside the Bayes-optimal
-    denoiser's (same schedule and T; fixed variance 'small' when the run learned its variance)
-    on the same n test examples."""
+    model's on the same n test examples and x_t draws (paired). The Bayes-optimal model has the
+    run's schedule, T and variance, or the exact 'optimal' variance when the run learned its
+    variance (it minimises every term over all Gaussian steps with per-x_t variances)."""
     from ddpm import runs
 
     _check_n(n)
@@ -259,12 +294,13 @@ def theory_run(
         progress=progress,
     )
     param = run.diffusion.param
-    variance = param.variance if param.variance != "learned" else "small"
-    oracle_diffusion = dataclasses.replace(
-        run.diffusion, param=dataclasses.replace(param, variance=variance)
+    variance = param.variance if param.variance != "learned" else "optimal"
+    # the oracle reads process steps t itself: the run's process without its time map
+    oracle_diffusion = Diffusion(
+        run.diffusion.schedule, Parameterisation(param.prediction, variance)
     )
     oracle = MixtureOracle(
-        run.diffusion.schedule, data.density.to(device), prediction=param.prediction
+        run.diffusion.schedule, data.density.to(device), param.prediction, variance
     )
     g = seeded_generator(seed, device)
     best = evaluate(
