@@ -44,6 +44,11 @@ constant in x_t: every reverse step is then the true q(x_{t-1} | x_t), so the ch
 holds with sigma_t^2 per dimension, p_theta(x_{0:T}) = p(x_T) prod_t q(x_{t-1} | x_t) and
     KL(q(x_{0:T}) || p_theta(x_{0:T})) = KL(q(x_T) || p(x_T))
                                        = KL(N(sqrt(ab_T) m, ab_T s^2 + 1 - ab_T) || N(0, 1)).
+With any variance the oracle's mean is the true E[x_{t-1} | x_t], so only variances differ and
+the joint KL splits over the true reverse kernels (``ddpm.joint_kl``) as                   (G7)
+    KL_joint = KL(q(x_T) || p(x_T)) + sum_t sum_d KL(N(0, v_t) || N(0, sigma_t^2)),
+    v_t = beta_tilde_t + c_t^2 Var(x_0 | x_t)   (v_1 = Var(x_0 | x_1): the decoder),
+a sum of non-negative terms with no cancellation; it equals E[-ELBO] - H(q(x_0)) of (G4).
 
 References:
     [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
@@ -213,8 +218,9 @@ class GaussianAnalysis:
     entropy: float  # H(q(x_0)) = sum_d 0.5 log(2 pi e s_d^2)
     neg_log_likelihood: float  # E_q[-log p_theta(x_0)]
     kl_marginal: float  # KL(q(x_0) || p_theta(x_0))
-    kl_joint: float  # KL(q(x_{0:T}) || p_theta(x_{0:T})) = neg_elbo - entropy
+    kl_joint: float  # KL(q(x_{0:T}) || p_theta(x_{0:T})) = neg_elbo - entropy, via (G7)
     kl_prior_marginal: float  # KL(q(x_T) || p(x_T)): all of kl_joint when each step is exact
+    reverse_kl: Tensor  # [T] E KL(q(x_{t-1} | x_t) || p_theta(x_{t-1} | x_t)), entry t-1: step t
 
     @property
     def posterior_gap(self) -> float:
@@ -237,9 +243,12 @@ def gaussian_analysis(
         raise ConfigError(f"gaussian_analysis needs vectors mean, std [D] (got {mean.ndim}-D)")
     ab, omab = s.alpha_bar[:, None], s.one_minus_alpha_bar[:, None]
     gain, offset = gaussian_denoiser_coefficients(ab, omab, mean, std)
-    if variance == "optimal":  # (G5)-(G6); row 0 (t = 0) is 0 and unused
-        var_x0 = gaussian_posterior_var(ab, omab, std)
-        sigma2 = optimal_var(s.beta_tilde[:, None], s.posterior_coef_x0[:, None], var_x0)
+    # Var(x_{t-1} | x_t) of the true reverse kernels, (G5)-(G6); row 0 (t = 0) is 0 and unused
+    true_var = optimal_var(
+        s.beta_tilde[:, None], s.posterior_coef_x0[:, None], gaussian_posterior_var(ab, omab, std)
+    )
+    if variance == "optimal":
+        sigma2 = true_var
     else:
         fixed = s.sigma2_small if variance == "small" else s.sigma2_large
         sigma2 = fixed[:, None].expand(-1, mean.numel())
@@ -259,6 +268,8 @@ def gaussian_analysis(
     q_T_var = ab_T * std**2 + omab_T  # q(x_T) = N(sqrt(ab_T) m, ab_T s^2 + 1 - ab_T)
     zero = torch.zeros_like(mean)
     kl_prior = normal_kl(ab_T.sqrt() * mean, q_T_var.log(), zero, zero).sum().item()
+    log_v, log_sigma2 = true_var[1:].log(), sigma2[1:].log()
+    reverse_kl = normal_kl(zero, log_v, zero, log_sigma2).sum(dim=-1)  # (G7), [T]
     return GaussianAnalysis(
         schedule=s,
         variance=variance,
@@ -275,8 +286,9 @@ def gaussian_analysis(
         entropy=entropy,
         neg_log_likelihood=nll,
         kl_marginal=kl_marginal,
-        kl_joint=neg_elbo - entropy,
+        kl_joint=kl_prior + reverse_kl.sum().item(),
         kl_prior_marginal=kl_prior,
+        reverse_kl=reverse_kl,
     )
 
 
