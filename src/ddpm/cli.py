@@ -51,7 +51,9 @@ EXAMPLES = {
   torchrun --nproc-per-node 4 -m ddpm train --data photos/ --image-size 32 --device cuda""",
     "sample": """examples:
   ddpm sample runs/digits --n 64 --out samples.png
-  ddpm sample runs/digits --n 8 --trajectory --out chain.png""",
+  ddpm sample runs/digits --n 8 --trajectory --out chain.png
+  ddpm sample runs/digits --steps 50                      # 50 of the T = 1000 steps
+  ddpm sample runs/digits --steps 25 --sampler ddim --eta 0""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
   ddpm forward digit.png --T 1000 --schedule cosine --frames 8""",
@@ -161,6 +163,20 @@ def _parser() -> argparse.ArgumentParser:
         "--frames", type=int, default=8, help="steps shown with --trajectory (default: 8)"
     )
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sample the K-step respaced process (default: all T steps)",
+    )
+    s.add_argument("--sampler", default="ancestral", help="ancestral | ddim (default: ancestral)")
+    s.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="ddim: noise scale in [0, 1]; 0 deterministic, 1 ancestral (default: 0)",
+    )
     s.set_defaults(func=cmd_sample)
 
     f = sub.add_parser(
@@ -222,6 +238,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frames=args.frames,
         device=args.device,
         progress=True,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
     )
     print(f"samples: {result.samples_path}")
     print(f"array:   {result.array_path}")

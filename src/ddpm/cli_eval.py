@@ -6,16 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
+from ddpm.checkpoint import load_json
+from ddpm.errors import ConfigError
+
 SWEEP_N = 300  # examples per (T, variance) of a T-sweep: minutes for T up to 5000 on a CPU
 
 EXAMPLES = {
     "evaluate": """examples:
   ddpm evaluate runs/digits                      # exact -ELBO on the test split, bits/dim
   ddpm evaluate runs/digits --n 100 --iw 1 4 16  # plus importance-weighted bounds
-  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain""",
+  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
+  ddpm evaluate runs/digits --steps 10 50 1000   # -ELBO of the K-step respaced models""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
+  ddpm theory gaussian --T 1000 --steps 50        # the 50-step respaced process
   ddpm theory gmm8 --T 200 --iw 1 4 16 64
   ddpm theory gaussian --mean 0.3 --T 2 10 100 1000 --variance small large optimal   # T-sweep
   ddpm theory gmm8 --T 10 100 1000 5000 --variance optimal --n 300                   # T-sweep
@@ -41,6 +46,14 @@ def add_commands(sub, fmt) -> None:
         default=None,
         metavar="K",
         help="also the unbiased estimate from K random timesteps per example",
+    )
+    e.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="evaluate the K-step respaced process for each K (one exact ELBO per K)",
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
     e.add_argument("--max-batch", type=int, default=4096, help="inputs per network call")
@@ -79,6 +92,13 @@ def add_commands(sub, fmt) -> None:
         type=int,
         default=None,
         help=f"examples evaluated (default: 1000; {SWEEP_N} per point of a T-sweep)",
+    )
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="gaussian: the K-step respaced process, with its closed form (default: all T)",
     )
     t.add_argument(
         "--iw",
@@ -192,6 +212,23 @@ def format_views(v: dict) -> str:
     return "\n".join(lines)
 
 
+def format_steps(evaluations) -> str:
+    """One row per K of ``evaluate_steps_run``: the K-step -ELBO and its terms."""
+    head = (
+        f"{'K':>6s} {'-ELBO (nats)':>20s} {'bits/dim':>17s} {'L_T':>9s} {'diffusion':>10s} "
+        f"{'L_0':>9s} {'seconds':>8s}"
+    )
+    lines = [head]
+    for ev in evaluations:
+        t = ev.terms
+        lines.append(
+            f"{ev.T:>6d} {ev.neg_elbo:>11.4f} ± {ev.neg_elbo_se:<6.4f} "
+            f"{ev.bits_per_dim:>8.4f} ± {ev.bits_per_dim_se:<6.4f} {t['prior']:>9.4f} "
+            f"{t['diffusion']:>10.4f} {t['decoder']:>9.4f} {ev.seconds:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
 def format_sweep(sweep) -> str:
     """The T-sweep as a terminal table and the T at which KL_joint falls below each threshold."""
     from ddpm.report.theory import sweep_row
@@ -243,10 +280,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ddpm.api import evaluate_run
+    from ddpm.api import evaluate_run, evaluate_steps_run
 
-    res = evaluate_run(
-        args.run,
+    common = dict(
         split=args.split,
         n=args.n,
         iw=tuple(args.iw),
@@ -257,6 +293,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         progress=not args.json,
     )
+    if args.steps is not None:
+        res = evaluate_steps_run(args.run, tuple(args.steps), **common)
+        if args.json:
+            print(json.dumps(load_json(res.json_path), indent=2))
+        else:
+            n = res.evaluations[0].n
+            print(f"{args.run}: -ELBO of the K-step respaced process, n = {n} ({args.split})")
+            print(format_steps(res.evaluations))
+            print(f"bits/dim vs K: {res.steps_path}\nJSON: {res.json_path}")
+        return 0
+    res = evaluate_run(args.run, **common)
     if args.json:
         print(json.dumps(res.evaluation.to_dict(), indent=2))
     else:
@@ -272,10 +319,20 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
     subject = args.subject
     if (len(args.T) > 1 or len(args.variance) > 1) and not Path(subject).is_dir():
+        if args.steps is not None:
+            raise ConfigError(
+                "--steps does not combine with a T-sweep (several --T or --variance): "
+                "the sweep's points are the T values"
+            )
         return cmd_sweep(args)
     iw = tuple(args.iw) if args.iw is not None else (1, 4, 16)
     n = args.n if args.n is not None else 1000
     (T,), (variance,) = args.T[:1], args.variance[:1]
+    if args.steps is not None and subject != "gaussian":
+        raise ConfigError(
+            f"--steps applies to `ddpm theory gaussian` (got subject {subject!r}); "
+            "for a trained run use `ddpm evaluate DIR --steps K ...`"
+        )
     if subject == "gaussian":
         res = theory.theory_gaussian(
             args.dim,
@@ -288,8 +345,10 @@ def cmd_theory(args: argparse.Namespace) -> int:
             iw,
             args.seed,
             progress=not args.json,
+            steps=args.steps,
         )
-        out = args.out or Path("reports") / f"theory_gaussian{args.dim}d"
+        k = "" if args.steps is None else f"_K{args.steps}"
+        out = args.out or Path("reports") / f"theory_gaussian{args.dim}d{k}"
     elif Path(subject).is_dir():
         from ddpm.api import pick_device
 
@@ -318,7 +377,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
         )
     if res.closed_form is not None:
         cf = res.closed_form
-        print("closed form (expectations over q(x0)):")
+        print(f"closed form (expectations over q(x0), {cf['steps']}-step process):")
         for key in (
             "neg_elbo",
             "neg_log_likelihood",

@@ -32,6 +32,7 @@ from ddpm.oracles import (
     gaussian_analysis,
     gaussian_log_likelihood,
 )
+from ddpm.respace import respace
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
 
@@ -172,19 +173,31 @@ def theory_gaussian(
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
     progress: bool = False,
+    steps: int | None = None,
 ) -> TheoryResult:
     """Data N(mean, std^2 I) in ``dim`` dimensions and its Bayes-optimal denoiser: closed-form
-    expectations beside the generic evaluator's estimates on n samples (exact log p_theta)."""
+    expectations beside the generic evaluator's estimates on n samples (exact log p_theta).
+
+    steps: evaluate the K-step respaced process ([ND21] Sec. 4, ``ddpm.respace``) instead of
+    the T-step one; the T-step oracle, called at the original steps tau_k, is Bayes-optimal for
+    it, and the closed form is that of the respaced schedule. With variance 'optimal' the
+    oracle is built on the respaced schedule itself: its variance (G5) depends on the process's
+    own beta_tilde and c, not only on alpha_bar."""
     if n < 2:
         raise ConfigError(f"need --n >= 2 (got {n})")
     s = NoiseSchedule.from_name(schedule, T)
     m, sd, density, spec = gaussian_data(dim, mean, std)
-    an = gaussian_analysis(s, m, sd, _oracle_variance(variance))
+    diffusion = Diffusion(s, Parameterisation("eps", _oracle_variance(variance)))
+    if steps is not None:
+        diffusion = respace(diffusion, steps)
+    if variance == "optimal":
+        s, diffusion = diffusion.schedule, Diffusion(diffusion.schedule, diffusion.param)
+    an = gaussian_analysis(diffusion.schedule, m, sd, variance)
     g = seeded_generator(seed)
     x0 = m + sd * torch.randn((n, dim), generator=g, dtype=torch.float64)
     oracle = GaussianOracle(s, m, sd, variance=variance)
     ev = evaluate(
-        Diffusion(s, Parameterisation("eps", variance)),
+        diffusion,
         oracle,
         x0,
         spec,
@@ -196,6 +209,7 @@ def theory_gaussian(
         progress=progress,
     )
     closed = {
+        "steps": diffusion.T,
         "neg_elbo": an.neg_elbo,
         "terms": {
             "prior": an.prior_kl,
@@ -210,7 +224,8 @@ def theory_gaussian(
         "kl_marginal": an.kl_marginal,
         "posterior_gap": an.posterior_gap,
     }
-    return TheoryResult(name=f"N({mean}, {std}^2 I_{dim})", subject=ev, closed_form=closed)
+    name = f"N({mean}, {std}^2 I_{dim})" + (f", {steps} of {T} steps" if steps else "")
+    return TheoryResult(name=name, subject=ev, closed_form=closed)
 
 
 def load_mixture(name: str) -> tuple[GaussianMixture, DataSpec]:
