@@ -327,3 +327,73 @@ def test_prediction_errors_of_the_oracle_are_the_posterior_variance():
         below = (mse <= float(f) * ev.data_var).nonzero()
         assert t == (int(below.max()) + 1 if len(below) else None)
     assert "coarse_to_fine" in ev.to_dict()
+
+
+# --- the Bayes-optimal model of a (respaced) process, beside a trained run ------------------
+
+
+def test_bayes_optimal_model_of_a_respaced_process_reads_process_steps():
+    """For a fixed variance the oracle on the respaced schedule equals the T-step oracle called
+    through the time map; a learned variance gets the exact 'optimal' one."""
+    from ddpm.respace import respace
+    from ddpm.reverse import p_mean_var
+    from ddpm.theory import bayes_optimal
+
+    s, mix = NoiseSchedule.linear(60), gmm8()
+    d = respace(Diffusion(s, Parameterisation("v", "small")), 7)
+    od, oracle = bayes_optimal(d, mix)
+    assert od.time_map is None and od.param == Parameterisation("v", "small")
+    xt = torch.randn(7, 2, generator=torch.Generator().manual_seed(8), dtype=F64)
+    k = torch.arange(1, 8)
+    via_map = p_mean_var(d, MixtureOracle(s, mix, "v"), xt, k)
+    direct = p_mean_var(od, oracle, xt, k)
+    torch.testing.assert_close(direct.mean, via_map.mean, rtol=1e-10, atol=1e-12)
+    learned = bayes_optimal(Diffusion(s, Parameterisation("eps", "learned")), mix)[0]
+    assert learned.param.variance == "optimal"
+
+
+@pytest.fixture(scope="module")
+def gmm8_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("views") / "gmm8"
+    args = ["train", "--data", "gmm8", "--out", str(out), "--T", "12", "--steps", "20",
+            "--batch-size", "32", "--hidden", "16", "--n-train", "200", "--n-test", "50",
+            "--num-samples", "4", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_theory_run_reports_the_per_step_gap_and_its_band(gmm8_run, tmp_path, capsys):
+    assert main(["theory", str(gmm8_run), "--n", "30", "--iw", "1", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    d = json.loads((tmp_path / "theory.json").read_text())
+    gap = torch.tensor(d["gap_per_timestep"], dtype=F64)
+    assert gap.sum().item() == pytest.approx(d["gap_to_oracle"], rel=1e-9)
+    b = d["gap_band"]
+    assert f"half of the gap lies in t = {b['t_lo']}..{b['t_hi']} of 12" in text
+    assert len(d["per_timestep_eps_mse"]) == 12 and len(d["oracle"]["per_timestep_x0_mse"]) == 12
+    for name in ("theory_gap_per_timestep.png", "theory_mse.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_evaluate_steps_puts_the_bayes_optimal_model_beside_the_run(gmm8_run, tmp_path, capsys):
+    from ddpm.api import evaluate_steps_run
+    from ddpm.respace import respace
+    from ddpm.runs import load_run
+    from ddpm.theory import bayes_optimal, load_mixture
+
+    res = evaluate_steps_run(gmm8_run, (3, 12), n=20, out_dir=tmp_path)
+    d = json.loads((tmp_path / "eval_test_steps.json").read_text())
+    assert [r["K"] for r in d["oracle_steps"]] == [3, 12]
+    assert res.oracle_path.stat().st_size > 0
+    run = load_run(gmm8_run)
+    from ddpm.data import load_dataset
+
+    x0 = load_dataset(run.config.data).test[:20]
+    od, oracle = bayes_optimal(respace(run.diffusion, 3), load_mixture("gmm8")[0])
+    ev = evaluate(od, oracle, x0, run.spec, generator=torch.Generator().manual_seed(0))
+    assert d["oracle_steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-10)
+    # paired on the same x_t draws: trained minus optimal per example
+    assert (
+        d["steps"][1]["neg_elbo"]
+        > d["oracle_steps"][1]["neg_elbo"] - 4 * d["steps"][1]["neg_elbo_se"]
+    )

@@ -206,6 +206,8 @@ class StepsEvalResult:
     evaluations: list  # ddpm.evaluate.Evaluation, one per K (its T is K)
     json_path: Path
     steps_path: Path  # PNG: bits/dim against K
+    oracle_evaluations: list | None = None  # data of known density: the Bayes-optimal model
+    oracle_path: Path | None = None  # PNG: -ELBO and KL_joint against K, trained and optimal
 
 
 def evaluate_steps_run(
@@ -225,7 +227,10 @@ def evaluate_steps_run(
     the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
     K-step model, evaluated on the same examples with the same seed. Writes
     eval_<split>_steps.json (``steps``: one report per K) and eval_<split>_steps.png
-    (bits/dim against K) into out_dir (default: run_dir)."""
+    (bits/dim against K) into out_dir (default: run_dir). On data of known density the
+    Bayes-optimal model of each K-step process is evaluated beside it (same examples and x_t
+    draws; ``oracle_steps`` in the JSON) and eval_<split>_steps_vs_oracle.png shows both
+    against K with the data entropy."""
     from ddpm.checkpoint import save_json
     from ddpm.report import save_steps_curve
 
@@ -247,6 +252,13 @@ def evaluate_steps_run(
         "T": run.diffusion.T,
         "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
     }
+    oracles, oracle_png = None, None
+    if inputs[3] is not None:  # known density: the Bayes-optimal model of each K-step process
+        oracles = _oracle_steps(inputs, diffusions, seed, options)
+        doc["oracle_steps"] = [{"K": ev.T, **ev.to_dict()} for ev in oracles]
+        oracle_png = _save_steps_vs_oracle(
+            evaluations, oracles, out / f"eval_{split}_steps_vs_oracle.png", run.run_dir.name
+        )
     json_path = save_json(out / f"eval_{split}_steps.json", doc)
     png = save_steps_curve(
         [ev.T for ev in evaluations],
@@ -255,4 +267,40 @@ def evaluate_steps_run(
         out / f"eval_{split}_steps.png",
         title=f"{run.run_dir.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
     )
-    return StepsEvalResult(evaluations, json_path, png)
+    return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png)
+
+
+def _oracle_steps(inputs, diffusions, seed: int, options: dict) -> list:
+    """``evaluate`` of the Bayes-optimal model (``theory.bayes_optimal``) in each process, on
+    the same examples and x_t draws as the run's network."""
+    from ddpm.evaluate import evaluate
+    from ddpm.theory import bayes_optimal
+
+    run, data, x0, density = inputs
+    out = []
+    for d in diffusions:
+        od, oracle = bayes_optimal(d, density)
+        g = seeded_generator(seed, x0.device)
+        out.append(evaluate(od, oracle, x0, data.spec, name=f"bayes-optimal K={d.T}",
+                            density=density, generator=g, **options))  # fmt: skip
+    return out
+
+
+def _save_steps_vs_oracle(trained: list, oracles: list, path: Path, name: str) -> Path:
+    """-ELBO and KL_joint (= E[-ELBO] - H) against K for the run and the Bayes-optimal model."""
+    import numpy as np
+
+    from ddpm.report.plots import save_sweep
+
+    def curve(evs: list) -> dict:
+        return {
+            "T": np.array([e.T for e in evs], dtype=float),
+            "neg_elbo": np.array([e.neg_elbo for e in evs]),
+            "neg_elbo_se": np.array([e.neg_elbo_se for e in evs]),
+            "kl_joint": np.array([e.kl_joint for e in evs]),
+            "kl_joint_se": np.array([e.kl_joint_se for e in evs]),
+        }
+
+    curves = {"trained": curve(trained), "bayes-optimal": curve(oracles)}
+    title = f"{name}: the K-step processes (respaced), trained and Bayes-optimal"
+    return save_sweep(curves, path, entropy=trained[0].entropy, title=title, xlabel="steps K")

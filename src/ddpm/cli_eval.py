@@ -301,6 +301,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             n = res.evaluations[0].n
             print(f"{args.run}: -ELBO of the K-step respaced process, n = {n} ({args.split})")
             print(format_steps(res.evaluations))
+            if res.oracle_evaluations is not None:
+                print("the Bayes-optimal model of each K-step process (same x0 and x_t draws):")
+                print(format_steps(res.oracle_evaluations))
+                print(f"-ELBO vs K beside the Bayes-optimal model: {res.oracle_path}")
             print(f"bits/dim vs K: {res.steps_path}\nJSON: {res.json_path}")
         return 0
     res = evaluate_run(args.run, **common)

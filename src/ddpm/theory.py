@@ -272,6 +272,22 @@ def theory_mixture(
     return TheoryResult(name=spec.name, subject=ev)
 
 
+def bayes_optimal(
+    diffusion: Diffusion, density: GaussianMixture
+) -> tuple[Diffusion, MixtureOracle]:
+    """The Bayes-optimal model of data from ``density`` (model space) under the process of
+    ``diffusion``: the mixture oracle on the process's own schedule with the identity time map
+    (an oracle reads process steps, also for a respaced process), with the process's prediction
+    and variance, or the exact 'optimal' variance where the variance is learned (it minimises
+    every term over all Gaussian steps with per-x_t variances, a family that holds the learned
+    one)."""
+    param = diffusion.param
+    variance = "optimal" if param.variance == "learned" else param.variance
+    oracle_param = Parameterisation(param.prediction, variance)
+    oracle = MixtureOracle(diffusion.schedule, density, param.prediction, variance)
+    return Diffusion(diffusion.schedule, oracle_param), oracle
+
+
 def theory_run(
     run_dir: str | Path,
     n: int = 1000,
@@ -308,15 +324,7 @@ def theory_run(
         generator=g,
         progress=progress,
     )
-    param = run.diffusion.param
-    variance = param.variance if param.variance != "learned" else "optimal"
-    # the oracle reads process steps t itself: the run's process without its time map
-    oracle_diffusion = Diffusion(
-        run.diffusion.schedule, Parameterisation(param.prediction, variance)
-    )
-    oracle = MixtureOracle(
-        run.diffusion.schedule, data.density.to(device), param.prediction, variance
-    )
+    oracle_diffusion, oracle = bayes_optimal(run.diffusion, data.density.to(device))
     g = seeded_generator(seed, device)
     best = evaluate(
         oracle_diffusion,

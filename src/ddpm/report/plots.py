@@ -155,8 +155,9 @@ def save_sweep(
     path: str | os.PathLike,
     entropy: float | None = None,
     title: str = "",
+    xlabel: str = "T",
 ) -> Path:
-    """The bound against the number of steps T: two panels, T on a log axis.
+    """The bound against the number of steps T: two panels, T on a log axis (``xlabel``).
 
     ``curves[name]`` holds arrays over the T values of one model: ``T``, ``neg_elbo`` (and
     ``neg_elbo_se``: error bars), optionally ``closed_form`` (-ELBO in closed form, dashed),
@@ -190,14 +191,14 @@ def save_sweep(
     for th in (0.1, 0.01):
         right.axhline(th, color="0.5", lw=0.8, ls=":")
     left.set_xscale("log")
-    left.set_xlabel("T (log scale)")
+    left.set_xlabel(f"{xlabel} (log scale)")
     left.set_ylabel("nats per example")
     left.set_title("-ELBO against the number of steps")
     left.grid(True, which="major", alpha=0.3)
     left.legend(fontsize=7)
     right.set_xscale("log")
     right.set_yscale("log")
-    right.set_xlabel("T (log scale)")
+    right.set_xlabel(f"{xlabel} (log scale)")
     right.set_ylabel("nats per example")
     right.set_title("KL(q(x0:T) || p(x0:T)) = E[-ELBO] - H")
     right.grid(True, which="major", alpha=0.3)
