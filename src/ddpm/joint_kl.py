@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -37,6 +38,9 @@ from ddpm.errors import ConfigError
 from ddpm.forward import q_sample, randn_like
 from ddpm.gaussian import gaussian_log_prob
 from ddpm.reverse import p_from_output
+
+if TYPE_CHECKING:  # only its diffused_log_prob is used; no import of the data package
+    from ddpm.data import GaussianMixture
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def _sum_dims(x: Tensor) -> Tensor:
 def step_log_ratios(
     diffusion: Diffusion,
     model: Denoiser,
-    density,
+    density: GaussianMixture,
     x0: Tensor,
     t: Tensor,
     generator: torch.Generator | None = None,
@@ -89,7 +93,7 @@ def step_log_ratios(
 def joint_kl(
     diffusion: Diffusion,
     model: Denoiser,
-    density,
+    density: GaussianMixture,
     x0: Tensor,
     generator: torch.Generator | None = None,
     max_batch: int = 4096,

@@ -74,7 +74,8 @@ def save_per_timestep(
     The t axis is logarithmic: most of the bound lives in the first steps. ``se[name]`` [T]
     draws a +-1 SE band; ``span`` = (t_lo, t_hi) shades those steps (``span_label`` in the
     legend). The y-axis is logarithmic when ``logy`` and every finite value is positive;
-    otherwise a zero line is drawn.
+    otherwise a zero line is drawn, and values of both signs spanning more than three decades
+    (a negative continuous decoder term beside small KLs) get a symmetric-log axis.
     """
     if not per_t:
         raise DataError("per_t: nothing to plot (no series given)")
@@ -94,6 +95,9 @@ def save_per_timestep(
         ax.set_yscale("log")
     else:
         ax.axhline(0.0, color="0.3", lw=0.8)
+        nonzero = np.abs(finite[finite != 0])
+        if logy and nonzero.size and nonzero.max() > 1e3 * nonzero.min():
+            ax.set_yscale("symlog", linthresh=max(1e-3 * nonzero.max(), nonzero.min()))
     ax.set_xscale("log")
     ax.set_xlabel("t (log scale)")
     ax.set_ylabel(ylabel)
@@ -190,6 +194,8 @@ def save_sweep(
         left.axhline(entropy, color="0.2", lw=1.2, label="H(q(x0)), data entropy")
     for th in (0.1, 0.01):
         right.axhline(th, color="0.5", lw=0.8, ls=":")
+    low, high = right.get_ylim()
+    right.set_ylim(max(low, 1e-7), max(high, 0.2))  # closed forms reach 1e-18: keep 0.01 legible
     left.set_xscale("log")
     left.set_xlabel(f"{xlabel} (log scale)")
     left.set_ylabel("nats per example")
