@@ -190,7 +190,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list, str]]:
         (["forward", tmp / "nothing.png"], "no such image file"),
         (["evaluate", tmp / "nothing"], "no such run folder"),
         (["theory", "moons"], "no known density"),
-        (["theory", "gaussian", "--variance", "learned"], "fixed variance"),
+        (
+            ["theory", "gaussian", "--variance", "learned"],
+            "a Bayes-optimal oracle uses small, large or optimal",
+        ),
         (["theory", "gmm8", "--n", "0"], "--n must be >= 2"),
         (["train", "--seed", "-1"], "seed must be >= 0"),
         (["train", "--device", "foo"], "--device 'foo'"),

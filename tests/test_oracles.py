@@ -25,6 +25,7 @@ from ddpm.reverse import Parameterisation, p_from_output, p_mean_var
 from ddpm.schedule import NoiseSchedule
 
 K_SE = 4  # Monte Carlo tolerance in standard errors
+VARIANCES = ["small", "large", "optimal"]
 F64 = torch.float64
 
 
@@ -104,6 +105,8 @@ def test_bad_arguments_raise_config_errors():
     m, sd = gaussian_data(2)
     with pytest.raises(ConfigError, match="unknown variance 'learned'"):
         gaussian_analysis(s, m, sd, "learned")
+    with pytest.raises(ConfigError, match="variance of a Bayes-optimal model 'learned'"):
+        GaussianOracle(s, m, sd, variance="learned")
     with pytest.raises(ConfigError, match="same data shape"):
         GaussianOracle(s, m, sd[:1])
     with pytest.raises(ConfigError, match="> 0"):
@@ -117,7 +120,7 @@ def test_bad_arguments_raise_config_errors():
 # --- the closed forms against the generic evaluator -----------------------------------------
 
 
-@pytest.mark.parametrize("variance", ["small", "large"])
+@pytest.mark.parametrize("variance", VARIANCES)
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("T", [5, 30])
 @pytest.mark.parametrize("d", [1, 3])
@@ -128,7 +131,7 @@ def test_elbo_terms_of_the_oracle_match_the_closed_form(d, T, schedule, variance
     an = gaussian_analysis(s, m, sd, variance)
     g = torch.Generator().manual_seed(1000 * d + T)
     x0 = draw(m, sd, 2000, g)
-    param, oracle = Parameterisation("eps", variance), GaussianOracle(s, m, sd)
+    param, oracle = Parameterisation("eps", variance), GaussianOracle(s, m, sd, variance=variance)
     terms = elbo_terms(Diffusion(s, param), oracle, x0, levels=None, generator=g)
     assert_mc(terms.per_timestep, an.per_timestep)
     assert_mc(terms.prior_kl, an.prior_kl)
@@ -139,7 +142,7 @@ def test_elbo_terms_of_the_oracle_match_the_closed_form(d, T, schedule, variance
     assert_mc(diff, 0.0)
 
 
-@pytest.mark.parametrize("variance", ["small", "large"])
+@pytest.mark.parametrize("variance", VARIANCES)
 def test_conditional_expected_terms_match_monte_carlo_for_fixed_x0(variance):
     s = NoiseSchedule.cosine(T=20)
     m, sd = gaussian_data(2)
@@ -150,7 +153,11 @@ def test_conditional_expected_terms_match_monte_carlo_for_fixed_x0(variance):
     n = 3000
     param = Parameterisation("eps", variance)
     terms = elbo_terms(
-        Diffusion(s, param), GaussianOracle(s, m, sd), x0.repeat(n, 1), None, generator=g
+        Diffusion(s, param),
+        GaussianOracle(s, m, sd, variance=variance),
+        x0.repeat(n, 1),
+        None,
+        generator=g,
     )
     per_t = terms.per_timestep.reshape(n, 3, s.T)
     assert_mc(per_t, closed.per_timestep)
@@ -174,13 +181,13 @@ def test_closed_form_terms_sum_to_their_totals():
 # --- the exact marginal p_theta(x_0) ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("variance", ["small", "large"])
+@pytest.mark.parametrize("variance", VARIANCES)
 def test_marginal_matches_ancestral_samples_of_the_reverse_chain(variance):
     """Run p_theta with the oracle (decoder noise included) and compare the moments of x_0."""
     s = NoiseSchedule.linear(T=20)
     m, sd = gaussian_data(2)
     an = gaussian_analysis(s, m, sd, variance)
-    param, oracle = Parameterisation("eps", variance), GaussianOracle(s, m, sd)
+    param, oracle = Parameterisation("eps", variance), GaussianOracle(s, m, sd, variance=variance)
     g = torch.Generator().manual_seed(5)
     n = 20_000
     x = torch.randn(n, 2, generator=g, dtype=F64)
@@ -225,7 +232,7 @@ def posterior_kl_by_matrices(an, x0: torch.Tensor) -> torch.Tensor:
     for d in range(x0.shape[1]):
         # p: x_T ~ N(0, 1); x_{t-1} = a_t x_t + b_t + sigma_t z for t = T..1; order x_T..x_0
         a, b = an.a[1:, d].flip(0).tolist(), an.b[1:, d].flip(0).tolist()
-        mean_p, cov = linear_chain(0.0, 1.0, a, b, an.sigma2[1:].flip(0).tolist())
+        mean_p, cov = linear_chain(0.0, 1.0, a, b, an.sigma2[1:, d].flip(0).tolist())
         k = cov[:T, T] / cov[T, T]  # condition on x_0 (last variable)
         cov_p = (cov[:T, :T] - torch.outer(k, cov[T, :T])).flip(0, 1)  # order x_1..x_T
         coef_p, const_p = k.flip(0), (mean_p[:T] - k * mean_p[T]).flip(0)
@@ -239,7 +246,7 @@ def posterior_kl_by_matrices(an, x0: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("variance", ["small", "large"])
+@pytest.mark.parametrize("variance", VARIANCES)
 @pytest.mark.parametrize(("schedule", "T"), [("cosine", 6), ("linear", 8)])
 def test_kl_chain_and_posterior_gap(schedule, T, variance):
     """kl_joint >= kl_marginal >= 0, and kl_joint - kl_marginal = E_q KL(q(x_{1:T}|x_0) ||
@@ -256,7 +263,7 @@ def test_kl_chain_and_posterior_gap(schedule, T, variance):
     torch.testing.assert_close(gap, kl[:-1], rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("variance", ["small", "large"])
+@pytest.mark.parametrize("variance", VARIANCES)
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_negative_elbo_bounds_negative_log_likelihood(schedule, variance):
     s = NoiseSchedule.from_name(schedule, 25)

@@ -131,7 +131,7 @@ def test_network_output_shape_is_checked():
         ({"prediction": "score"}, "unknown prediction 'score': choose one of 'eps', 'x0', 'v'"),
         (
             {"variance": "tiny"},
-            "unknown variance 'tiny': choose one of 'small', 'large', 'learned'",
+            "unknown variance 'tiny': choose one of 'small', 'large', 'learned', 'optimal'",
         ),
     ],
 )

@@ -26,6 +26,7 @@ from ddpm.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb
 from ddpm.errors import CheckpointError, ConfigError, DataError, DdpmError  # noqa: E402
 from ddpm.evaluate import Evaluation, evaluate  # noqa: E402
 from ddpm.forward import q_marginal, q_posterior, q_sample, q_step  # noqa: E402
+from ddpm.joint_kl import JointKl, joint_kl  # noqa: E402
 from ddpm.losses import training_loss  # noqa: E402
 from ddpm.models import LoadedModel, load_model  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
@@ -36,10 +37,16 @@ from ddpm.rng import KeyedNoise  # noqa: E402
 from ddpm.runs import Run, load_run  # noqa: E402
 from ddpm.sampling import p_sample, sample  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
+from ddpm.sweep import Sweep, sweep_gaussian, sweep_mixture  # noqa: E402
 from ddpm.theory import theory_gaussian, theory_mixture, theory_run  # noqa: E402
 from ddpm.train import TrainResult, train  # noqa: E402
 
 __all__ = [
+    "JointKl",
+    "Sweep",
+    "joint_kl",
+    "sweep_gaussian",
+    "sweep_mixture",
     "CheckpointError",
     "ConfigError",
     "DataConfig",

@@ -162,6 +162,7 @@ class EvalResult:
     per_timestep_path: Path
     per_example_path: Path | None = None
     is_main: bool = True  # False on the other processes under torchrun (they write nothing)
+    mse_path: Path | None = None  # eps-MSE and x0-MSE per timestep
 
 
 def evaluate_run(
@@ -184,8 +185,9 @@ def evaluate_run(
 
     run_dir: a ddpm run folder or a diffusers DDPMPipeline folder (``ddpm.models.load_model``).
     data: a data name or path to score on (default: the run's own data; a diffusers folder
-    names none, so it needs one). Writes eval_<split>.json and eval_<split>_per_timestep.png
-    into out_dir (default: run_dir), and each example's -ELBO (nats, float64 [n]) to the .npy
+    names none, so it needs one). Writes eval_<split>.json, eval_<split>_per_timestep.png and
+    eval_<split>_mse.png (eps- and x0-prediction errors per timestep) into out_dir (default:
+    run_dir), and each example's -ELBO (nats, float64 [n]) to the .npy
     file ``per_example`` if given.
 
     Noise is keyed by (seed, example index, t, chain) (``ddpm.rng.KeyedNoise``): an example's
@@ -224,8 +226,11 @@ def evaluate_run(
     )
     out = Path(out_dir) if out_dir is not None else m.path
     json_path, png = out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"
+    mse = out / f"eval_{split}_mse.png"
     npy = Path(per_example) if per_example is not None else None
     if info.is_main:
+        from ddpm.report.theory import save_mse_per_timestep
+
         doc = ev.to_dict()
         if npy is not None:
             save_array(ev.per_example, npy)
@@ -237,9 +242,10 @@ def evaluate_run(
             png,
             title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
         )
+        save_mse_per_timestep([ev], mse, f"{m.name} ({split})")
     dist.barrier(info)
     dist.cleanup(info)
-    return EvalResult(ev, json_path, png, npy, info.is_main)
+    return EvalResult(ev, json_path, png, npy, info.is_main, mse)
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,8 @@ class StepsEvalResult:
     evaluations: list  # ddpm.evaluate.Evaluation, one per K (its T is K)
     json_path: Path
     steps_path: Path  # PNG: bits/dim against K
+    oracle_evaluations: list | None = None  # data of known density: the Bayes-optimal model
+    oracle_path: Path | None = None  # PNG: -ELBO and KL_joint against K, trained and optimal
 
 
 def evaluate_steps_run(
@@ -268,7 +276,10 @@ def evaluate_steps_run(
     the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
     K-step model, evaluated on the same examples with noise keyed by (seed, example, t).
     Writes eval_<split>_steps.json (``steps``: one report per K) and eval_<split>_steps.png
-    (bits/dim against K) into out_dir (default: run_dir)."""
+    (bits/dim against K) into out_dir (default: run_dir). On data of known density the
+    Bayes-optimal model of each K-step process is evaluated beside it (same examples and x_t
+    draws; ``oracle_steps`` in the JSON) and eval_<split>_steps_vs_oracle.png shows both
+    against K with the data entropy."""
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
     from ddpm.report import save_steps_curve
@@ -305,6 +316,14 @@ def evaluate_steps_run(
         "clip": list(x0_range) if x0_range is not None else None,
         "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
     }
+    oracles, oracle_png = None, None
+    if density is not None:  # known density: the Bayes-optimal model of each K-step process
+        oracles = _oracle_steps(x0, dataset.spec, density, diffusions, seed, iw, mc_timesteps,
+                                max_batch, progress)  # fmt: skip
+        doc["oracle_steps"] = [{"K": ev.T, **ev.to_dict()} for ev in oracles]
+        oracle_png = _save_steps_vs_oracle(
+            evaluations, oracles, out / f"eval_{split}_steps_vs_oracle.png", m.name
+        )
     json_path = save_json(out / f"eval_{split}_steps.json", doc)
     png = save_steps_curve(
         [ev.T for ev in evaluations],
@@ -313,4 +332,46 @@ def evaluate_steps_run(
         out / f"eval_{split}_steps.png",
         title=f"{m.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
     )
-    return StepsEvalResult(evaluations, json_path, png)
+    return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png)
+
+
+def _oracle_steps(
+    x0, spec, density, diffusions, seed: int, iw, mc_timesteps, max_batch: int, progress: bool
+) -> list:
+    """``evaluate`` of the Bayes-optimal model (``theory.bayes_optimal``) in each process, on
+    the same examples and x_t draws as the run's network."""
+    from ddpm.evaluate import evaluate
+    from ddpm.theory import bayes_optimal
+
+    out = []
+    for d in diffusions:
+        od, oracle = bayes_optimal(d, density)
+        out.append(
+            evaluate(
+                od, oracle, x0, spec, name=f"bayes-optimal K={d.T}", iw=iw,
+                mc_timesteps=mc_timesteps, density=density,
+                generator=KeyedNoise(seed, torch.arange(x0.shape[0])), max_batch=max_batch,
+                progress=progress,
+            )  # fmt: skip
+        )
+    return out
+
+
+def _save_steps_vs_oracle(trained: list, oracles: list, path: Path, name: str) -> Path:
+    """-ELBO and KL_joint (= E[-ELBO] - H) against K for the run and the Bayes-optimal model."""
+    import numpy as np
+
+    from ddpm.report.plots import save_sweep
+
+    def curve(evs: list) -> dict:
+        return {
+            "T": np.array([e.T for e in evs], dtype=float),
+            "neg_elbo": np.array([e.neg_elbo for e in evs]),
+            "neg_elbo_se": np.array([e.neg_elbo_se for e in evs]),
+            "kl_joint": np.array([e.kl_joint for e in evs]),
+            "kl_joint_se": np.array([e.kl_joint_se for e in evs]),
+        }
+
+    curves = {"trained": curve(trained), "bayes-optimal": curve(oracles)}
+    title = f"{name}: the K-step processes (respaced), trained and Bayes-optimal"
+    return save_sweep(curves, path, entropy=trained[0].entropy, title=title, xlabel="steps K")

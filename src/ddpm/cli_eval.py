@@ -9,6 +9,8 @@ from pathlib import Path
 from ddpm.checkpoint import load_json
 from ddpm.errors import ConfigError
 
+SWEEP_N = 300  # examples per (T, variance) of a T-sweep: minutes for T up to 5000 on a CPU
+
 EXAMPLES = {
     "evaluate": """examples:
   ddpm evaluate runs/digits                      # exact -ELBO on the test split, bits/dim
@@ -23,6 +25,8 @@ EXAMPLES = {
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
   ddpm theory gaussian --T 1000 --steps 50        # the 50-step respaced process
   ddpm theory gmm8 --T 200 --iw 1 4 16 64
+  ddpm theory gaussian --mean 0.3 --T 2 10 100 1000 --variance small large optimal   # T-sweep
+  ddpm theory gmm8 --T 10 100 1000 5000 --variance optimal --n 300                   # T-sweep
   ddpm theory mixture.json
   ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy""",
 }
@@ -101,10 +105,27 @@ def add_commands(sub, fmt) -> None:
     t.add_argument("--dim", type=int, default=2, help="gaussian: dimension (default: 2)")
     t.add_argument("--mean", type=float, default=0.5, help="gaussian: mean (default: 0.5)")
     t.add_argument("--std", type=float, default=0.5, help="gaussian: std (default: 0.5)")
-    t.add_argument("--T", type=int, default=1000, help="diffusion steps (default: 1000)")
+    t.add_argument(
+        "--T",
+        type=int,
+        nargs="+",
+        default=[1000],
+        help="diffusion steps; several values (or several --variance) run a T-sweep "
+        "(default: 1000)",
+    )
     t.add_argument("--schedule", default="linear", help="linear | cosine (default: linear)")
-    t.add_argument("--variance", default="small", help="small | large (default: small)")
-    t.add_argument("--n", type=int, default=1000, help="examples evaluated (default: 1000)")
+    t.add_argument(
+        "--variance",
+        nargs="+",
+        default=["small"],
+        help="small | large | optimal (exact posterior variance), one or more (default: small)",
+    )
+    t.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help=f"examples evaluated (default: 1000; {SWEEP_N} per point of a T-sweep)",
+    )
     t.add_argument(
         "--steps",
         type=int,
@@ -112,7 +133,13 @@ def add_commands(sub, fmt) -> None:
         metavar="K",
         help="gaussian: the K-step respaced process, with its closed form (default: all T)",
     )
-    t.add_argument("--iw", type=int, nargs="*", default=[1, 4, 16], help="IW bounds for these K")
+    t.add_argument(
+        "--iw",
+        type=int,
+        nargs="*",
+        default=None,
+        help="IW bounds for these K (default: 1 4 16; none in a T-sweep)",
+    )
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     t.add_argument("--device", default=None, help="cpu or cuda (for a RUN folder)")
     t.add_argument("--out", type=Path, default=None, help="report folder")
@@ -169,6 +196,24 @@ def format_evaluation(ev) -> str:
     return "\n".join(lines)
 
 
+def format_coarse_to_fine(ev) -> str:
+    """Where the reverse chain fixes the data: the t at which x0-MSE falls to shares of Var(x0)."""
+    from ddpm.evaluate import coarse_to_fine
+
+    marks = coarse_to_fine(ev)
+    if marks is None:
+        return ""
+    parts = [
+        f"{100 * float(f):g}% by t = {t}" if t is not None else f"{100 * float(f):g}% never"
+        for f, t in marks.items()
+    ]
+    return (
+        f"coarse to fine: x0-MSE falls to a share of Var(x0) = {ev.data_var:.4g}: "
+        + ", ".join(parts)
+        + f" (of T = {ev.T})"
+    )
+
+
 def format_views(v: dict) -> str:
     """The four views of ``ddpm.theory.four_views`` as text."""
     ml, chain, vae, easy = (
@@ -220,6 +265,56 @@ def format_steps(evaluations) -> str:
     return "\n".join(lines)
 
 
+def format_sweep(sweep) -> str:
+    """The T-sweep as a terminal table and the T at which KL_joint falls below each threshold."""
+    from ddpm.report.theory import sweep_row
+    from ddpm.sweep import THRESHOLDS
+
+    rows = [sweep_row(p) for p in sweep.points]
+    cols = list(rows[0])
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    width = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in cols}
+    lines = [f"{sweep.name}: the bound against T (nats per example ± SE)"]
+    lines.append("  ".join(c.rjust(width[c]) for c in cols))
+    lines += ["  ".join(str(r.get(c, "-")).rjust(width[c]) for c in cols) for r in rows]
+    for v in sweep.variances:
+        for th in THRESHOLDS:
+            hit = sweep.first_T_below(v, th)
+            what = (
+                f"T = {hit['T']} (KL_joint {hit['kl_joint']:.5f} ± {hit['se']:.5f}"
+                + ("" if hit["resolved"] else ", within 2 SE of the threshold")
+                + ")"
+                if hit
+                else "not within the sweep"
+            )
+            lines.append(f"  {v}: KL_joint < {th} nats from {what}")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ddpm import report, sweep
+
+    subject = args.subject
+    n = args.n if args.n is not None else SWEEP_N
+    iw = tuple(args.iw) if args.iw is not None else ()
+    common = dict(schedule=args.schedule, n=n, iw=iw, seed=args.seed, progress=not args.json)
+    if subject == "gaussian":
+        sw = sweep.sweep_gaussian(args.T, args.variance, args.dim, args.mean, args.std, **common)
+        out = args.out or Path("reports") / f"sweep_gaussian{args.dim}d"
+    else:
+        sw = sweep.sweep_mixture(args.T, subject, args.variance, **common)
+        out = args.out or Path("reports") / f"sweep_{Path(subject).stem}"
+    paths = report.write_sweep_report(sw, out)
+    if args.json:
+        print(json.dumps(sw.to_dict(), indent=2))
+        return 0
+    print(format_sweep(sw))
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddpm.api import evaluate_run, evaluate_steps_run
 
@@ -248,6 +343,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             n = res.evaluations[0].n
             print(f"{args.run}: -ELBO of the K-step respaced process, n = {n} ({args.split})")
             print(format_steps(res.evaluations))
+            if res.oracle_evaluations is not None:
+                print("the Bayes-optimal model of each K-step process (same x0 and x_t draws):")
+                print(format_steps(res.oracle_evaluations))
+                print(f"-ELBO vs K beside the Bayes-optimal model: {res.oracle_path}")
             print(f"bits/dim vs K: {res.steps_path}\nJSON: {res.json_path}")
         return 0
     res = evaluate_run(args.run, **common)
@@ -257,9 +356,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(json.loads(res.json_path.read_text()), indent=2))
     else:
         print(format_evaluation(res.evaluation))
+        print(format_coarse_to_fine(res.evaluation))
         print(f"per-timestep plot: {res.per_timestep_path}\nJSON: {res.json_path}")
         if res.per_example_path is not None:
             print(f"per-example -ELBO: {res.per_example_path}")
+        if res.mse_path is not None:
+            print(f"prediction errors per timestep: {res.mse_path}")
     return 0
 
 
@@ -267,7 +369,16 @@ def cmd_theory(args: argparse.Namespace) -> int:
     from ddpm import report, theory
 
     subject = args.subject
-    iw = tuple(args.iw)
+    if (len(args.T) > 1 or len(args.variance) > 1) and not Path(subject).is_dir():
+        if args.steps is not None:
+            raise ConfigError(
+                "--steps does not combine with a T-sweep (several --T or --variance): "
+                "the sweep's points are the T values"
+            )
+        return cmd_sweep(args)
+    iw = tuple(args.iw) if args.iw is not None else (1, 4, 16)
+    n = args.n if args.n is not None else 1000
+    (T,), (variance,) = args.T[:1], args.variance[:1]
     if args.steps is not None and subject != "gaussian":
         raise ConfigError(
             f"--steps applies to `ddpm theory gaussian` (got subject {subject!r}); "
@@ -278,10 +389,10 @@ def cmd_theory(args: argparse.Namespace) -> int:
             args.dim,
             args.mean,
             args.std,
-            args.T,
+            T,
             args.schedule,
-            args.variance,
-            args.n,
+            variance,
+            n,
             iw,
             args.seed,
             progress=not args.json,
@@ -293,18 +404,11 @@ def cmd_theory(args: argparse.Namespace) -> int:
         from ddpm.api import pick_device
 
         dev = pick_device(args.device)
-        res = theory.theory_run(subject, args.n, iw, args.seed, dev, progress=not args.json)
+        res = theory.theory_run(subject, n, iw, args.seed, dev, progress=not args.json)
         out = args.out or Path(subject) / "theory"
     else:
         res = theory.theory_mixture(
-            subject,
-            args.T,
-            args.schedule,
-            args.variance,
-            args.n,
-            iw,
-            args.seed,
-            progress=not args.json,
+            subject, T, args.schedule, variance, n, iw, args.seed, progress=not args.json
         )
         out = args.out or Path("reports") / f"theory_{Path(subject).stem}"
     paths = report.write_theory_report(res, out)
@@ -317,6 +421,11 @@ def cmd_theory(args: argparse.Namespace) -> int:
         print(format_evaluation(res.oracle))
         gap, se = res.gap_to_oracle()
         print(f"trained -ELBO minus Bayes-optimal -ELBO (paired): {gap:.4f} ± {se:.4f} nats")
+        b = res.gap_band()
+        print(
+            f"half of the gap lies in t = {b['t_lo']}..{b['t_hi']} of {res.subject.T}: "
+            f"{b['gap']:.4f} ± {b['gap_se']:.4f} nats ({100 * b['share']:.0f}% of the gap)"
+        )
     if res.closed_form is not None:
         cf = res.closed_form
         print(f"closed form (expectations over q(x0), {cf['steps']}-step process):")

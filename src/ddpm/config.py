@@ -102,6 +102,11 @@ class DiffusionConfig(_Serialisable):
             raise ConfigError(f"T must be an integer >= 1 (got {self.T!r})")
         require_choice("schedule", self.schedule, get_args(ScheduleName))
         require_choice("prediction", self.prediction, get_args(Prediction))
+        if self.variance == "optimal":
+            raise ConfigError(
+                "variance 'optimal' is the exact posterior variance of the Bayes-optimal models "
+                "(ddpm theory); a trained network uses small, large or learned"
+            )
         require_choice("variance", self.variance, get_args(Variance))
         require_choice("loss", self.loss, get_args(LossName))
         require_choice("timestep sampler", self.timestep_sampler, get_args(TimestepSampler))

@@ -19,14 +19,19 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, get_args
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
 
-from ddpm.config import DiffusionConfig, Prediction, Variance
+from ddpm.config import DiffusionConfig, Prediction
 from ddpm.errors import ConfigError, require_choice
 from ddpm.schedule import NoiseSchedule
+
+# The variances of p_theta (see ``ddpm.reverse``). DiffusionConfig.variance, for trained
+# networks, is the subset without 'optimal': the log sigma_t^2 that a model supplies itself,
+# which only a model that knows its posterior variance can (the Bayes-optimal oracles).
+ReverseVariance = Literal["small", "large", "learned", "optimal"]
 
 
 class Denoiser(Protocol):
@@ -40,16 +45,16 @@ class Parameterisation:
     """How network outputs become p_theta: what the mean head predicts and which variance."""
 
     prediction: Prediction = "eps"
-    variance: Variance = "small"
+    variance: ReverseVariance = "small"
 
     def __post_init__(self) -> None:
         require_choice("prediction", self.prediction, get_args(Prediction))
-        require_choice("variance", self.variance, get_args(Variance))
+        require_choice("variance", self.variance, get_args(ReverseVariance))
 
     @property
     def out_mult(self) -> int:
         """Output channels per data channel: 2 when the network also emits the variance."""
-        return 2 if self.variance == "learned" else 1
+        return 2 if self.variance in ("learned", "optimal") else 1
 
     @classmethod
     def of(cls, cfg: DiffusionConfig) -> Parameterisation:

@@ -28,7 +28,7 @@ from torch import Tensor
 from ddpm.diffusion import Denoiser, Diffusion, denoise
 from ddpm.forward import q_marginal, q_posterior, q_sample, randn_like
 from ddpm.gaussian import discretized_gaussian_log_prob, gaussian_log_prob, normal_kl
-from ddpm.reverse import p_from_output
+from ddpm.reverse import PTheta, p_from_output
 from ddpm.rng import STREAM_MC, Noise, normal, rows, uniform_t
 from ddpm.schedule import NoiseSchedule
 
@@ -40,8 +40,11 @@ class ElboTerms:
     prior_kl: Tensor  # [B] L_T = KL(q(x_T|x_0) || p(x_T))
     kl: Tensor  # [B, T-1] L_{t-1} for t = 2..T
     decoder_nll: Tensor  # [B] L_0 = -log p_theta(x_0|x_1)
+    # Prediction errors at the same x_t draws (``elbo_terms`` only), mean over data dimensions:
+    eps_mse: Tensor | None = None  # [B, T] column t-1: |eps_hat(x_t, t) - eps|^2 / D
+    x0_mse: Tensor | None = None  # [B, T] column t-1: |x0_hat(x_t, t) - x_0|^2 / D
 
-    FIELDS = ("prior_kl", "kl", "decoder_nll")
+    FIELDS = ("prior_kl", "kl", "decoder_nll", "eps_mse", "x0_mse")
 
     def total(self) -> Tensor:
         """-ELBO per example [B], in nats."""
@@ -94,8 +97,15 @@ def vb_term_from_output(
     """
     x0, xt = x0.to(out.dtype), xt.to(out.dtype)
     p = p_from_output(diffusion, out, xt, t, clip=clip, detach_mean=detach_mean)
+    return _vb_term_of(diffusion.schedule, p, x0, xt, t, levels)
+
+
+def _vb_term_of(
+    s: NoiseSchedule, p: PTheta, x0: Tensor, xt: Tensor, t: Tensor, levels: int | None
+) -> Tensor:
+    """The term of step t per example [B] for p_theta(x_{t-1} | x_t) = p."""
     is_decoder = t == 1
-    post = q_posterior(diffusion.schedule, x0, xt, t)
+    post = q_posterior(s, x0, xt, t)
     # beta_tilde_1 = 0: give the (unused) t = 1 posterior a finite log-variance so the KL
     # and its gradient stay finite before torch.where discards them.
     mask = is_decoder.reshape(-1, *([1] * (x0.ndim - 1)))
@@ -119,10 +129,33 @@ def vb_term(
     clip: tuple[float, float] | None = None,
 ) -> Tensor:
     """Draw x_t ~ q(x_t|x_0) and return the term of step t per example [B], float64 nats."""
-    eps = randn_like(x0, generator) if noise is None else noise
-    xt = q_sample(diffusion.schedule, x0.double(), t, noise=eps.double())
-    out = denoise(diffusion, model, xt.to(x0.dtype), t).double()
-    return vb_term_from_output(diffusion, out, x0.double(), xt, t, levels, clip=clip)
+    return vb_step(diffusion, model, x0, t, levels, noise, generator, clip)[0]
+
+
+@torch.no_grad()
+def vb_step(
+    diffusion: Diffusion,
+    model: Denoiser,
+    x0: Tensor,
+    t: Tensor,
+    levels: int | None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    clip: tuple[float, float] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``vb_term`` and, at the same x_t, the prediction errors of improved-diffusion's
+    likelihood loop: (term [B], |eps_hat - eps|^2 / D [B], |x0_hat - x_0|^2 / D [B]), float64."""
+    eps = (randn_like(x0, generator) if noise is None else noise).double()
+    dtype, x0 = x0.dtype, x0.double()  # the network sees the data's dtype
+    xt = q_sample(diffusion.schedule, x0, t, noise=eps)
+    out = denoise(diffusion, model, xt.to(dtype), t).double()
+    p = p_from_output(diffusion, out, xt, t, clip=clip)
+    term = _vb_term_of(diffusion.schedule, p, x0, xt, t, levels)
+    return term, _mean_dims((p.eps_hat - eps) ** 2), _mean_dims((p.x0_hat - x0) ** 2)
+
+
+def _mean_dims(x: Tensor) -> Tensor:
+    return x.flatten(1).mean(dim=1)
 
 
 def elbo_terms(
@@ -157,7 +190,7 @@ def elbo_terms(
             for i in range(0, B, max_batch)
         ]  # fmt: skip
         return ElboTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in ElboTerms.FIELDS))
-    per_t = torch.empty(B, T, dtype=torch.float64, device=x0.device)
+    per_t, eps_mse, x0_mse = torch.empty(3, B, T, dtype=torch.float64, device=x0.device)
     chunk = max(1, max_batch // B)
     example = torch.arange(B, device=x0.device)
     for start in range(1, T + 1, chunk):
@@ -165,12 +198,13 @@ def elbo_terms(
         t = ts.repeat_interleave(B)
         x0_rep = x0.repeat(len(ts), *([1] * (x0.ndim - 1)))
         eps = normal(generator, x0_rep, example.repeat(len(ts)), t)
-        terms = vb_term(diffusion, model, x0_rep, t, levels, noise=eps, clip=clip)
-        per_t[:, start - 1 : start - 1 + len(ts)] = terms.reshape(len(ts), B).T
+        step = vb_step(diffusion, model, x0_rep, t, levels, noise=eps, clip=clip)
+        for dest, value in zip((per_t, eps_mse, x0_mse), step, strict=True):
+            dest[:, start - 1 : start - 1 + len(ts)] = value.reshape(len(ts), B).T
         if on_chunk is not None:
             on_chunk(len(ts))
     prior = prior_kl(diffusion.schedule, x0)
-    return ElboTerms(prior_kl=prior, kl=per_t[:, 1:], decoder_nll=per_t[:, 0])
+    return ElboTerms(prior, per_t[:, 1:], per_t[:, 0], eps_mse=eps_mse, x0_mse=x0_mse)
 
 
 def _scaled(fn: Callable[[float], None], factor: float) -> Callable[[float], None]:

@@ -93,13 +93,21 @@ class Evaluation:
     log_likelihood_exact: bool | None = None
     posterior_gap: float | None = None  # kl_joint - kl_marginal = E[-ELBO] - E[-log p_theta]
     posterior_gap_se: float | None = None
+    # Prediction errors at the ELBO's x_t draws, per dimension, model space (length T each):
+    per_timestep_eps_mse: list[float] | None = None  # E|eps_hat(x_t, t) - eps|^2 / D
+    per_timestep_eps_mse_se: list[float] | None = None
+    per_timestep_x0_mse: list[float] | None = None  # E|x0_hat(x_t, t) - x_0|^2 / D
+    per_timestep_x0_mse_se: list[float] | None = None
+    data_var: float | None = None  # Var(x_0) of the examples, mean over dimensions: x0-MSE's scale
     seconds: float = 0.0
     clip: list[float] | None = None  # range x0_hat was clipped to in the p_theta scored
     per_example: Tensor | None = field(default=None, repr=False)  # [N] -ELBO (not in JSON)
+    per_example_terms: Tensor | None = field(default=None, repr=False)  # [N, T] (not in JSON)
 
     def to_dict(self) -> dict:
-        d = asdict(dataclasses.replace(self, per_example=None))
-        del d["per_example"]
+        d = asdict(dataclasses.replace(self, per_example=None, per_example_terms=None))
+        del d["per_example"], d["per_example_terms"]
+        d["coarse_to_fine"] = coarse_to_fine(self)
         return d
 
 
@@ -111,6 +119,9 @@ class ExampleTerms:
 
     prior_kl: Tensor  # [N] L_T
     per_timestep: Tensor  # [N, T] L_0 (column 0) and L_{t-1} (column t-1)
+    eps_mse: Tensor  # [N, T] |eps_hat - eps|^2 / D at the same x_t draws
+    x0_mse: Tensor  # [N, T] |x0_hat - x_0|^2 / D
+    x0_flat: Tensor  # [N, D] the examples (for Var(x_0), the scale of x0_mse)
     iw_nll: Tensor | None = None  # [N, len(Ks)] -L_K for each K of the bounds (ascending)
     mc: Tensor | None = None  # [N] K-timestep estimate of -ELBO
     exact_nll: Tensor | None = None  # [N] exact -log p_theta(x_0)
@@ -174,11 +185,37 @@ def example_terms(
     return ExampleTerms(
         prior_kl=terms.prior_kl,
         per_timestep=terms.per_timestep,
+        eps_mse=terms.eps_mse,
+        x0_mse=terms.x0_mse,
+        x0_flat=x0.double().flatten(1),
         iw_nll=iw_nll,
         mc=mc,
         exact_nll=None if exact_log_prob is None else -exact_log_prob(x0).double(),
         neg_log_q=None if density is None else -density.log_prob(x0.double().flatten(1)),
     )
+
+
+COARSE_TO_FINE = (0.5, 0.1, 0.01)  # shares of Var(x_0) left undecided
+
+
+def coarse_to_fine(ev: Evaluation) -> dict[str, int | None] | None:
+    """For each share f of COARSE_TO_FINE, the largest t at which the x0-MSE has fallen to
+    f * Var(x_0): the reverse chain, running from t = T down, has fixed all but f of the data
+    variance by then (large shares: the coarse shape; small shares: the detail). None where it
+    never falls that far, or when no errors were recorded."""
+    if ev.per_timestep_x0_mse is None or not ev.data_var:
+        return None
+    mse = torch.tensor(ev.per_timestep_x0_mse, dtype=torch.float64)
+    out: dict[str, int | None] = {}
+    for f in COARSE_TO_FINE:
+        below = (mse <= f * ev.data_var).nonzero()
+        out[str(f)] = int(below.max()) + 1 if len(below) else None
+    return out
+
+
+def _se_columns(x: Tensor) -> list[float]:
+    """Standard error of each column's mean: [N, T] -> T values."""
+    return (x.std(dim=0) / math.sqrt(x.shape[0])).tolist()
 
 
 def evaluate(
@@ -251,7 +288,12 @@ def summarise(
             "decoder": float(per_t[:, 0].mean()) - log_jac,
         },
         per_timestep=per_t.mean(dim=0).tolist(),
-        per_timestep_se=(per_t.std(dim=0) / math.sqrt(n)).tolist(),
+        per_timestep_se=_se_columns(per_t),
+        per_timestep_eps_mse=terms.eps_mse.mean(dim=0).tolist(),
+        per_timestep_eps_mse_se=_se_columns(terms.eps_mse),
+        per_timestep_x0_mse=terms.x0_mse.mean(dim=0).tolist(),
+        per_timestep_x0_mse_se=_se_columns(terms.x0_mse),
+        data_var=float(terms.x0_flat.var(dim=0).mean()),
         nats_per_dim=nelbo / dims,
         nats_per_dim_se=nelbo_se / dims,
         bits_per_dim=mean_se(bpd)[0],
@@ -280,5 +322,6 @@ def summarise(
         if nll is not None:
             out["kl_marginal"], out["kl_marginal_se"] = mean_se(nll - neg_log_q)
     out["per_example"] = neg_elbo.detach().cpu()
+    out["per_example_terms"] = per_t.detach().cpu()
     out["seconds"] = seconds
     return Evaluation(**out)

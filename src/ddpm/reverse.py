@@ -10,18 +10,23 @@ Variances (``Variance``): 'small' sigma_t^2 = beta_tilde_t, 'large' sigma_t^2 = 
 the decoder variance beta_tilde_2 at t = 1, see ``NoiseSchedule.sigma2_small``), or 'learned':
     log sigma_t^2 = u log beta_t + (1 - u) log beta_tilde_t,  u = (out + 1) / 2   [ND21] eq. (15)
 where out is the network's second block of output channels; at t = 1 the range runs from the
-decoder variance beta_tilde_2 to beta_1.
+decoder variance beta_tilde_2 to beta_1. 'optimal': the model emits log sigma_t^2 itself, per
+example and dimension, as its second block of channels. The Bayes-optimal oracles
+(``ddpm.oracles``) use it for the exact reverse variance of [BLZ22]; trained networks do not
+(``DiffusionConfig`` accepts only small, large and learned).
 
 The network protocol: ``model(x_t, net_t)`` with x_t [B, *shape] and net_t the network's time
 input for process step t [B] returns [B, out_mult * C, ...] (channel dim 1; for vectors
-[B, out_mult * D]); out_mult = 2 for learned variances. Every function here takes the process
-as one ``Diffusion`` (schedule, parameterisation, time map) and calls the network only through
-``ddpm.diffusion.denoise``.
+[B, out_mult * D]); out_mult = 2 for learned or model-supplied ('optimal') variances. Every
+function here takes the process as one ``Diffusion`` (schedule, parameterisation, time map) and
+calls the network only through ``ddpm.diffusion.denoise``.
 
 References:
     [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
     [ND21] Nichol, Dhariwal. Improved Denoising Diffusion Probabilistic Models. arXiv:2102.09672
     [SH22] Salimans, Ho. Progressive Distillation for Fast Sampling of Diffusion Models.
+    [BLZ22] Bao, Li, Zhu, Zhang. Analytic-DPM: an Analytic Estimate of the Optimal Reverse
+            Variance in Diffusion Probabilistic Models. arXiv:2201.06503
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ def split_output(param: Parameterisation, out: Tensor, xt: Tensor) -> tuple[Tens
 def p_log_var(diffusion: Diffusion, t: Tensor, xt: Tensor, var_out: Tensor | None = None):
     """log sigma_t^2 for each example, broadcast to xt's shape (see module docstring)."""
     s, param = diffusion.schedule, diffusion.param
+    if param.variance == "optimal":
+        return var_out  # the model's own log sigma_t^2
     log_small = s.at(s.sigma2_small.log(), t, xt)
     if param.variance == "small":
         return log_small.expand_as(xt)

@@ -13,18 +13,25 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from ddpm.config import DataConfig
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
 from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
-from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
+from ddpm.oracles import (
+    ORACLE_VARIANCES,
+    GaussianOracle,
+    MixtureOracle,
+    gaussian_analysis,
+    gaussian_log_likelihood,
+)
 from ddpm.respace import respace
 from ddpm.rng import KeyedNoise, seeded_generator
 from ddpm.schedule import NoiseSchedule
@@ -44,6 +51,22 @@ class TheoryResult:
         how far the trained model is from the best ELBO its model family allows."""
         return mean_se(self.subject.per_example - self.oracle.per_example)
 
+    def gap_per_timestep(self) -> tuple[Tensor, Tensor]:
+        """The paired gap of each step's term, trained minus Bayes-optimal, on the same x_0 and
+        x_t: (mean [T], SE [T]) in nats; entry t-1 is step t (L_0 at t = 1)."""
+        diff = self.subject.per_example_terms - self.oracle.per_example_terms  # [N, T]
+        return diff.mean(dim=0), diff.std(dim=0) / math.sqrt(diff.shape[0])
+
+    def gap_band(self) -> dict:
+        """The shortest band of steps t_lo..t_hi whose summed per-step gap holds at least half
+        of the total gap (ties: the larger sum), with the gap in it and its paired SE."""
+        diff = self.subject.per_example_terms - self.oracle.per_example_terms  # [N, T]
+        lo, hi = half_band(diff.mean(dim=0))
+        inside = diff[:, lo - 1 : hi].sum(dim=1)
+        gap, se = mean_se(inside)
+        total = float(diff.sum(dim=1).mean())
+        return {"t_lo": lo, "t_hi": hi, "gap": gap, "gap_se": se, "share": gap / total}
+
     def to_dict(self) -> dict:
         d = self.subject.to_dict()
         d["subject"] = self.name
@@ -51,9 +74,26 @@ class TheoryResult:
         if self.oracle is not None:
             d["oracle"] = self.oracle.to_dict()
             d["gap_to_oracle"], d["gap_to_oracle_se"] = self.gap_to_oracle()
+            gap, se = self.gap_per_timestep()
+            d["gap_per_timestep"], d["gap_per_timestep_se"] = gap.tolist(), se.tolist()
+            d["gap_band"] = self.gap_band()
         if self.closed_form is not None:
             d["closed_form"] = self.closed_form
         return d
+
+
+def half_band(per_t: Tensor) -> tuple[int, int]:
+    """The shortest run of steps (t_lo, t_hi), 1-based and inclusive, whose values sum to at
+    least half of the total (of equal widths, the larger sum). per_t: [T]; a total <= 0
+    gives (1, T)."""
+    T, total = per_t.numel(), float(per_t.sum())
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), per_t.double().cpu().cumsum(0)])
+    for width in range(1, T + 1):
+        sums = cum[width:] - cum[:-width]  # sums[a]: steps a+1..a+width
+        if total > 0 and float(sums.max()) >= 0.5 * total:
+            a = int(sums.argmax())
+            return a + 1, a + width
+    return 1, T
 
 
 def four_views(ev: Evaluation) -> dict:
@@ -99,13 +139,27 @@ def _check_n(n: int) -> None:
         raise ConfigError(f"--n must be >= 2 examples (got {n})")
 
 
-def _fixed_variance(variance: str) -> str:
-    if variance not in ("small", "large"):
+def _oracle_variance(variance: str) -> str:
+    if variance not in ORACLE_VARIANCES:
         raise ConfigError(
-            f"variance {variance!r}: the Bayes-optimal oracle has a fixed variance, "
-            "use --variance small or large"
+            f"variance {variance!r}: a Bayes-optimal oracle uses small, large or optimal "
+            "(the exact posterior variance); use --variance small, large or optimal"
         )
     return variance
+
+
+def gaussian_data(
+    dim: int, mean: float, std: float
+) -> tuple[torch.Tensor, torch.Tensor, GaussianMixture, DataSpec]:
+    """N(mean, std^2 I_dim): mean [D], std [D], the density as a one-component mixture, spec."""
+    if dim < 1 or not std > 0:
+        raise ConfigError(f"need --dim >= 1 and --std > 0 (got {dim}, {std})")
+    m = torch.full((dim,), float(mean), dtype=torch.float64)
+    sd = torch.full((dim,), float(std), dtype=torch.float64)
+    density = GaussianMixture(
+        weights=torch.ones(1, dtype=torch.float64), means=m[None], covs=torch.diag(sd**2)[None]
+    )
+    return m, sd, density, DataSpec(name=f"gaussian{dim}d", shape=(dim,), levels=None)
 
 
 def theory_gaussian(
@@ -126,23 +180,22 @@ def theory_gaussian(
 
     steps: evaluate the K-step respaced process ([ND21] Sec. 4, ``ddpm.respace``) instead of
     the T-step one; the T-step oracle, called at the original steps tau_k, is Bayes-optimal for
-    it, and the closed form is that of the respaced schedule."""
-    if dim < 1 or n < 2 or not std > 0:
-        raise ConfigError(f"need --dim >= 1, --n >= 2 and --std > 0 (got {dim}, {n}, {std})")
+    it, and the closed form is that of the respaced schedule. With variance 'optimal' the
+    oracle is built on the respaced schedule itself: its variance (G5) depends on the process's
+    own beta_tilde and c, not only on alpha_bar."""
+    if n < 2:
+        raise ConfigError(f"need --n >= 2 (got {n})")
     s = NoiseSchedule.from_name(schedule, T)
-    diffusion = Diffusion(s, Parameterisation("eps", _fixed_variance(variance)))
+    m, sd, density, spec = gaussian_data(dim, mean, std)
+    diffusion = Diffusion(s, Parameterisation("eps", _oracle_variance(variance)))
     if steps is not None:
         diffusion = respace(diffusion, steps)
-    m = torch.full((dim,), float(mean), dtype=torch.float64)
-    sd = torch.full((dim,), float(std), dtype=torch.float64)
+    if variance == "optimal":
+        s, diffusion = diffusion.schedule, Diffusion(diffusion.schedule, diffusion.param)
     an = gaussian_analysis(diffusion.schedule, m, sd, variance)
     g = seeded_generator(seed)
     x0 = m + sd * torch.randn((n, dim), generator=g, dtype=torch.float64)
-    density = GaussianMixture(
-        weights=torch.ones(1, dtype=torch.float64), means=m[None], covs=torch.diag(sd**2)[None]
-    )
-    spec = DataSpec(name=f"gaussian{dim}d", shape=(dim,), levels=None)
-    oracle = GaussianOracle(s, m, sd)
+    oracle = GaussianOracle(s, m, sd, variance=variance)
     ev = evaluate(
         diffusion,
         oracle,
@@ -167,6 +220,7 @@ def theory_gaussian(
         "entropy": an.entropy,
         "neg_log_likelihood": an.neg_log_likelihood,
         "kl_joint": an.kl_joint,
+        "kl_prior_marginal": an.kl_prior_marginal,
         "kl_marginal": an.kl_marginal,
         "posterior_gap": an.posterior_gap,
     }
@@ -203,9 +257,9 @@ def theory_mixture(
     s = NoiseSchedule.from_name(schedule, T)
     g = seeded_generator(seed)
     x0 = mixture.sample(n, generator=g)
-    oracle = MixtureOracle(s, mixture)
+    oracle = MixtureOracle(s, mixture, variance=_oracle_variance(variance))
     ev = evaluate(
-        Diffusion(s, Parameterisation("eps", _fixed_variance(variance))),
+        Diffusion(s, Parameterisation("eps", variance)),
         oracle,
         x0,
         spec,
@@ -218,6 +272,22 @@ def theory_mixture(
     return TheoryResult(name=spec.name, subject=ev)
 
 
+def bayes_optimal(
+    diffusion: Diffusion, density: GaussianMixture
+) -> tuple[Diffusion, MixtureOracle]:
+    """The Bayes-optimal model of data from ``density`` (model space) under the process of
+    ``diffusion``: the mixture oracle on the process's own schedule with the identity time map
+    (an oracle reads process steps, also for a respaced process), with the process's prediction
+    and variance, or the exact 'optimal' variance where the variance is learned (it minimises
+    every term over all Gaussian steps with per-x_t variances, a family that holds the learned
+    one)."""
+    param = diffusion.param
+    variance = "optimal" if param.variance == "learned" else param.variance
+    oracle_param = Parameterisation(param.prediction, variance)
+    oracle = MixtureOracle(diffusion.schedule, density, param.prediction, variance)
+    return Diffusion(diffusion.schedule, oracle_param), oracle
+
+
 def theory_run(
     run_dir: str | Path,
     n: int = 1000,
@@ -227,8 +297,9 @@ def theory_run(
     progress: bool = False,
 ) -> TheoryResult:
     """A trained run on data of known density: its evaluation beside the Bayes-optimal
-    denoiser's (same schedule and T; fixed variance 'small' when the run learned its variance)
-    on the same n test examples."""
+    model's on the same n test examples and x_t draws (paired). The Bayes-optimal model has the
+    run's schedule, T and variance, or the exact 'optimal' variance when the run learned its
+    variance (it minimises every term over all Gaussian steps with per-x_t variances)."""
     from ddpm import runs
 
     _check_n(n)
@@ -254,14 +325,7 @@ def theory_run(
         generator=noise,
         progress=progress,
     )
-    param = run.diffusion.param
-    variance = param.variance if param.variance != "learned" else "small"
-    oracle_diffusion = dataclasses.replace(
-        run.diffusion, param=dataclasses.replace(param, variance=variance)
-    )
-    oracle = MixtureOracle(
-        run.diffusion.schedule, data.density.to(device), prediction=param.prediction
-    )
+    oracle_diffusion, oracle = bayes_optimal(run.diffusion, data.density.to(device))
     best = evaluate(
         oracle_diffusion,
         oracle,

@@ -75,11 +75,14 @@ class GaussianMixture:
 
     # -- densities ---------------------------------------------------------------------------
 
-    def _log_joint(self, xt: Tensor, alpha_bar: float | Tensor) -> tuple[Tensor, Tensor]:
+    def _log_joint(self, xt: Tensor, alpha_bar: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """log w_k + log N(x_t; sqrt(ab) mu_k, ab Sigma_k + (1 - ab) I): [N, K].
 
         Also returns the posterior mean of x_0 given x_t and component k, [N, K, D]:
-        mu_k + sqrt(ab) Sigma_k (ab Sigma_k + (1 - ab) I)^{-1} (x_t - sqrt(ab) mu_k).
+        mu_k + sqrt(ab) Sigma_k (ab Sigma_k + (1 - ab) I)^{-1} (x_t - sqrt(ab) mu_k),
+        and the diagonal of its posterior covariance, [N, K, D]:
+        Sigma_k - ab Sigma_k (ab Sigma_k + (1 - ab) I)^{-1} Sigma_k
+            = U_k diag(lambda_k (1 - ab) / (ab lambda_k + 1 - ab)) U_k^T.
         """
         m = self.to(xt.device)
         xt = xt.to(torch.float64)
@@ -94,11 +97,17 @@ class GaussianMixture:
             self.dim * math.log(2 * math.pi) + c.log().sum(-1) + (y**2 / c).sum(-1)
         )
         x0_given_k = m.means + ab.sqrt() * torch.einsum("kde,nke->nkd", u, lam * y / c)
-        return m.weights.log() + log_normal, x0_given_k
+        var_given_k = torch.einsum("kde,nke->nkd", u**2, lam * (1 - ab) / c)
+        return m.weights.log() + log_normal, x0_given_k, var_given_k
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) in nats: [N, D] -> [N] float64 (logsumexp over components)."""
         return torch.logsumexp(self._log_joint(x, 1.0)[0], dim=-1)
+
+    def diffused_log_prob(self, xt: Tensor, alpha_bar: float | Tensor) -> Tensor:
+        """log q_t(x_t) of the diffused mixture (``diffused``) in nats: xt [N, D] -> [N]
+        float64, with alpha_bar a float or one value per example [N]."""
+        return torch.logsumexp(self._log_joint(xt, alpha_bar)[0], dim=-1)
 
     def responsibilities(self, x: Tensor) -> Tensor:
         """Posterior component probabilities q(k | x): [N, D] -> [N, K], rows sum to 1."""
@@ -125,9 +134,22 @@ class GaussianMixture:
         xt: [N, D]; alpha_bar: a float or a [N] tensor in [0, 1] (one per example). Returns [N, D]
         float64. Exact at ab = 1 (returns x_t) and ab = 0 (returns the mixture mean).
         """
-        log_joint, x0_given_k = self._log_joint(xt, alpha_bar)
+        return self.posterior_x0(xt, alpha_bar)[0]
+
+    def posterior_x0(self, xt: Tensor, alpha_bar: float | Tensor) -> tuple[Tensor, Tensor]:
+        """E[x_0 | x_t] and the diagonal of Cov(x_0 | x_t), both [N, D] float64.
+
+        By the law of total variance over the component k ~ q_t(k | x_t):
+            Var(x_0 | x_t) = sum_k q_t(k | x_t) (diag Cov_k(x_0 | x_t) + (m_k - m)^2),
+        with m_k the per-component posterior means and m = E[x_0 | x_t] (deviations from m
+        rather than second moments minus m^2, so nothing cancels). Same arguments as
+        ``posterior_mean_x0``.
+        """
+        log_joint, x0_given_k, var_given_k = self._log_joint(xt, alpha_bar)
         resp = torch.softmax(log_joint, dim=-1)  # [N, K]
-        return torch.einsum("nk,nkd->nd", resp, x0_given_k)
+        mean = torch.einsum("nk,nkd->nd", resp, x0_given_k)
+        spread = (x0_given_k - mean[:, None, :]) ** 2
+        return mean, torch.einsum("nk,nkd->nd", resp, var_given_k + spread)
 
     # -- sampling ----------------------------------------------------------------------------
 

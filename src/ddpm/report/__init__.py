@@ -10,7 +10,7 @@ from ddpm.report.html import html_table, write_html
 from ddpm.report.images import default_scale, image_grid, save_image_grid, save_png, to_uint8
 from ddpm.report.plots import save_bar_chain, save_per_timestep, save_scatter_2d, save_steps_curve
 from ddpm.report.samples import save_array, save_samples
-from ddpm.report.theory import write_theory_report
+from ddpm.report.theory import write_sweep_report, write_theory_report
 
 __all__ = [
     "default_scale",
@@ -23,6 +23,7 @@ __all__ = [
     "save_png",
     "save_array",
     "save_samples",
+    "write_sweep_report",
     "write_theory_report",
     "save_scatter_2d",
     "save_steps_curve",

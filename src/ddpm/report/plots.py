@@ -9,19 +9,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from ddpm.errors import DataError
 from ddpm.report._figure import as_float_array, limits, new_figure, save_figure
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn (``new_figure``)
+    from matplotlib.figure import Figure
 
 __all__ = [
     "save_scatter_2d",
     "save_per_timestep",
     "save_bar_chain",
     "save_steps_curve",
+    "save_sweep",
     "steps_figure",
 ]
 
@@ -62,25 +66,43 @@ def save_per_timestep(
     ylabel: str = "nats",
     logy: bool = True,
     title: str = "",
+    se: Mapping[str, Tensor | np.ndarray] | None = None,
+    span: tuple[int, int] | None = None,
+    span_label: str = "",
 ) -> Path:
-    """Line plot over t = 1..T of per-timestep terms, one line per model (legend).
+    """Line plot over t = 1..T (log axis) of per-timestep values, one line per model (legend).
 
     ``per_t[name]`` has shape [T] with entry t-1 for timestep t (e.g. the mean ELBO terms
     L_0, L_1, ..., L_{T-1} of [Ho20] eq. (5) indexed by the t of p_theta(x_{t-1} | x_t)).
-    The y-axis is logarithmic when ``logy`` and every finite value is positive.
+    The t axis is logarithmic: most of the bound lives in the first steps. ``se[name]`` [T]
+    draws a +-1 SE band; ``span`` = (t_lo, t_hi) shades those steps (``span_label`` in the
+    legend). The y-axis is logarithmic when ``logy`` and every finite value is positive;
+    otherwise a zero line is drawn, and values of both signs spanning more than three decades
+    (a negative continuous decoder term beside small KLs) get a symmetric-log axis.
     """
     if not per_t:
         raise DataError("per_t: nothing to plot (no series given)")
     series = {name: as_float_array(v, f"per_t[{name!r}]", ndim=1) for name, v in per_t.items()}
     fig = new_figure(7.0, 4.0)
     ax = fig.add_subplot()
-    for name, v in series.items():
+    if span is not None:
+        ax.axvspan(span[0] - 0.5, span[1] + 0.5, color="C3", alpha=0.12, lw=0, label=span_label)
+    for i, (name, v) in enumerate(series.items()):
         t = np.arange(1, len(v) + 1)
-        ax.plot(t, v, marker="o" if len(v) <= 50 else None, ms=3, lw=1.2, label=name)
+        ax.plot(t, v, marker="o" if len(v) <= 50 else None, ms=3, lw=1.2, label=name, c=f"C{i}")
+        if se is not None and name in se:
+            e = as_float_array(se[name], f"se[{name!r}]", ndim=1)
+            ax.fill_between(t, v - e, v + e, color=f"C{i}", alpha=0.25, lw=0)
     finite = np.concatenate([v[np.isfinite(v)] for v in series.values()])
     if logy and finite.size and (finite > 0).all():
         ax.set_yscale("log")
-    ax.set_xlabel("t")
+    else:
+        ax.axhline(0.0, color="0.3", lw=0.8)
+        nonzero = np.abs(finite[finite != 0])
+        if logy and nonzero.size and nonzero.max() > 1e3 * nonzero.min():
+            ax.set_yscale("symlog", linthresh=max(1e-3 * nonzero.max(), nonzero.min()))
+    ax.set_xscale("log")
+    ax.set_xlabel("t (log scale)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend()
@@ -132,6 +154,65 @@ def save_bar_chain(
         ax.set_xlabel(xlabel)
     if title:
         ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_sweep(
+    curves: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | os.PathLike,
+    entropy: float | None = None,
+    title: str = "",
+    xlabel: str = "T",
+) -> Path:
+    """The bound against the number of steps T: two panels, T on a log axis (``xlabel``).
+
+    ``curves[name]`` holds arrays over the T values of one model: ``T``, ``neg_elbo`` (and
+    ``neg_elbo_se``: error bars), optionally ``closed_form`` (-ELBO in closed form, dashed),
+    ``neg_log_likelihood`` (exact -log p_theta(x_0), dotted), ``kl_joint`` (and
+    ``kl_joint_se``). Left: -ELBO with the data entropy H(q(x_0)) as a line (the floor of every
+    -log p); right: KL(q(x_{0:T}) || p_theta(x_{0:T})) on a log-log scale with the 0.1 and 0.01
+    nat lines (values <= 0 of a Monte Carlo estimate are left out of that panel).
+    """
+    if not curves:
+        raise DataError("curves: nothing to plot (no series given)")
+    fig = new_figure(11.0, 4.2)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for i, (name, c) in enumerate(curves.items()):
+        color = f"C{i}"
+        T = as_float_array(c["T"], f"{name}: T", ndim=1)
+        y = as_float_array(c["neg_elbo"], f"{name}: neg_elbo", ndim=1)
+        err = c.get("neg_elbo_se")
+        left.errorbar(T, y, yerr=err, fmt="o-", ms=3, lw=1.2, capsize=2, c=color, label=name)
+        if c.get("closed_form") is not None:
+            left.plot(T, c["closed_form"], "--", c=color, lw=1, label=f"{name}: closed form")
+        if c.get("neg_log_likelihood") is not None:
+            left.plot(T, c["neg_log_likelihood"], ":", c=color, lw=1.5, label=f"{name}: -log p")
+        if c.get("kl_joint") is not None:
+            kl = as_float_array(c["kl_joint"], f"{name}: kl_joint", ndim=1)
+            kl_se = c.get("kl_joint_se")
+            keep = kl > 0
+            e = None if kl_se is None else np.minimum(np.asarray(kl_se)[keep], 0.999 * kl[keep])
+            right.errorbar(T[keep], kl[keep], yerr=e, fmt="o-", ms=3, lw=1.2, capsize=2, c=color)
+    if entropy is not None:
+        left.axhline(entropy, color="0.2", lw=1.2, label="H(q(x0)), data entropy")
+    for th in (0.1, 0.01):
+        right.axhline(th, color="0.5", lw=0.8, ls=":")
+    low, high = right.get_ylim()
+    right.set_ylim(max(low, 1e-7), max(high, 0.2))  # closed forms reach 1e-18: keep 0.01 legible
+    left.set_xscale("log")
+    left.set_xlabel(f"{xlabel} (log scale)")
+    left.set_ylabel("nats per example")
+    left.set_title("-ELBO against the number of steps")
+    left.grid(True, which="major", alpha=0.3)
+    left.legend(fontsize=7)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel(f"{xlabel} (log scale)")
+    right.set_ylabel("nats per example")
+    right.set_title("KL(q(x0:T) || p(x0:T)) = E[-ELBO] - H")
+    right.grid(True, which="major", alpha=0.3)
+    if title:
+        fig.suptitle(title)
     return save_figure(fig, path)
 
 
