@@ -240,3 +240,55 @@ def test_digits_carry_their_labels(digits):
     assert digits.labelled and digits.train_labels.shape == (1500,)
     assert digits.test_labels.shape == (297,)
     assert set(digits.train_labels.unique().tolist()) == set(range(10))
+
+
+@pytest.fixture(scope="module")
+def tiny_gmm8_run(tmp_path_factory):
+    from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+    from ddpm.train import train
+
+    cfg = RunConfig(
+        diffusion=DiffusionConfig(T=20),
+        model=ModelConfig(kind="mlp", hidden=32, depth=1),
+        data=DataConfig(name="gmm8", n_train=1000, n_test=500),
+        train=TrainConfig(steps=20, batch_size=64, warmup=5, num_samples=8),
+    )
+    out = tmp_path_factory.mktemp("runs") / "gmm8"
+    train(cfg, out, progress=False)
+    return out
+
+
+def test_cli_sample_metrics_and_evaluate_samples(tiny_gmm8_run, tmp_path, capsys):
+    import json
+
+    from ddpm.cli import main
+
+    png = tmp_path / "s.png"
+    assert main(["sample", str(tiny_gmm8_run), "--n", "64", "--metrics", "--out", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "H(q) data entropy" in text and "bayes-optimal samples" in text
+    doc = json.loads((tmp_path / "s_quality.json").read_text())
+    names = [r["name"] for r in doc["rows"]]
+    assert doc["kind"] == "density" and names == ["samples", "bayes-optimal samples", FLOOR]
+    assert doc["rows"][0]["n"] == 64 and len(doc["rows"][0]["modes"]["counts"]) == 8
+    # the samples scored are the samples written: same cross-entropy from the saved array
+    x = torch.from_numpy(np.load(tmp_path / "s.npy"))
+    ref = density_reference(gmm8(), generator=gen(0))
+    ce = density_scores(gmm8(), x, ref).cross_entropy
+    assert math.isclose(ce, doc["rows"][0]["cross_entropy"], rel_tol=1e-5)
+
+    args = ["evaluate", str(tiny_gmm8_run), "--n", "50", "--samples", "40", "--json"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["sample_quality"]["rows"][0]["n"] == 40 and "neg_elbo" in doc
+    saved = json.loads((tmp_path / "eval_test.json").read_text())
+    assert saved["sample_quality"]["rows"] == doc["sample_quality"]["rows"]
+    assert "draw" in saved["sample_quality"]["seconds"]
+
+
+def test_cli_rejects_too_few_samples_in_one_line(tiny_gmm8_run, capsys):
+    from ddpm.cli import main
+
+    assert main(["evaluate", str(tiny_gmm8_run), "--samples", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ddpm evaluate: error: --samples must be >= 2 (got 1)"]

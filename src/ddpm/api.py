@@ -26,6 +26,8 @@ class SampleResult:
     array_path: Path
     trajectory_path: Path | None
     x0: torch.Tensor  # [N, *shape] in model space
+    quality: object | None = None  # ddpm.quality.QualityReport with metrics=True
+    quality_path: Path | None = None
 
 
 def evenly_spaced_steps(T: int, frames: int) -> list[int]:
@@ -44,10 +46,14 @@ def sample_run(
     frames: int = 8,
     device: str | torch.device | None = None,
     progress: bool = False,
+    metrics: bool = False,
+    classifier_dir: str | Path | None = None,
 ) -> SampleResult:
     """Ancestral samples from a trained run (EMA weights): PNG grid/scatter and .npy.
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
+    metrics: also score the samples (``ddpm.quality``) and write <out stem>_quality.json;
+    classifier_dir: where the feature classifier of labelled data is kept.
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
@@ -73,7 +79,14 @@ def sample_run(
             save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
         else:
             save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
-    return SampleResult(path, out.with_suffix(".npy"), traj_path, res.x0)
+    quality, quality_path = None, None
+    if metrics:
+        from ddpm.checkpoint import save_json
+        from ddpm.quality.run import score_run_samples
+
+        quality = score_run_samples(run, res.x0, seed, classifier_dir, dev)
+        quality_path = save_json(out.with_name(out.stem + "_quality.json"), quality.to_dict())
+    return SampleResult(path, out.with_suffix(".npy"), traj_path, res.x0, quality, quality_path)
 
 
 def forward_strip(
@@ -111,6 +124,7 @@ class EvalResult:
     evaluation: object  # ddpm.evaluate.Evaluation
     json_path: Path
     per_timestep_path: Path
+    quality: object | None = None  # ddpm.quality.QualityReport when samples were scored
 
 
 def evaluate_run(
@@ -124,10 +138,14 @@ def evaluate_run(
     max_batch: int = 4096,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    samples: int | None = None,
+    classifier_dir: str | Path | None = None,
 ) -> EvalResult:
     """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
-    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir)."""
+    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir).
+    samples: also draw this many samples (seed ``seed``) and score their quality beside the
+    likelihood (``ddpm.quality``; the JSON gets a "sample_quality" entry)."""
     from ddpm.checkpoint import save_json
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
@@ -137,6 +155,8 @@ def evaluate_run(
         raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
+    if samples is not None and samples < 2:
+        raise ConfigError(f"--samples must be >= 2 (got {samples})")
     dev = pick_device(device)
     run = runs.load_run(run_dir, device=dev)
     data = load_dataset(run.config.data)
@@ -157,10 +177,33 @@ def evaluate_run(
         progress=progress,
     )
     out = Path(out_dir) if out_dir is not None else run.run_dir
-    json_path = save_json(out / f"eval_{split}.json", ev.to_dict())
+    doc, quality = ev.to_dict(), None
+    if samples is not None:
+        quality = _scored_samples(run, samples, seed, classifier_dir, dev, progress)
+        doc["sample_quality"] = quality.to_dict()
+    json_path = save_json(out / f"eval_{split}.json", doc)
     png = save_per_timestep(
         {f"{run.run_dir.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
         out / f"eval_{split}_per_timestep.png",
         title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
     )
-    return EvalResult(ev, json_path, png)
+    return EvalResult(ev, json_path, png, quality)
+
+
+def _scored_samples(run, n, seed, classifier_dir, device, progress):
+    """Draw n samples of run (timed) and score them: a ddpm.quality.QualityReport."""
+    import time
+
+    from ddpm.quality.run import score_run_samples
+
+    start = time.perf_counter()
+    g = seeded_generator(seed, device)
+    with tqdm(total=run.diffusion.T, desc="sample", unit="t", disable=not progress) as bar:
+        x = sample(
+            run.diffusion, run.model, run.spec.shape, n, g, device, run.clip,
+            on_step=lambda _: bar.update(1),
+        ).x0  # fmt: skip
+    seconds = time.perf_counter() - start
+    report = score_run_samples(run, x, seed, classifier_dir, device)
+    report.seconds["draw"] = seconds
+    return report

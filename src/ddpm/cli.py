@@ -51,7 +51,8 @@ EXAMPLES = {
   torchrun --nproc-per-node 4 -m ddpm train --data photos/ --image-size 32 --device cuda""",
     "sample": """examples:
   ddpm sample runs/digits --n 64 --out samples.png
-  ddpm sample runs/digits --n 8 --trajectory --out chain.png""",
+  ddpm sample runs/digits --n 8 --trajectory --out chain.png
+  ddpm sample runs/gmm8 --n 1000 --metrics              # plus exact quality scores""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
   ddpm forward digit.png --T 1000 --schedule cosine --frames 8""",
@@ -161,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
         "--frames", type=int, default=8, help="steps shown with --trajectory (default: 8)"
     )
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument(
+        "--metrics", action="store_true", help="also score the samples' quality (ddpm.quality)"
+    )
+    from ddpm.cli_quality import add_classifier_flag
+
+    add_classifier_flag(s)
     s.set_defaults(func=cmd_sample)
 
     f = sub.add_parser(
@@ -222,11 +229,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frames=args.frames,
         device=args.device,
         progress=True,
+        metrics=args.metrics,
+        classifier_dir=args.classifier_dir,
     )
     print(f"samples: {result.samples_path}")
     print(f"array:   {result.array_path}")
     if result.trajectory_path is not None:
         print(f"trajectory: {result.trajectory_path}")
+    if result.quality is not None:
+        from ddpm.cli_quality import format_quality
+
+        print(format_quality(result.quality))
+        print(f"quality JSON: {result.quality_path}")
     return 0
 
 

@@ -10,7 +10,8 @@ EXAMPLES = {
     "evaluate": """examples:
   ddpm evaluate runs/digits                      # exact -ELBO on the test split, bits/dim
   ddpm evaluate runs/digits --n 100 --iw 1 4 16  # plus importance-weighted bounds
-  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain""",
+  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
+  ddpm evaluate runs/gmm8 --samples 1000         # plus sample quality beside the likelihood""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
@@ -43,6 +44,16 @@ def add_commands(sub, fmt) -> None:
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     e.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default: RUN)")
     e.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+    e.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also draw N samples and score their quality beside the likelihood",
+    )
+    from ddpm.cli_quality import add_classifier_flag
+
+    add_classifier_flag(e)
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser(
@@ -161,11 +172,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         out_dir=args.out,
         progress=not args.json,
+        samples=args.samples,
+        classifier_dir=args.classifier_dir,
     )
     if args.json:
-        print(json.dumps(res.evaluation.to_dict(), indent=2))
+        doc = res.evaluation.to_dict()
+        if res.quality is not None:
+            doc["sample_quality"] = res.quality.to_dict()
+        print(json.dumps(doc, indent=2))
     else:
         print(format_evaluation(res.evaluation))
+        if res.quality is not None:
+            from ddpm.cli_quality import format_quality
+
+            print(format_quality(res.quality))
         print(f"per-timestep plot: {res.per_timestep_path}\nJSON: {res.json_path}")
     return 0
 

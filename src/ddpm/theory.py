@@ -207,6 +207,19 @@ def theory_mixture(
     return TheoryResult(name=spec.name, subject=ev)
 
 
+def bayes_optimal(
+    diffusion: Diffusion, mixture: GaussianMixture
+) -> tuple[Diffusion, MixtureOracle]:
+    """The Bayes-optimal denoiser of mixture data for a run's process, with the run's fixed
+    variance ('small' when the run learned its variance)."""
+    param = diffusion.param
+    variance = param.variance if param.variance != "learned" else "small"
+    oracle_diffusion = dataclasses.replace(
+        diffusion, param=dataclasses.replace(param, variance=variance)
+    )
+    return oracle_diffusion, MixtureOracle(diffusion.schedule, mixture, prediction=param.prediction)
+
+
 def theory_run(
     run_dir: str | Path,
     n: int = 1000,
@@ -242,14 +255,7 @@ def theory_run(
         generator=g,
         progress=progress,
     )
-    param = run.diffusion.param
-    variance = param.variance if param.variance != "learned" else "small"
-    oracle_diffusion = dataclasses.replace(
-        run.diffusion, param=dataclasses.replace(param, variance=variance)
-    )
-    oracle = MixtureOracle(
-        run.diffusion.schedule, data.density.to(device), prediction=param.prediction
-    )
+    oracle_diffusion, oracle = bayes_optimal(run.diffusion, data.density.to(device))
     g = seeded_generator(seed, device)
     best = evaluate(
         oracle_diffusion,

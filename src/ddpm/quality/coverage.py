@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scipy.stats import chi2 as chi2_dist
 from torch import Tensor
 
 MISSED_FRACTION = 0.1  # a mode with fewer than this share of its expected count is missed
@@ -34,8 +35,6 @@ class ModeCoverage:
 
 def coverage(counts: Tensor, probs: Tensor) -> ModeCoverage:
     """Chi-square test of counts [K] (integers) against mode probabilities probs [K] > 0."""
-    from scipy.stats import chi2 as chi2_dist
-
     counts, probs = counts.double(), probs.double()
     assert counts.shape == probs.shape and bool((probs > 0).all())
     expected = counts.sum() * probs / probs.sum()
