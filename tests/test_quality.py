@@ -292,3 +292,22 @@ def test_cli_rejects_too_few_samples_in_one_line(tiny_gmm8_run, capsys):
     assert main(["evaluate", str(tiny_gmm8_run), "--samples", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ddpm evaluate: error: --samples must be >= 2 (got 1)"]
+
+
+def test_quality_vs_steps_figure_plots_the_rows(tmp_path):
+    from ddpm.quality.steps import StepRow
+    from ddpm.report.quality import quality_curves, save_quality_vs_steps
+
+    data = load_dataset(DataConfig(name="gmm8", n_train=500, n_test=500))
+    report = sample_quality(data, data.test[:200])
+    rows = [
+        StepRow("ddim", 100, 2.0, report, 1.5, 0.1),
+        StepRow("ancestral", 10, 0.5, report),
+        StepRow("ddim", 10, 0.4, report, 2.5, 0.1),
+    ]
+    c = quality_curves(rows)
+    assert c["ddim"]["K"].tolist() == [10, 100] and c["ddim"]["bits_per_dim"].tolist() == [2.5, 1.5]
+    assert c["ancestral"]["quality"].tolist() == [report.samples.cross_entropy]
+    assert np.isnan(c["ancestral"]["bits_per_dim"]).all()
+    path = save_quality_vs_steps(rows, tmp_path / "q.png", floor=0.3)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
