@@ -3,8 +3,11 @@
 FID and KID need features in which distances mean something. Instead of Inception weights
 (a download) we train a small MLP classifier on the training split of the data itself:
 
-    x [C, H, W] -> flatten -> Linear(D, 256) -> ReLU -> Linear(256, 64) -> ReLU = features (64)
-                -> Linear(64, classes) = logits
+    x [C, H, W] -> flatten -> Linear(D, 256) -> ReLU -> Linear(256, 64) -> ReLU = h (64)
+    features = c h,  logits = Linear(64, classes)(h)
+
+with the constant c fixed after training so that the training features have mean |f|^2 / 64 = 1:
+the cubic kernel of KID, (f.f' / 64 + 1)^3, then sees inputs of order one.
 
 Training is a function of (data, seed, steps): weights are initialised and batches drawn from a
 generator seeded with ``seed``, so the same data give the same classifier on the same machine
@@ -37,7 +40,7 @@ from ddpm.errors import CheckpointError, DataError
 FEATURE_DIM = 64
 HIDDEN = 256
 CONFIDENT = 0.9  # a sample is confidently classified when its top class probability exceeds this
-_VERSION = 1  # bump when the architecture or training changes: old files are then not reused
+_VERSION = 2  # bump when the architecture or training changes: old files are then not reused
 
 
 class FeatureNet(nn.Module):
@@ -53,10 +56,11 @@ class FeatureNet(nn.Module):
             nn.ReLU(),
         )
         self.head = nn.Linear(FEATURE_DIM, num_classes)
+        self.register_buffer("feature_scale", torch.ones((), dtype=torch.float32))
 
     def features(self, x: Tensor) -> Tensor:
         """[B, *shape] in model space -> [B, FEATURE_DIM]."""
-        return self.body(x)
+        return self.feature_scale * self.body(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
@@ -150,6 +154,8 @@ def train_classifier(
         opt.step()
     net.eval()
     with torch.no_grad():
+        h = torch.cat([net.body(x[i : i + 4096]) for i in range(0, len(x), 4096)])
+        net.feature_scale.fill_(h.pow(2).sum(1).mean().div(FEATURE_DIM).rsqrt().item())
         accuracy = (net(data.test).argmax(-1) == data.test_labels).double().mean().item()
     return net, accuracy, time.perf_counter() - start
 
