@@ -209,7 +209,7 @@ def test_quality_vs_steps_times_and_scores_each_sampler_and_k():
         return q.sample(2000, generator=gen(k)) + noise * torch.randn(2000, 2, generator=gen(0))
 
     grid = [("a", 1), ("a", 10), ("a", 100), ("b", 10)]
-    rows = quality_vs_steps(grid, draw, lambda x: sample_quality(data, x))
+    rows = quality_vs_steps(grid, draw, lambda s, k, x: sample_quality(data, x))
     assert [(r.sampler, r.K) for r in rows] == grid
     ce = [r.headline()["cross_entropy"] for r in rows]
     assert ce[0] > ce[1] > ce[2] and ce[3] > ce[1]

@@ -18,7 +18,7 @@ from ddpm.errors import ConfigError
 from ddpm.quality.scores import QualityReport
 
 Draw = Callable[[str, int], Tensor]  # (sampler, K) -> samples [n, *shape] in model space
-Score = Callable[[Tensor], QualityReport]
+Score = Callable[[str, int, Tensor], QualityReport]  # (sampler, K, samples) -> report
 BitsPerDim = Callable[[str, int], tuple[float, float]]  # (sampler, K) -> (bits/dim, SE)
 
 
@@ -77,5 +77,5 @@ def quality_vs_steps(
         x = draw(sampler, k)
         seconds = time.perf_counter() - start
         bpd, bpd_se = bits_per_dim(sampler, k) if bits_per_dim is not None else (None, None)
-        rows.append(StepRow(sampler, k, seconds, score(x), bpd, bpd_se))
+        rows.append(StepRow(sampler, k, seconds, score(sampler, k, x), bpd, bpd_se))
     return rows
