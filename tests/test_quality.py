@@ -311,3 +311,32 @@ def test_quality_vs_steps_figure_plots_the_rows(tmp_path):
     assert np.isnan(c["ancestral"]["bits_per_dim"]).all()
     path = save_quality_vs_steps(rows, tmp_path / "q.png", floor=0.3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_evaluate_steps_with_samples_gives_the_quality_table(tiny_gmm8_run, tmp_path, capsys):
+    import json
+
+    from ddpm.cli import main
+
+    args = ["evaluate", str(tiny_gmm8_run), "--n", "30", "--steps", "5", "20"]
+    assert main([*args, "--samples", "40", "--out", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = doc["quality_steps"]
+    assert [(r["sampler"], r["K"]) for r in rows] == [
+        ("ancestral", 5), ("ancestral", 20), ("ddim", 5), ("ddim", 20)
+    ]  # fmt: skip
+    bpd = {s["K"]: s["bits_per_dim"] for s in doc["steps"]}
+    for r in rows:
+        assert r["bits_per_dim"] == (bpd[r["K"]] if r["sampler"] == "ancestral" else None)
+        names = [row["name"] for row in r["report"]["rows"]]
+        assert names == ["samples", "bayes-optimal samples", FLOOR] and r["seconds"] > 0
+    assert (tmp_path / "quality_steps.png").is_file()
+    # K = T through respacing is the run's own process: the same samples as `ddpm sample`
+    assert main(["sample", str(tiny_gmm8_run), "--n", "40", "--metrics", "--out",
+                 str(tmp_path / "s.png")]) == 0  # fmt: skip
+    capsys.readouterr()
+    full = json.loads((tmp_path / "s_quality.json").read_text())["rows"][0]
+    assert main([*args[:-2], "20", "--samples", "40", "--samplers", "ancestral", "--out",
+                 str(tmp_path), "--json"]) == 0  # fmt: skip
+    same = json.loads(capsys.readouterr().out)["quality_steps"][0]["report"]["rows"][0]
+    assert same["cross_entropy"] == full["cross_entropy"]

@@ -10,7 +10,7 @@ References:
 
 __version__ = "0.1.0"
 
-from ddpm.api import evaluate_run, forward_strip, sample_run  # noqa: E402
+from ddpm.api import evaluate_run, evaluate_steps_run, forward_strip, sample_run  # noqa: E402
 from ddpm.bounds import iw_curve, iw_log_likelihood  # noqa: E402
 from ddpm.config import (  # noqa: E402
     DataConfig,
@@ -20,6 +20,7 @@ from ddpm.config import (  # noqa: E402
     TrainConfig,
 )
 from ddpm.data import Dataset, DataSpec, GaussianMixture, load_dataset  # noqa: E402
+from ddpm.ddim import ddim_sample  # noqa: E402
 from ddpm.diffusion import Diffusion, denoise  # noqa: E402
 from ddpm.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb_term  # noqa: E402
 from ddpm.errors import CheckpointError, ConfigError, DataError, DdpmError  # noqa: E402
@@ -28,6 +29,7 @@ from ddpm.forward import q_marginal, q_posterior, q_sample, q_step  # noqa: E402
 from ddpm.losses import training_loss  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
+from ddpm.respace import respace, space_timesteps  # noqa: E402
 from ddpm.reverse import Parameterisation, p_mean_var  # noqa: E402
 from ddpm.runs import Run, load_run  # noqa: E402
 from ddpm.sampling import p_sample, sample  # noqa: E402
@@ -59,11 +61,13 @@ __all__ = [
     "TrainResult",
     "bits_per_dim",
     "build_model",
+    "ddim_sample",
     "denoise",
     "elbo_mc",
     "elbo_terms",
     "evaluate",
     "evaluate_run",
+    "evaluate_steps_run",
     "forward_strip",
     "gaussian_analysis",
     "iw_curve",
@@ -77,8 +81,10 @@ __all__ = [
     "q_posterior",
     "q_sample",
     "q_step",
+    "respace",
     "sample",
     "sample_run",
+    "space_timesteps",
     "theory_gaussian",
     "theory_mixture",
     "theory_run",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -10,14 +11,18 @@ from tqdm.auto import tqdm
 
 from ddpm import runs
 from ddpm.data.images import read_image
+from ddpm.ddim import check_eta, ddim_sample
 from ddpm.dist import pick_device
-from ddpm.errors import ConfigError, DataError
+from ddpm.errors import ConfigError, DataError, require_choice
 from ddpm.forward import q_sample
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
+from ddpm.respace import respace
 from ddpm.rng import seeded_generator
 from ddpm.sampling import sample
 from ddpm.schedule import NoiseSchedule
+
+SAMPLERS = ("ancestral", "ddim")
 
 
 @dataclass(frozen=True)
@@ -46,28 +51,44 @@ def sample_run(
     frames: int = 8,
     device: str | torch.device | None = None,
     progress: bool = False,
+    steps: int | None = None,
+    sampler: str = "ancestral",
+    eta: float | None = None,
     metrics: bool = False,
     classifier_dir: str | Path | None = None,
 ) -> SampleResult:
-    """Ancestral samples from a trained run (EMA weights): PNG grid/scatter and .npy.
+    """Samples from a trained run (EMA weights): PNG grid/scatter and .npy.
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
+    steps: sample the K-step respaced process ([ND21] Sec. 4) instead of all T steps.
+    sampler: 'ancestral' ([Ho20] Alg. 2) or 'ddim' ([SME21] eq. (12)) with ``eta`` (default 0:
+    deterministic; 1: ancestral with sigma_t^2 = beta_tilde_t).
     metrics: also score the samples (``ddpm.quality``) and write <out stem>_quality.json;
     classifier_dir: where the feature classifier of labelled data is kept.
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
+    require_choice("sampler", sampler, SAMPLERS)
+    if eta is not None and sampler != "ddim":
+        raise ConfigError(f"--eta {eta} applies to --sampler ddim only (got --sampler {sampler})")
+    eta = check_eta(0.0 if eta is None else eta)
     dev = pick_device(device)
     run = runs.load_run(run_dir, device=dev)
-    out = Path(out) if out is not None else run.run_dir / f"samples_seed{seed}.png"
+    diffusion = run.diffusion if steps is None else respace(run.diffusion, steps)
+    if out is None:
+        how = "" if steps is None else f"_K{steps}"
+        how += f"_ddim_eta{eta:g}" if sampler == "ddim" else ""
+        out = run.run_dir / f"samples_seed{seed}{how}.png"
+    out = Path(out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
-    T = run.diffusion.T
+    T = diffusion.T
     capture = evenly_spaced_steps(T, frames) if trajectory else ()
     g = seeded_generator(seed, dev)
-    with tqdm(total=T, desc="sample", unit="t", disable=not progress) as bar:
-        res = sample(
-            run.diffusion, run.model, run.spec.shape, n, g, dev, run.clip, capture,
+    draw = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
+    with tqdm(total=T, desc=f"sample ({sampler})", unit="t", disable=not progress) as bar:
+        res = draw(
+            diffusion, run.model, run.spec.shape, n, g, dev, run.clip, capture,
             on_step=lambda _: bar.update(1),
         )  # fmt: skip
     path = save_samples(res.x0, out, run.spec)
@@ -127,6 +148,33 @@ class EvalResult:
     quality: object | None = None  # ddpm.quality.QualityReport when samples were scored
 
 
+def _eval_inputs(run_dir, split: str, n: int | None, device):
+    """(run, data, x0, density) for evaluating a run on the first n examples of a split."""
+    from ddpm.data import load_dataset
+
+    if split not in ("test", "train"):
+        raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be >= 1 (got {n})")
+    dev = pick_device(device)
+    run = runs.load_run(run_dir, device=dev)
+    data = load_dataset(run.config.data)
+    x0 = getattr(data, split)[:n].to(dev)
+    density = data.density.to(dev) if data.density is not None else None
+    return run, data, x0, density
+
+
+def _evaluate_process(inputs, diffusion, name: str, seed: int, **options):
+    """``evaluate`` of the run's network in ``diffusion`` on the inputs of ``_eval_inputs``,
+    with x_t draws from a fresh generator seeded with ``seed``."""
+    from ddpm.evaluate import evaluate
+
+    run, data, x0, density = inputs
+    g = seeded_generator(seed, x0.device)
+    return evaluate(diffusion, run.model, x0, data.spec, name=name, density=density, generator=g,
+                    **options)  # fmt: skip
+
+
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
@@ -147,35 +195,15 @@ def evaluate_run(
     samples: also draw this many samples (seed ``seed``) and score their quality beside the
     likelihood (``ddpm.quality``; the JSON gets a "sample_quality" entry)."""
     from ddpm.checkpoint import save_json
-    from ddpm.data import load_dataset
-    from ddpm.evaluate import evaluate
     from ddpm.report import save_per_timestep
 
-    if split not in ("test", "train"):
-        raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
-    if n is not None and n < 1:
-        raise ConfigError(f"--n must be >= 1 (got {n})")
     if samples is not None and samples < 2:
         raise ConfigError(f"--samples must be >= 2 (got {samples})")
-    dev = pick_device(device)
-    run = runs.load_run(run_dir, device=dev)
-    data = load_dataset(run.config.data)
-    x0 = getattr(data, split)[:n].to(dev)
-    density = data.density.to(dev) if data.density is not None else None
-    g = seeded_generator(seed, dev)
-    ev = evaluate(
-        run.diffusion,
-        run.model,
-        x0,
-        data.spec,
-        name=run.run_dir.name,
-        iw=iw,
-        mc_timesteps=mc_timesteps,
-        density=density,
-        generator=g,
-        max_batch=max_batch,
-        progress=progress,
-    )
+    options = dict(iw=iw, mc_timesteps=mc_timesteps, max_batch=max_batch, progress=progress)
+
+    inputs = _eval_inputs(run_dir, split, n, device)
+    run, dev = inputs[0], inputs[2].device
+    ev = _evaluate_process(inputs, run.diffusion, run.run_dir.name, seed, **options)
     out = Path(out_dir) if out_dir is not None else run.run_dir
     doc, quality = ev.to_dict(), None
     if samples is not None:
@@ -207,3 +235,80 @@ def _scored_samples(run, n, seed, classifier_dir, device, progress):
     report = score_run_samples(run, x, seed, classifier_dir, device)
     report.seconds["draw"] = seconds
     return report
+
+
+@dataclass(frozen=True)
+class StepsEvalResult:
+    evaluations: list  # ddpm.evaluate.Evaluation, one per K (its T is K)
+    json_path: Path
+    steps_path: Path  # PNG: bits/dim against K
+    quality: list | None = None  # ddpm.quality.steps.StepRow per (sampler, K) with samples=N
+    quality_json_path: Path | None = None
+    quality_png_path: Path | None = None
+
+
+def evaluate_steps_run(
+    run_dir: str | Path,
+    steps: tuple[int, ...],
+    split: str = "test",
+    n: int | None = None,
+    iw: tuple[int, ...] = (),
+    mc_timesteps: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    max_batch: int = 4096,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    samples: int | None = None,
+    classifier_dir: str | Path | None = None,
+    samplers: tuple[str, ...] = ("ancestral", "ddim"),
+    eta: float = 0.0,
+) -> StepsEvalResult:
+    """The exact K-step -ELBO of a trained run for each K in ``steps``: the run's network in
+    the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
+    K-step model, evaluated on the same examples with the same seed. Writes
+    eval_<split>_steps.json (``steps``: one report per K) and eval_<split>_steps.png
+    (bits/dim against K) into out_dir (default: run_dir).
+    samples: also draw this many samples with each of ``samplers`` and K, and write the
+    quality-vs-K table quality_steps.json and figure quality_steps.png (``ddpm.quality``)."""
+    from ddpm.checkpoint import save_json
+    from ddpm.report import save_steps_curve
+
+    options = dict(iw=iw, mc_timesteps=mc_timesteps, max_batch=max_batch, progress=progress)
+    if not steps:
+        raise ConfigError("--steps needs at least one K")
+    if samples is not None and samples < 2:
+        raise ConfigError(f"--samples must be >= 2 (got {samples})")
+    inputs = _eval_inputs(run_dir, split, n, device)
+    run, x0 = inputs[0], inputs[2]
+    ks = sorted(set(int(k) for k in steps))
+    diffusions = [respace(run.diffusion, k) for k in ks]  # check every K before evaluating
+    evaluations = [
+        _evaluate_process(inputs, d, f"{run.run_dir.name} K={k}", seed, **options)
+        for k, d in zip(ks, diffusions, strict=True)
+    ]
+    out = Path(out_dir) if out_dir is not None else run.run_dir
+    doc = {
+        "run": str(run.run_dir),
+        "split": split,
+        "T": run.diffusion.T,
+        "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
+    }
+    json_path = save_json(out / f"eval_{split}_steps.json", doc)
+    png = save_steps_curve(
+        [ev.T for ev in evaluations],
+        [ev.bits_per_dim for ev in evaluations],
+        [ev.bits_per_dim_se for ev in evaluations],
+        out / f"eval_{split}_steps.png",
+        title=f"{run.run_dir.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
+    )
+    if samples is None:
+        return StepsEvalResult(evaluations, json_path, png)
+    from ddpm.quality.run import run_quality_vs_steps, write_quality_steps
+
+    bpd = {ev.T: (ev.bits_per_dim, ev.bits_per_dim_se) for ev in evaluations}
+    rows = run_quality_vs_steps(
+        run, ks, samplers, samples, seed, eta, classifier_dir, x0.device, bits_per_dim=bpd
+    )
+    q_json, q_png = write_quality_steps(rows, out, f"{run.run_dir.name}: {samples} samples")
+    return StepsEvalResult(evaluations, json_path, png, rows, q_json, q_png)

@@ -52,6 +52,8 @@ EXAMPLES = {
     "sample": """examples:
   ddpm sample runs/digits --n 64 --out samples.png
   ddpm sample runs/digits --n 8 --trajectory --out chain.png
+  ddpm sample runs/digits --steps 50                      # 50 of the T = 1000 steps
+  ddpm sample runs/digits --steps 25 --sampler ddim --eta 0
   ddpm sample runs/gmm8 --n 1000 --metrics              # plus exact quality scores""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
@@ -163,6 +165,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     s.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sample the K-step respaced process (default: all T steps)",
+    )
+    s.add_argument("--sampler", default="ancestral", help="ancestral | ddim (default: ancestral)")
+    s.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="ddim: noise scale in [0, 1]; 0 deterministic, 1 ancestral (default: 0)",
+    )
+    s.add_argument(
         "--metrics", action="store_true", help="also score the samples' quality (ddpm.quality)"
     )
     from ddpm.cli_quality import add_classifier_flag
@@ -229,6 +245,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frames=args.frames,
         device=args.device,
         progress=True,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
         metrics=args.metrics,
         classifier_dir=args.classifier_dir,
     )

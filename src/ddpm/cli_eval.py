@@ -6,15 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
+from ddpm.checkpoint import load_json
+from ddpm.errors import ConfigError
+
 EXAMPLES = {
     "evaluate": """examples:
   ddpm evaluate runs/digits                      # exact -ELBO on the test split, bits/dim
   ddpm evaluate runs/digits --n 100 --iw 1 4 16  # plus importance-weighted bounds
   ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
-  ddpm evaluate runs/gmm8 --samples 1000         # plus sample quality beside the likelihood""",
+  ddpm evaluate runs/digits --steps 10 50 1000   # -ELBO of the K-step respaced models
+  ddpm evaluate runs/gmm8 --samples 1000         # plus sample quality beside the likelihood
+  ddpm evaluate runs/gmm8 --steps 10 100 1000 --samples 1000   # quality and bits/dim vs K""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
+  ddpm theory gaussian --T 1000 --steps 50        # the 50-step respaced process
   ddpm theory gmm8 --T 200 --iw 1 4 16 64
   ddpm theory mixture.json
   ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy""",
@@ -39,6 +45,14 @@ def add_commands(sub, fmt) -> None:
         metavar="K",
         help="also the unbiased estimate from K random timesteps per example",
     )
+    e.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="evaluate the K-step respaced process for each K (one exact ELBO per K)",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
     e.add_argument("--max-batch", type=int, default=4096, help="inputs per network call")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -50,6 +64,15 @@ def add_commands(sub, fmt) -> None:
         default=None,
         metavar="N",
         help="also draw N samples and score their quality beside the likelihood",
+    )
+    e.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["ancestral", "ddim"],
+        help="with --steps and --samples: samplers compared at each K (default: ancestral ddim)",
+    )
+    e.add_argument(
+        "--eta", type=float, default=0.0, help="with --samplers ddim: noise scale (default: 0)"
     )
     from ddpm.cli_quality import add_classifier_flag
 
@@ -70,6 +93,13 @@ def add_commands(sub, fmt) -> None:
     t.add_argument("--schedule", default="linear", help="linear | cosine (default: linear)")
     t.add_argument("--variance", default="small", help="small | large (default: small)")
     t.add_argument("--n", type=int, default=1000, help="examples evaluated (default: 1000)")
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="gaussian: the K-step respaced process, with its closed form (default: all T)",
+    )
     t.add_argument("--iw", type=int, nargs="*", default=[1, 4, 16], help="IW bounds for these K")
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     t.add_argument("--device", default=None, help="cpu or cuda (for a RUN folder)")
@@ -158,11 +188,27 @@ def format_views(v: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ddpm.api import evaluate_run
+def format_steps(evaluations) -> str:
+    """One row per K of ``evaluate_steps_run``: the K-step -ELBO and its terms."""
+    head = (
+        f"{'K':>6s} {'-ELBO (nats)':>20s} {'bits/dim':>17s} {'L_T':>9s} {'diffusion':>10s} "
+        f"{'L_0':>9s} {'seconds':>8s}"
+    )
+    lines = [head]
+    for ev in evaluations:
+        t = ev.terms
+        lines.append(
+            f"{ev.T:>6d} {ev.neg_elbo:>11.4f} ± {ev.neg_elbo_se:<6.4f} "
+            f"{ev.bits_per_dim:>8.4f} ± {ev.bits_per_dim_se:<6.4f} {t['prior']:>9.4f} "
+            f"{t['diffusion']:>10.4f} {t['decoder']:>9.4f} {ev.seconds:>8.1f}"
+        )
+    return "\n".join(lines)
 
-    res = evaluate_run(
-        args.run,
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ddpm.api import evaluate_run, evaluate_steps_run
+
+    common = dict(
         split=args.split,
         n=args.n,
         iw=tuple(args.iw),
@@ -175,6 +221,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         samples=args.samples,
         classifier_dir=args.classifier_dir,
     )
+    if args.steps is not None:
+        res = evaluate_steps_run(
+            args.run, tuple(args.steps), **common, samplers=tuple(args.samplers), eta=args.eta
+        )
+        if args.json:
+            doc = load_json(res.json_path)
+            if res.quality is not None:
+                doc["quality_steps"] = load_json(res.quality_json_path)["rows"]
+            print(json.dumps(doc, indent=2))
+        else:
+            n = res.evaluations[0].n
+            print(f"{args.run}: -ELBO of the K-step respaced process, n = {n} ({args.split})")
+            print(format_steps(res.evaluations))
+            print(f"bits/dim vs K: {res.steps_path}\nJSON: {res.json_path}")
+            if res.quality is not None:
+                from ddpm.cli_quality import format_quality_steps
+
+                print(format_quality_steps(res.quality))
+                print(f"quality vs K: {res.quality_png_path}\nJSON: {res.quality_json_path}")
+        return 0
+    res = evaluate_run(args.run, **common)
     if args.json:
         doc = res.evaluation.to_dict()
         if res.quality is not None:
@@ -195,6 +262,11 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
     subject = args.subject
     iw = tuple(args.iw)
+    if args.steps is not None and subject != "gaussian":
+        raise ConfigError(
+            f"--steps applies to `ddpm theory gaussian` (got subject {subject!r}); "
+            "for a trained run use `ddpm evaluate DIR --steps K ...`"
+        )
     if subject == "gaussian":
         res = theory.theory_gaussian(
             args.dim,
@@ -207,8 +279,10 @@ def cmd_theory(args: argparse.Namespace) -> int:
             iw,
             args.seed,
             progress=not args.json,
+            steps=args.steps,
         )
-        out = args.out or Path("reports") / f"theory_gaussian{args.dim}d"
+        k = "" if args.steps is None else f"_K{args.steps}"
+        out = args.out or Path("reports") / f"theory_gaussian{args.dim}d{k}"
     elif Path(subject).is_dir():
         from ddpm.api import pick_device
 
@@ -239,7 +313,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
         print(f"trained -ELBO minus Bayes-optimal -ELBO (paired): {gap:.4f} ± {se:.4f} nats")
     if res.closed_form is not None:
         cf = res.closed_form
-        print("closed form (expectations over q(x0)):")
+        print(f"closed form (expectations over q(x0), {cf['steps']}-step process):")
         for key in (
             "neg_elbo",
             "neg_log_likelihood",

@@ -74,3 +74,49 @@ def format_quality(report) -> str:
     cost = ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items())
     lines.append(f"  seconds: {cost}")
     return "\n".join(lines)
+
+
+def format_quality_steps(rows) -> str:
+    """The quality-vs-K table: one line per (sampler, K) of ddpm.quality.steps.StepRow."""
+    from ddpm.quality.run import BAYES_OPTIMAL
+    from ddpm.quality.scores import FLOOR
+
+    kind = rows[0].report.kind
+    floor = rows[0].report.row(FLOOR)
+    if kind == "density":
+        ref = rows[0].report.reference
+        head = (
+            f"quality vs K ({rows[0].report.data}): cross-entropy -E log q(x) in nats; "
+            f"H(q) = {ref['entropy']:.4f}, held-out data {floor.cross_entropy:.4f} ± "
+            f"{floor.cross_entropy_se:.4f}"
+        )
+        cols = f"{'cross-entropy':>17s} {'low dens.':>9s} {'missed':>6s} {'bayes-opt. CE':>17s}"
+    elif kind == "features":
+        head = (
+            f"quality vs K ({rows[0].report.data}): classifier features; held-out data FID "
+            f"{floor.fid:.3f}, KID {floor.kid:.3f} ± {floor.kid_se:.3f}"
+        )
+        cols = f"{'FID':>8s} {'KID ± SE':>17s} {'missed':>6s} {'confident':>9s}"
+    else:
+        head = f"quality vs K ({rows[0].report.data}): nearest-neighbour distances"
+        cols = f"{'median NN':>9s} {'close':>7s}"
+    lines = [head, f"  {'sampler':<10s}{'K':>6s} {'seconds':>8s} {'bits/dim':>17s} {cols}"]
+    for r in rows:
+        bpd = "-" if r.bits_per_dim is None else f"{r.bits_per_dim:.4f} ± {r.bits_per_dim_se:.4f}"
+        s = r.report.samples
+        if kind == "density":
+            best = r.report.row(BAYES_OPTIMAL)
+            cells = (
+                f"{s.cross_entropy:8.4f} ± {s.cross_entropy_se:.4f} "
+                f"{100 * s.low_density_share:8.1f}% {s.modes.modes_missed:>6d} "
+                f"{best.cross_entropy:8.4f} ± {best.cross_entropy_se:.4f}"
+            )
+        elif kind == "features":
+            cells = (
+                f"{s.fid:8.3f} {s.kid:8.3f} ± {s.kid_se:6.3f} {s.classes.modes_missed:>6d} "
+                f"{100 * s.confident_share:8.1f}%"
+            )
+        else:
+            cells = f"{s.median_distance:9.4f} {100 * s.close_share:6.1f}%"
+        lines.append(f"  {r.sampler:<10s}{r.K:>6d} {r.seconds:8.2f} {bpd:>17s} {cells}")
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ddpm.diffusion import Denoiser, Diffusion
 from ddpm.forward import randn_like
-from ddpm.reverse import p_mean_var
+from ddpm.reverse import PTheta, p_mean_var
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,35 @@ def sample(
     capture: timesteps t at which x_t and the predicted x_0 are kept (t in 1..T; T captures
     the starting noise x_T).
     """
+    return reverse_chain(
+        p_sample, diffusion, model, shape, n, generator, device, clip, capture, on_step
+    )
+
+
+# step(diffusion, model, x_t, t, generator=..., clip=...) -> (x_{t-1}, p_theta at t)
+Step = Callable[..., tuple[Tensor, PTheta]]
+
+
+def reverse_chain(
+    step: Step,
+    diffusion: Diffusion,
+    model: Denoiser,
+    shape: Sequence[int],
+    n: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    clip: tuple[float, float] | None = None,
+    capture: Sequence[int] = (),
+    on_step: Callable[[int], None] | None = None,
+) -> Samples:
+    """x_T ~ N(0, I), then x_{t-1} = step(x_t, t) for t = T..1: the loop shared by ancestral
+    sampling (``p_sample``) and other samplers over the same steps (DDIM, ``ddpm.ddim``)."""
     x = torch.randn((n, *shape), generator=generator, device=device)
     T = diffusion.T
     steps = sorted({int(c) for c in capture if 1 <= int(c) <= T}, reverse=True)
     xs, x0s = [], []
     for t in range(T, 0, -1):
-        x_prev, p = p_sample(diffusion, model, x, t, generator=generator, clip=clip)
+        x_prev, p = step(diffusion, model, x, t, generator=generator, clip=clip)
         if t in steps:
             xs.append(x)
             x0s.append(p.x0_hat)

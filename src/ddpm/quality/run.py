@@ -106,3 +106,18 @@ def run_quality_vs_steps(
     grid = [(s, int(k)) for s in samplers for k in sorted(set(steps))]
     draw = partial(draw_with, run.diffusion, run.model)
     return quality_vs_steps(grid, draw, score, bpd)
+
+
+def write_quality_steps(rows: Sequence[StepRow], out_dir: str | Path, title: str = ""):
+    """quality_steps.json (one entry per row) and quality_steps.png into out_dir."""
+    from ddpm.checkpoint import save_json
+    from ddpm.quality.scores import FLOOR
+    from ddpm.report.quality import save_quality_vs_steps
+
+    out_dir = Path(out_dir)
+    json_path = save_json(out_dir / "quality_steps.json", {"rows": [r.to_dict() for r in rows]})
+    floor = rows[0].report.row(FLOOR)
+    key = {"density": "cross_entropy", "features": "fid", "neighbours": "median_distance"}
+    level = getattr(floor, key[rows[0].report.kind])
+    png = save_quality_vs_steps(rows, out_dir / "quality_steps.png", floor=level, title=title)
+    return json_path, png

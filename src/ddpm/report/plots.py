@@ -7,16 +7,23 @@ References:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from ddpm.errors import DataError
 from ddpm.report._figure import as_float_array, limits, new_figure, save_figure
 
-__all__ = ["save_scatter_2d", "save_per_timestep", "save_bar_chain"]
+__all__ = [
+    "save_scatter_2d",
+    "save_per_timestep",
+    "save_bar_chain",
+    "save_steps_curve",
+    "steps_figure",
+]
 
 
 def save_scatter_2d(
@@ -126,3 +133,50 @@ def save_bar_chain(
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def steps_figure(
+    steps: Sequence[int],
+    values: Sequence[float],
+    ses: Sequence[float],
+    ylabel: str = "bits/dim",
+    title: str = "",
+) -> Figure:
+    """A bound against the number of steps K of a respaced process: ``values[i] ± ses[i]``
+    (one standard error) at K = ``steps[i]``, sorted by K, on a logarithmic K axis."""
+    k = np.asarray(steps, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    se = np.asarray(ses, dtype=np.float64)
+    if not (k.ndim == v.ndim == se.ndim == 1 and len(k) == len(v) == len(se) > 0):
+        raise DataError(
+            f"steps, values, ses: need 1-D sequences of one non-zero length (got {k.shape}, "
+            f"{v.shape}, {se.shape})"
+        )
+    order = np.argsort(k)
+    k, v, se = k[order], v[order], se[order]
+    fig = new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    ax.errorbar(k, v, yerr=np.nan_to_num(se), marker="o", ms=4, lw=1.2, capsize=3)
+    for ki, vi in zip(k, v, strict=True):
+        ax.annotate(f"{vi:.3f}", xy=(ki, vi), xytext=(4, 6), textcoords="offset points", fontsize=8)
+    if k.min() > 0 and k.max() > k.min():
+        ax.set_xscale("log")
+    ax.set_xticks(k, [str(int(x)) for x in k])
+    ax.set_xlabel("steps K")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def save_steps_curve(
+    steps: Sequence[int],
+    values: Sequence[float],
+    ses: Sequence[float],
+    path: str | os.PathLike,
+    ylabel: str = "bits/dim",
+    title: str = "",
+) -> Path:
+    """``steps_figure`` written as PNG to path."""
+    return save_figure(steps_figure(steps, values, ses, ylabel, title), path)

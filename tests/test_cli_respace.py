@@ -1,0 +1,119 @@
+"""Fewer steps from the command line: `--steps K` for sample, evaluate and theory, DDIM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm.api import evaluate_steps_run, sample_run
+from ddpm.cli import main
+from ddpm.data import load_dataset
+from ddpm.errors import DataError
+from ddpm.evaluate import evaluate
+from ddpm.respace import respace
+from ddpm.rng import seeded_generator
+from ddpm.runs import load_run
+
+TINY = ["--T", "12", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run12(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("respace") / "digits"
+    assert run_cli("train", "--out", out, *TINY, "--num-samples", "4") == 0
+    return out
+
+
+def test_evaluate_steps_reports_one_exact_elbo_per_K(run12, tmp_path, capsys):
+    assert run_cli("evaluate", run12, "--steps", "12", "3", "--n", "6", "--out", tmp_path) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((tmp_path / "eval_test_steps.json").read_text())
+    assert [r["K"] for r in doc["steps"]] == [3, 12] and doc["T"] == 12
+    assert [r["T"] for r in doc["steps"]] == [3, 12]
+    assert [len(r["per_timestep"]) for r in doc["steps"]] == [3, 12]
+    assert Image.open(tmp_path / "eval_test_steps.png").size[0] > 0
+    for r in doc["steps"]:  # the table shows the reported numbers
+        assert f"{r['bits_per_dim']:.4f}" in printed
+    # K = T is the run's own process: the same number as a plain evaluation with that seed
+    assert run_cli("evaluate", run12, "--n", "6", "--out", tmp_path, "--json") == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["neg_elbo"] == pytest.approx(doc["steps"][1]["neg_elbo"], rel=1e-12)
+    # K = 3 is the run's network in the respaced process, evaluated with the same seed
+    run = load_run(run12)
+    x0 = load_dataset(run.config.data).test[:6]
+    ev = evaluate(respace(run.diffusion, 3), run.model, x0, run.spec, generator=seeded_generator(0))
+    assert doc["steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
+    assert doc["steps"][0]["neg_elbo"] != pytest.approx(plain["neg_elbo"], rel=1e-3)
+
+
+def test_evaluate_steps_json_to_stdout(run12, tmp_path, capsys):
+    res = evaluate_steps_run(run12, (4,), n=3, out_dir=tmp_path)
+    assert run_cli("evaluate", run12, "--steps", "4", "--n", "3", "--out", tmp_path, "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["steps"][0]["bits_per_dim"] == pytest.approx(res.evaluations[0].bits_per_dim)
+
+
+def test_ddim_eta_one_reproduces_ancestral_samples_of_the_respaced_run(run12, tmp_path):
+    a = sample_run(run12, n=5, out=tmp_path / "a.png", steps=4)
+    b = sample_run(run12, n=5, out=tmp_path / "b.png", steps=4, sampler="ddim", eta=1.0)
+    assert torch.allclose(a.x0, b.x0, rtol=0, atol=1e-5)
+    c = sample_run(run12, n=5, out=tmp_path / "c.png", steps=4, sampler="ddim", eta=0.0)
+    assert not torch.allclose(a.x0, c.x0, atol=1e-3)
+
+
+def test_sample_cli_with_steps_and_ddim(run12, tmp_path, capsys):
+    assert run_cli("sample", run12, "--n", "4", "--steps", "5", "--sampler", "ddim") == 0
+    out = run12 / "samples_seed0_K5_ddim_eta0.png"
+    assert str(out) in capsys.readouterr().out
+    assert np.load(out.with_suffix(".npy")).shape == (4, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "{run}", "--eta", "0.5"], "--eta 0.5 applies to --sampler ddim only"),
+        (["sample", "{run}", "--sampler", "ddpm"], "sampler"),
+        (["sample", "{run}", "--steps", "13"], "cannot respace 12 steps into 13"),
+        (["sample", "{run}", "--sampler", "ddim", "--eta", "2"], "--eta must lie in [0, 1]"),
+        (["evaluate", "{run}", "--steps", "0", "--n", "2"], "K must be an integer >= 1"),
+        (["theory", "gmm8", "--steps", "5"], "--steps applies to `ddpm theory gaussian`"),
+    ],
+)
+def test_bad_step_options_give_one_clear_line(run12, capsys, args, message):
+    assert run_cli(*(a.format(run=run12) for a in args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_theory_gaussian_steps_uses_the_respaced_closed_form(tmp_path, capsys):
+    argv = ["theory", "gaussian", "--T", "100", "--steps", "8", "--n", "2000", "--iw", "1"]
+    assert run_cli(*argv, "--out", tmp_path, "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    cf = doc["closed_form"]
+    assert cf["steps"] == 8 and doc["T"] == 8 and len(cf["per_timestep"]) == 8
+    assert abs(doc["neg_elbo"] - cf["neg_elbo"]) < 4 * doc["neg_elbo_se"]
+    full = ["theory", "gaussian", "--T", "100", "--n", "2000", "--iw", "1", "--out", tmp_path]
+    assert run_cli(*full, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["closed_form"]["neg_elbo"] < cf["neg_elbo"]
+
+
+def test_steps_figure_plots_the_bounds_sorted_by_K():
+    from ddpm.report.plots import steps_figure
+
+    fig = steps_figure([1000, 10, 50], [3.0, 4.5, 3.6], [0.02, 0.03, 0.025])
+    ax = fig.axes[0]
+    k, v = ax.lines[0].get_data()
+    assert list(k) == [10, 50, 1000] and list(v) == [4.5, 3.6, 3.0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["4.500", "3.600", "3.000"]
+    with pytest.raises(DataError, match="one non-zero length"):
+        steps_figure([10, 20], [1.0], [0.1])
