@@ -78,8 +78,7 @@ def format_quality(report) -> str:
 
 def format_quality_steps(rows) -> str:
     """The quality-vs-K table: one line per (sampler, K) of ddpm.quality.steps.StepRow."""
-    from ddpm.quality.run import BAYES_OPTIMAL
-    from ddpm.quality.scores import FLOOR
+    from ddpm.quality.scores import BAYES_OPTIMAL, FLOOR
 
     kind = rows[0].report.kind
     floor = rows[0].report.row(FLOOR)

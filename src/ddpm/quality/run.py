@@ -21,13 +21,11 @@ from torch import Tensor
 
 from ddpm.data import Dataset, load_dataset
 from ddpm.errors import ConfigError
-from ddpm.quality.scores import QualityReport, sample_quality
+from ddpm.quality.scores import BAYES_OPTIMAL, QualityReport, sample_quality
 from ddpm.quality.steps import StepRow, quality_vs_steps
 from ddpm.rng import seeded_generator
 from ddpm.runs import Run
 from ddpm.sampling import sample
-
-BAYES_OPTIMAL = "bayes-optimal samples"
 
 
 def bayes_optimal_samples(

@@ -33,6 +33,7 @@ from ddpm.quality.neighbours import NeighbourScores, close_threshold, neighbour_
 
 Scores = DensityScores | FeatureScores | NeighbourScores
 FLOOR = "held-out data (floor)"
+BAYES_OPTIMAL = "bayes-optimal samples"
 NOISE = "noise N(0, I) (ceiling)"
 INDEPENDENT = "independent pixels (ceiling)"
 NO_FEATURES = (
