@@ -17,7 +17,15 @@ from ddpm.quality.density import density_reference, density_scores
 from ddpm.quality.features import load_or_train_classifier
 from ddpm.quality.fid import frechet_distance, kernel_distance
 from ddpm.quality.neighbours import close_threshold, neighbour_scores
-from ddpm.quality.scores import FLOOR, INDEPENDENT, NO_FEATURES, NOISE, as_data, sample_quality
+from ddpm.quality.scores import (
+    BAYES_OPTIMAL,
+    FLOOR,
+    INDEPENDENT,
+    NO_FEATURES,
+    NOISE,
+    as_data,
+    sample_quality,
+)
 from ddpm.quality.steps import quality_vs_steps
 
 
@@ -299,7 +307,7 @@ def test_quality_vs_steps_figure_plots_the_rows(tmp_path):
     from ddpm.report.quality import quality_curves, save_quality_vs_steps
 
     data = load_dataset(DataConfig(name="gmm8", n_train=500, n_test=500))
-    report = sample_quality(data, data.test[:200])
+    report = sample_quality(data, data.test[:200], {BAYES_OPTIMAL: data.train[:300]})
     rows = [
         StepRow("ddim", 100, 2.0, report, 1.5, 0.1),
         StepRow("ancestral", 10, 0.5, report),
@@ -309,6 +317,8 @@ def test_quality_vs_steps_figure_plots_the_rows(tmp_path):
     assert c["ddim"]["K"].tolist() == [10, 100] and c["ddim"]["bits_per_dim"].tolist() == [2.5, 1.5]
     assert c["ancestral"]["quality"].tolist() == [report.samples.cross_entropy]
     assert np.isnan(c["ancestral"]["bits_per_dim"]).all()
+    best = report.row(BAYES_OPTIMAL).cross_entropy
+    assert c["ddim"]["bayes_optimal"].tolist() == [best, best]
     path = save_quality_vs_steps(rows, tmp_path / "q.png", floor=0.3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
