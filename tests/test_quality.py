@@ -297,9 +297,27 @@ def test_cli_sample_metrics_and_evaluate_samples(tiny_gmm8_run, tmp_path, capsys
 def test_cli_rejects_too_few_samples_in_one_line(tiny_gmm8_run, capsys):
     from ddpm.cli import main
 
-    assert main(["evaluate", str(tiny_gmm8_run), "--samples", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ddpm evaluate: error: --samples must be >= 2 (got 1)"]
+    def one_line(argv):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        return err[0]
+
+    run = str(tiny_gmm8_run)
+    assert one_line(["evaluate", run, "--samples", "1"]) == (
+        "ddpm evaluate: error: --samples must be >= 2 (got 1)"
+    )
+    assert "--samplers and --eta apply with --steps" in one_line(
+        ["evaluate", run, "--samplers", "ddim"]
+    )
+    assert "sampler" in one_line(["evaluate", run, "--steps", "5", "--samples", "9",
+                                  "--samplers", "euler"])  # fmt: skip
+    assert "--classifier-dir applies with --metrics" in one_line(
+        ["sample", run, "--classifier-dir", "x"]
+    )
+    data = load_dataset(DataConfig())
+    with pytest.raises(Exception, match="needs at least 20 samples"):
+        sample_quality(data, data.test[:10])
 
 
 def test_quality_vs_steps_figure_plots_the_rows(tmp_path):

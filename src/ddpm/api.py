@@ -279,6 +279,9 @@ def evaluate_steps_run(
         raise ConfigError("--steps needs at least one K")
     if samples is not None and samples < 2:
         raise ConfigError(f"--samples must be >= 2 (got {samples})")
+    for name in samplers:
+        require_choice("sampler", name, SAMPLERS)
+    check_eta(eta)
     inputs = _eval_inputs(run_dir, split, n, device)
     run, x0 = inputs[0], inputs[2]
     ks = sorted(set(int(k) for k in steps))

@@ -235,6 +235,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from ddpm.api import sample_run
+    from ddpm.errors import ConfigError
+
+    if args.classifier_dir is not None and not args.metrics:
+        raise ConfigError("--classifier-dir applies with --metrics; add it or drop the option")
 
     result = sample_run(
         args.run,

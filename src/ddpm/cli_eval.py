@@ -68,11 +68,11 @@ def add_commands(sub, fmt) -> None:
     e.add_argument(
         "--samplers",
         nargs="+",
-        default=["ancestral", "ddim"],
+        default=None,
         help="with --steps and --samples: samplers compared at each K (default: ancestral ddim)",
     )
     e.add_argument(
-        "--eta", type=float, default=0.0, help="with --samplers ddim: noise scale (default: 0)"
+        "--eta", type=float, default=None, help="with --samplers ddim: noise scale (default: 0)"
     )
     from ddpm.cli_quality import add_classifier_flag
 
@@ -221,10 +221,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         samples=args.samples,
         classifier_dir=args.classifier_dir,
     )
+    if (args.samplers is not None or args.eta is not None) and (
+        args.steps is None or args.samples is None
+    ):
+        raise ConfigError("--samplers and --eta apply with --steps K ... and --samples N; add them")
+    if args.classifier_dir is not None and args.samples is None:
+        raise ConfigError("--classifier-dir applies with --samples N; add it or drop the option")
     if args.steps is not None:
-        res = evaluate_steps_run(
-            args.run, tuple(args.steps), **common, samplers=tuple(args.samplers), eta=args.eta
-        )
+        samplers = tuple(args.samplers or ("ancestral", "ddim"))
+        eta = 0.0 if args.eta is None else args.eta
+        res = evaluate_steps_run(args.run, tuple(args.steps), **common, samplers=samplers, eta=eta)
         if args.json:
             doc = load_json(res.json_path)
             if res.quality is not None:

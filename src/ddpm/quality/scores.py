@@ -118,6 +118,11 @@ def sample_quality(
         score = lambda name, x: density_scores(data.density, x, ref, name)  # noqa: E731
         kind, note = "density", ""
     elif data.labelled:
+        if n < 2 * kid_subsets:
+            raise DataError(
+                f"KID with {kid_subsets} subsets needs at least {2 * kid_subsets} samples "
+                f"(got {n}); draw more"
+            )
         clf = load_or_train_classifier(data, cache_dir)
         fref = feature_reference(clf, data.train, data.train_labels)
         sets[FLOOR] = data.test[:n] if len(data.test) >= n else data.test
