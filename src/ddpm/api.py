@@ -35,6 +35,8 @@ class SampleResult:
     trajectory_path: Path | None
     x0: torch.Tensor  # [N, *shape] in model space
     clip: tuple[float, float] | None = None  # range x0_hat was clipped to in every step
+    quality: object | None = None  # ddpm.quality.QualityReport with metrics=True
+    quality_path: Path | None = None
 
 
 def evenly_spaced_steps(T: int, frames: int) -> list[int]:
@@ -77,6 +79,8 @@ def sample_run(
     steps: int | None = None,
     sampler: str = "ancestral",
     eta: float | None = None,
+    metrics: bool = False,
+    classifier_dir: str | Path | None = None,
 ) -> SampleResult:
     """Samples from a trained run (EMA weights) or a diffusers DDPMPipeline folder: PNG
     grid/scatter and .npy.
@@ -86,6 +90,8 @@ def sample_run(
     steps: sample the K-step respaced process ([ND21] Sec. 4) instead of all T steps.
     sampler: 'ancestral' ([Ho20] Alg. 2) or 'ddim' ([SME21] eq. (12)) with ``eta`` (default 0:
     deterministic; 1: ancestral with sigma_t^2 = beta_tilde_t).
+    metrics: also score the samples (``ddpm.quality``) and write <out stem>_quality.json;
+    classifier_dir: where the feature classifier of labelled data is kept.
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
@@ -122,7 +128,15 @@ def sample_run(
             save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
         else:
             save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
-    return SampleResult(path, out.with_suffix(".npy"), traj_path, res.x0, x0_range)
+    quality, quality_path = None, None
+    if metrics:
+        from ddpm.quality.run import score_run_samples
+
+        quality = score_run_samples(m, res.x0, seed, classifier_dir, dev)
+        quality_path = save_json(out.with_name(out.stem + "_quality.json"), quality.to_dict())
+    return SampleResult(
+        path, out.with_suffix(".npy"), traj_path, res.x0, x0_range, quality, quality_path
+    )
 
 
 def forward_strip(
@@ -163,6 +177,7 @@ class EvalResult:
     per_example_path: Path | None = None
     is_main: bool = True  # False on the other processes under torchrun (they write nothing)
     mse_path: Path | None = None  # eps-MSE and x0-MSE per timestep
+    quality: object | None = None  # ddpm.quality.QualityReport when samples were scored
 
 
 def evaluate_run(
@@ -179,6 +194,8 @@ def evaluate_run(
     clip: bool | None = None,
     per_example: str | Path | None = None,
     data: str | None = None,
+    samples: int | None = None,
+    classifier_dir: str | Path | None = None,
 ) -> EvalResult:
     """Exact -ELBO of a trained model on a data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
@@ -188,7 +205,9 @@ def evaluate_run(
     names none, so it needs one). Writes eval_<split>.json, eval_<split>_per_timestep.png and
     eval_<split>_mse.png (eps- and x0-prediction errors per timestep) into out_dir (default:
     run_dir), and each example's -ELBO (nats, float64 [n]) to the .npy
-    file ``per_example`` if given.
+    file ``per_example`` if given. samples: also draw this many samples (seed ``seed``) and
+    score their quality beside the likelihood (``ddpm.quality``; the JSON gets a
+    "sample_quality" entry).
 
     Noise is keyed by (seed, example index, t, chain) (``ddpm.rng.KeyedNoise``): an example's
     numbers are the same for any n, max_batch and number of processes. Under torchrun each
@@ -203,6 +222,8 @@ def evaluate_run(
         raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
+    if samples is not None and samples < 2:
+        raise ConfigError(f"--samples must be >= 2 (got {samples})")
     if per_example is not None and Path(per_example).suffix != ".npy":
         raise ConfigError(f"--per-example {per_example}: give a path ending in .npy")
     info, dev = dist.init_distributed(pick_device(device))
@@ -228,10 +249,14 @@ def evaluate_run(
     json_path, png = out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"
     mse = out / f"eval_{split}_mse.png"
     npy = Path(per_example) if per_example is not None else None
+    quality = None
     if info.is_main:
         from ddpm.report.theory import save_mse_per_timestep
 
         doc = ev.to_dict()
+        if samples is not None:
+            quality = _scored_samples(m, samples, seed, classifier_dir, dev, progress)
+            doc["sample_quality"] = quality.to_dict()
         if npy is not None:
             save_array(ev.per_example, npy)
             doc["per_example_file"] = str(npy)
@@ -245,7 +270,24 @@ def evaluate_run(
         save_mse_per_timestep([ev], mse, f"{m.name} ({split})")
     dist.barrier(info)
     dist.cleanup(info)
-    return EvalResult(ev, json_path, png, npy, info.is_main, mse)
+    return EvalResult(ev, json_path, png, npy, info.is_main, mse, quality)
+
+
+def _scored_samples(run, n, seed, classifier_dir, device, progress):
+    """Draw n samples of run (timed) and score them: a ddpm.quality.QualityReport."""
+    from ddpm.quality.run import score_run_samples
+
+    start = time.perf_counter()
+    g = seeded_generator(seed, device)
+    with tqdm(total=run.diffusion.T, desc="sample", unit="t", disable=not progress) as bar:
+        x = sample(
+            run.diffusion, run.model, run.spec.shape, n, g, device, run.clip,
+            on_step=lambda _: bar.update(1),
+        ).x0  # fmt: skip
+    seconds = time.perf_counter() - start
+    report = score_run_samples(run, x, seed, classifier_dir, device)
+    report.seconds["draw"] = seconds
+    return report
 
 
 @dataclass(frozen=True)
@@ -255,6 +297,9 @@ class StepsEvalResult:
     steps_path: Path  # PNG: bits/dim against K
     oracle_evaluations: list | None = None  # data of known density: the Bayes-optimal model
     oracle_path: Path | None = None  # PNG: -ELBO and KL_joint against K, trained and optimal
+    quality: list | None = None  # ddpm.quality.steps.StepRow per (sampler, K) with samples=N
+    quality_json_path: Path | None = None
+    quality_png_path: Path | None = None
 
 
 def evaluate_steps_run(
@@ -271,6 +316,10 @@ def evaluate_steps_run(
     progress: bool = False,
     clip: bool | None = None,
     data: str | None = None,
+    samples: int | None = None,
+    classifier_dir: str | Path | None = None,
+    samplers: tuple[str, ...] = ("ancestral", "ddim"),
+    eta: float = 0.0,
 ) -> StepsEvalResult:
     """The exact K-step -ELBO of a trained run for each K in ``steps``: the run's network in
     the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
@@ -279,13 +328,20 @@ def evaluate_steps_run(
     (bits/dim against K) into out_dir (default: run_dir). On data of known density the
     Bayes-optimal model of each K-step process is evaluated beside it (same examples and x_t
     draws; ``oracle_steps`` in the JSON) and eval_<split>_steps_vs_oracle.png shows both
-    against K with the data entropy."""
+    against K with the data entropy.
+    samples: also draw this many samples with each of ``samplers`` and K, and write the
+    quality-vs-K table quality_steps.json and figure quality_steps.png (``ddpm.quality``)."""
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
     from ddpm.report import save_steps_curve
 
     if not steps:
         raise ConfigError("--steps needs at least one K")
+    if samples is not None and samples < 2:
+        raise ConfigError(f"--samples must be >= 2 (got {samples})")
+    for name in samplers:
+        require_choice("sampler", name, SAMPLERS)
+    check_eta(eta)
     if split not in ("test", "train"):
         raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
     if n is not None and n < 1:
@@ -332,7 +388,16 @@ def evaluate_steps_run(
         out / f"eval_{split}_steps.png",
         title=f"{m.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
     )
-    return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png)
+    if samples is None:
+        return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png)
+    from ddpm.quality.run import run_quality_vs_steps, write_quality_steps
+
+    bpd = {ev.T: (ev.bits_per_dim, ev.bits_per_dim_se) for ev in evaluations}
+    rows = run_quality_vs_steps(
+        m, ks, samplers, samples, seed, eta, classifier_dir, x0.device, bits_per_dim=bpd
+    )
+    q_json, q_png = write_quality_steps(rows, out, f"{m.name}: {samples} samples")
+    return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png, rows, q_json, q_png)
 
 
 def _oracle_steps(

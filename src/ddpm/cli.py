@@ -54,7 +54,8 @@ EXAMPLES = {
   ddpm sample runs/digits --n 8 --trajectory --out chain.png
   ddpm sample runs/digits --steps 50                      # 50 of the T = 1000 steps
   ddpm sample runs/digits --steps 25 --sampler ddim --eta 0
-  ddpm sample pipeline/ --n 16 --out s.png          # a diffusers DDPMPipeline folder""",
+  ddpm sample pipeline/ --n 16 --out s.png          # a diffusers DDPMPipeline folder
+  ddpm sample runs/gmm8 --n 1000 --metrics              # plus exact quality scores""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
   ddpm forward digit.png --T 1000 --schedule cosine --frames 8""",
@@ -189,6 +190,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="ddim: noise scale in [0, 1]; 0 deterministic, 1 ancestral (default: 0)",
     )
+    s.add_argument(
+        "--metrics", action="store_true", help="also score the samples' quality (ddpm.quality)"
+    )
+    from ddpm.cli_quality import add_classifier_flag
+
+    add_classifier_flag(s)
     s.set_defaults(func=cmd_sample)
 
     f = sub.add_parser(
@@ -240,6 +247,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from ddpm.api import clip_words, sample_run
+    from ddpm.errors import ConfigError
+
+    if args.classifier_dir is not None and not args.metrics:
+        raise ConfigError("--classifier-dir applies with --metrics; add it or drop the option")
 
     result = sample_run(
         args.run,
@@ -254,11 +265,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         steps=args.steps,
         sampler=args.sampler,
         eta=args.eta,
+        metrics=args.metrics,
+        classifier_dir=args.classifier_dir,
     )
     print(f"samples: {result.samples_path}  (p_theta: {clip_words(result.clip)})")
     print(f"array:   {result.array_path}")
     if result.trajectory_path is not None:
         print(f"trajectory: {result.trajectory_path}")
+    if result.quality is not None:
+        from ddpm.cli_quality import format_quality
+
+        print(format_quality(result.quality))
+        print(f"quality JSON: {result.quality_path}")
     return 0
 
 

@@ -19,6 +19,8 @@ EXAMPLES = {
   ddpm evaluate runs/digits --per-example a.npy  # each example's -ELBO, to pair two models
   ddpm evaluate runs/digits --steps 10 50 1000   # -ELBO of the K-step respaced models
   ddpm evaluate pipeline/ --data digits          # a diffusers DDPMPipeline folder
+  ddpm evaluate runs/gmm8 --samples 1000         # plus sample quality beside the likelihood
+  ddpm evaluate runs/gmm8 --steps 10 100 1000 --samples 1000   # quality and bits/dim vs K
   torchrun --nproc-per-node 4 -m ddpm evaluate runs/digits -n 1000  # over 4 processes""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
@@ -93,6 +95,25 @@ def add_commands(sub, fmt) -> None:
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     e.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default: RUN)")
     e.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+    e.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also draw N samples and score their quality beside the likelihood",
+    )
+    e.add_argument(
+        "--samplers",
+        nargs="+",
+        default=None,
+        help="with --steps and --samples: samplers compared at each K (default: ancestral ddim)",
+    )
+    e.add_argument(
+        "--eta", type=float, default=None, help="with --samplers ddim: noise scale (default: 0)"
+    )
+    from ddpm.cli_quality import add_classifier_flag
+
+    add_classifier_flag(e)
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser(
@@ -331,14 +352,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         clip=args.clip,
         per_example=args.per_example,
         data=args.data,
+        samples=args.samples,
+        classifier_dir=args.classifier_dir,
     )
+    if (args.samplers is not None or args.eta is not None) and (
+        args.steps is None or args.samples is None
+    ):
+        raise ConfigError("--samplers and --eta apply with --steps K ... and --samples N; add them")
+    if args.classifier_dir is not None and args.samples is None:
+        raise ConfigError("--classifier-dir applies with --samples N; add it or drop the option")
     if args.steps is not None:
         if args.per_example is not None:
             raise ConfigError("--per-example goes with one evaluation: drop it or --steps")
         del common["per_example"]
-        res = evaluate_steps_run(args.run, tuple(args.steps), **common)
+        samplers = tuple(args.samplers or ("ancestral", "ddim"))
+        eta = 0.0 if args.eta is None else args.eta
+        res = evaluate_steps_run(args.run, tuple(args.steps), **common, samplers=samplers, eta=eta)
         if args.json:
-            print(json.dumps(load_json(res.json_path), indent=2))
+            doc = load_json(res.json_path)
+            if res.quality is not None:
+                doc["quality_steps"] = load_json(res.quality_json_path)["rows"]
+            print(json.dumps(doc, indent=2))
         else:
             n = res.evaluations[0].n
             print(f"{args.run}: -ELBO of the K-step respaced process, n = {n} ({args.split})")
@@ -348,15 +382,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(format_steps(res.oracle_evaluations))
                 print(f"-ELBO vs K beside the Bayes-optimal model: {res.oracle_path}")
             print(f"bits/dim vs K: {res.steps_path}\nJSON: {res.json_path}")
+            if res.quality is not None:
+                from ddpm.cli_quality import format_quality_steps
+
+                print(format_quality_steps(res.quality))
+                print(f"quality vs K: {res.quality_png_path}\nJSON: {res.quality_json_path}")
         return 0
     res = evaluate_run(args.run, **common)
     if not res.is_main:  # another process under torchrun: rank 0 reports
         return 0
     if args.json:
-        print(json.dumps(json.loads(res.json_path.read_text()), indent=2))
+        doc = json.loads(res.json_path.read_text())
+        print(json.dumps(doc, indent=2))
     else:
         print(format_evaluation(res.evaluation))
         print(format_coarse_to_fine(res.evaluation))
+        if res.quality is not None:
+            from ddpm.cli_quality import format_quality
+
+            print(format_quality(res.quality))
         print(f"per-timestep plot: {res.per_timestep_path}\nJSON: {res.json_path}")
         if res.per_example_path is not None:
             print(f"per-example -ELBO: {res.per_example_path}")

@@ -8,6 +8,7 @@ permutation are the training set, the last 297 the test set, each in permutation
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ddpm.data.spec import Dataset, DataSpec, discrete_to_model, split_indices
 
@@ -16,10 +17,12 @@ DIGITS_TEST = 297
 
 
 def load_digits() -> Dataset:
-    """The sklearn digits: train [1500, 1, 8, 8], test [297, 1, 8, 8] in [-1, 1]; no density."""
+    """The sklearn digits: train [1500, 1, 8, 8], test [297, 1, 8, 8] in [-1, 1], with labels."""
     from sklearn.datasets import load_digits as sklearn_digits
 
-    values = np.rint(sklearn_digits().images).astype(np.int64)[:, None]  # [1797, 1, 8, 8]
+    bunch = sklearn_digits()
+    values = np.rint(bunch.images).astype(np.int64)[:, None]  # [1797, 1, 8, 8]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))  # [1797] digit classes 0..9
     train_idx, test_idx = split_indices(len(values), DIGITS_TEST)
     spec = DataSpec.from_levels("digits", (1, 8, 8), DIGITS_LEVELS)
     return Dataset(
@@ -27,4 +30,6 @@ def load_digits() -> Dataset:
         train=discrete_to_model(values[train_idx], DIGITS_LEVELS),
         test=discrete_to_model(values[test_idx], DIGITS_LEVELS),
         density=None,
+        train_labels=labels[train_idx],
+        test_labels=labels[test_idx],
     )

@@ -142,10 +142,22 @@ class Dataset:
     train: Tensor  # float32 [N, *shape], model space
     test: Tensor  # float32 [M, *shape], model space
     density: GaussianMixture | None  # exact density in model space (mixtures), else None
+    train_labels: Tensor | None = None  # int64 [N] class labels when the data has them
+    test_labels: Tensor | None = None  # int64 [M]
 
     def __post_init__(self) -> None:
         for split in (self.train, self.test):
             assert split.dtype == torch.float32 and tuple(split.shape[1:]) == self.spec.shape
+        for split, labels in ((self.train, self.train_labels), (self.test, self.test_labels)):
+            assert labels is None or (
+                labels.dtype == torch.int64 and labels.shape == split.shape[:1]
+            )
+        assert (self.train_labels is None) == (self.test_labels is None)
+
+    @property
+    def labelled(self) -> bool:
+        """True when both splits carry class labels (digits; MNIST with its label files)."""
+        return self.train_labels is not None
 
 
 def discrete_to_model(values: np.ndarray, levels: int) -> Tensor:
