@@ -13,6 +13,7 @@ from ddpm.data.images import read_image
 from ddpm.dist import pick_device
 from ddpm.errors import ConfigError, DataError
 from ddpm.forward import q_sample
+from ddpm.ode import OdeConfig, ProbabilityFlow, add_ode
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
 from ddpm.rng import seeded_generator
@@ -124,9 +125,11 @@ def evaluate_run(
     max_batch: int = 4096,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    ode: OdeConfig | None = None,
 ) -> EvalResult:
     """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
+    ode: also the likelihood of the probability-flow ODE sharing the network (``ddpm.ode``).
     Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir)."""
     from ddpm.checkpoint import save_json
     from ddpm.data import load_dataset
@@ -156,6 +159,10 @@ def evaluate_run(
         max_batch=max_batch,
         progress=progress,
     )
+    if ode is not None:
+        flow = ProbabilityFlow.of(run.diffusion, run.config.diffusion.schedule)
+        g = seeded_generator(seed, dev)
+        ev = add_ode(ev, flow, run.model, x0, data.spec, ode, g, max_batch, progress)
     out = Path(out_dir) if out_dir is not None else run.run_dir
     json_path = save_json(out / f"eval_{split}.json", ev.to_dict())
     png = save_per_timestep(

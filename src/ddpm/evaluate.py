@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -36,6 +37,9 @@ from ddpm.data import DataSpec, GaussianMixture
 from ddpm.diffusion import Denoiser, Diffusion
 from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms
 from ddpm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ddpm.ode import OdeLikelihood
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:
@@ -88,12 +92,14 @@ class Evaluation:
     log_likelihood_exact: bool | None = None
     posterior_gap: float | None = None  # kl_joint - kl_marginal = E[-ELBO] - E[-log p_theta]
     posterior_gap_se: float | None = None
+    ode: OdeLikelihood | None = None  # probability-flow ODE: another model (ddpm.ode)
     seconds: float = 0.0
     per_example: Tensor | None = field(default=None, repr=False)  # [N] -ELBO (not in JSON)
 
     def to_dict(self) -> dict:
-        d = asdict(dataclasses.replace(self, per_example=None))
+        d = asdict(dataclasses.replace(self, per_example=None, ode=None))
         del d["per_example"]
+        d["ode"] = self.ode.to_dict() if self.ode is not None else None
         return d
 
 

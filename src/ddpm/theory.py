@@ -20,10 +20,13 @@ from pathlib import Path
 import torch
 
 from ddpm.config import DataConfig
+from ddpm.continuous import ContinuousMixtureOracle, gaussian_flow_marginal
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
 from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
+from ddpm.gaussian import normal_kl
+from ddpm.ode import OdeConfig, ProbabilityFlow, add_ode
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
@@ -118,9 +121,11 @@ def theory_gaussian(
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
     progress: bool = False,
+    ode: OdeConfig | None = None,
 ) -> TheoryResult:
     """Data N(mean, std^2 I) in ``dim`` dimensions and its Bayes-optimal denoiser: closed-form
-    expectations beside the generic evaluator's estimates on n samples (exact log p_theta)."""
+    expectations beside the generic evaluator's estimates on n samples (exact log p_theta).
+    ode: also the probability-flow likelihood of the Bayes-optimal denoiser (``ddpm.ode``)."""
     if dim < 1 or n < 2 or not std > 0:
         raise ConfigError(f"need --dim >= 1, --n >= 2 and --std > 0 (got {dim}, {n}, {std})")
     s = NoiseSchedule.from_name(schedule, T)
@@ -160,6 +165,13 @@ def theory_gaussian(
         "kl_marginal": an.kl_marginal,
         "posterior_gap": an.posterior_gap,
     }
+    if ode is not None:
+        flow = ProbabilityFlow.of(Diffusion(s), schedule)
+        oracle_ode = ContinuousMixtureOracle(flow.schedule, density)
+        ev = add_ode(ev, flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress)
+        M, V = gaussian_flow_marginal(flow.schedule, m, sd, flow.s_min(ode), flow.schedule.s_end)
+        kl = normal_kl(m, 2 * sd.log(), M, V.log()).sum().item()  # E_q[-log N(M, V)] - H(q)
+        closed["ode_neg_log_likelihood"] = an.entropy + kl
     return TheoryResult(name=f"N({mean}, {std}^2 I_{dim})", subject=ev, closed_form=closed)
 
 
@@ -183,10 +195,12 @@ def theory_mixture(
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
     progress: bool = False,
+    ode: OdeConfig | None = None,
 ) -> TheoryResult:
     """The Bayes-optimal denoiser of a Gaussian mixture (gmm8 or a JSON spec), evaluated on n
     fresh samples: the best -ELBO any network reaches in this model family, the IW bounds,
-    H(q(x_0)) and the KL chain (KL_marginal from the largest-K bound)."""
+    H(q(x_0)) and the KL chain (KL_marginal from the largest-K bound).
+    ode: also its probability-flow likelihood (``ddpm.ode``)."""
     _check_n(n)
     mixture, spec = load_mixture(name)
     s = NoiseSchedule.from_name(schedule, T)
@@ -204,6 +218,10 @@ def theory_mixture(
         generator=g,
         progress=progress,
     )
+    if ode is not None:
+        flow = ProbabilityFlow.of(Diffusion(s), schedule)
+        oracle_ode = ContinuousMixtureOracle(flow.schedule, mixture)
+        ev = add_ode(ev, flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress)
     return TheoryResult(name=spec.name, subject=ev)
 
 
@@ -214,10 +232,11 @@ def theory_run(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    ode: OdeConfig | None = None,
 ) -> TheoryResult:
     """A trained run on data of known density: its evaluation beside the Bayes-optimal
     denoiser's (same schedule and T; fixed variance 'small' when the run learned its variance)
-    on the same n test examples."""
+    on the same n test examples. ode: also both probability-flow likelihoods (``ddpm.ode``)."""
     from ddpm import runs
 
     _check_n(n)
@@ -262,6 +281,15 @@ def theory_run(
         generator=g,
         progress=progress,
     )
+    if ode is not None:
+        name = run.config.diffusion.schedule
+        flow = ProbabilityFlow.of(run.diffusion, name)
+        g = seeded_generator(seed, device)
+        trained = add_ode(trained, flow, run.model, x0, data.spec, ode, g, progress=progress)
+        flow = ProbabilityFlow.of(Diffusion(run.diffusion.schedule), name)
+        oracle_ode = ContinuousMixtureOracle(flow.schedule, data.density.to(device))
+        g = seeded_generator(seed, device)
+        best = add_ode(best, flow, oracle_ode, x0, data.spec, ode, g, progress=progress)
     return TheoryResult(
         name=f"{run.config.data.name} ({Path(run_dir).name})", subject=trained, oracle=best
     )
