@@ -19,6 +19,7 @@ from ddpm.config import (  # noqa: E402
     RunConfig,
     TrainConfig,
 )
+from ddpm.continuous import ContinuousMixtureOracle, ContinuousSchedule  # noqa: E402
 from ddpm.data import Dataset, DataSpec, GaussianMixture, load_dataset  # noqa: E402
 from ddpm.diffusion import Diffusion, denoise  # noqa: E402
 from ddpm.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb_term  # noqa: E402
@@ -27,6 +28,7 @@ from ddpm.evaluate import Evaluation, evaluate  # noqa: E402
 from ddpm.forward import q_marginal, q_posterior, q_sample, q_step  # noqa: E402
 from ddpm.losses import training_loss  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
+from ddpm.ode import OdeConfig, OdeLikelihood, ProbabilityFlow, ode_likelihood  # noqa: E402
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
 from ddpm.reverse import Parameterisation, p_mean_var  # noqa: E402
 from ddpm.runs import Run, load_run  # noqa: E402
@@ -38,6 +40,8 @@ from ddpm.train import TrainResult, train  # noqa: E402
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "ContinuousMixtureOracle",
+    "ContinuousSchedule",
     "DataConfig",
     "DataError",
     "DataSpec",
@@ -52,7 +56,10 @@ __all__ = [
     "MixtureOracle",
     "ModelConfig",
     "NoiseSchedule",
+    "OdeConfig",
+    "OdeLikelihood",
     "Parameterisation",
+    "ProbabilityFlow",
     "Run",
     "RunConfig",
     "TrainConfig",
@@ -70,6 +77,7 @@ __all__ = [
     "iw_log_likelihood",
     "load_dataset",
     "load_run",
+    "ode_likelihood",
     "p_mean_var",
     "p_sample",
     "prior_kl",

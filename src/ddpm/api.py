@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ddpm.data.images import read_image
 from ddpm.dist import pick_device
 from ddpm.errors import ConfigError, DataError
 from ddpm.forward import q_sample
-from ddpm.ode import OdeConfig, ProbabilityFlow, add_ode
+from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
 from ddpm.rng import seeded_generator
@@ -162,7 +163,8 @@ def evaluate_run(
     if ode is not None:
         flow = ProbabilityFlow.of(run.diffusion, run.config.diffusion.schedule)
         g = seeded_generator(seed, dev)
-        ev = add_ode(ev, flow, run.model, x0, data.spec, ode, g, max_batch, progress)
+        res = ode_likelihood(flow, run.model, x0, data.spec, ode, g, max_batch, progress)
+        ev = dataclasses.replace(ev, ode=res)
     out = Path(out_dir) if out_dir is not None else run.run_dir
     json_path = save_json(out / f"eval_{split}.json", ev.to_dict())
     png = save_per_timestep(

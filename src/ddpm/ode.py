@@ -79,7 +79,7 @@ from ddpm.data import DataSpec
 from ddpm.diffusion import Denoiser, Diffusion, denoise
 from ddpm.elbo import bits_per_dim
 from ddpm.errors import ConfigError, require_choice
-from ddpm.evaluate import Evaluation, mean_se
+from ddpm.evaluate import mean_se
 from ddpm.forward import eps_from_x0_at, x0_from_v_at
 from ddpm.gaussian import gaussian_log_prob
 from ddpm.reverse import split_output
@@ -349,24 +349,7 @@ def ode_likelihood(
     )
 
 
-def add_ode(
-    ev: Evaluation,
-    flow: ProbabilityFlow,
-    model: Denoiser,
-    x0: Tensor,
-    spec: DataSpec,
-    cfg: OdeConfig | None = None,
-    generator: torch.Generator | None = None,
-    max_batch: int = 1024,
-    progress: bool = False,
-) -> Evaluation:
-    """``ev`` with its ``ode`` entry: the probability-flow likelihood on the same examples x0."""
-    res = ode_likelihood(flow, model, x0, spec, cfg, generator, max_batch, progress)
-    return dataclasses.replace(ev, ode=res)
-
-
 __all__ = [
-    "add_ode",
     "EXACT_MAX_DIMS",
     "FlowSolution",
     "OdeConfig",

@@ -26,7 +26,7 @@ from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
 from ddpm.gaussian import normal_kl
-from ddpm.ode import OdeConfig, ProbabilityFlow, add_ode
+from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
@@ -168,7 +168,10 @@ def theory_gaussian(
     if ode is not None:
         flow = ProbabilityFlow.of(Diffusion(s), schedule)
         oracle_ode = ContinuousMixtureOracle(flow.schedule, density)
-        ev = add_ode(ev, flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress)
+        res = ode_likelihood(
+            flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress
+        )
+        ev = dataclasses.replace(ev, ode=res)
         M, V = gaussian_flow_marginal(flow.schedule, m, sd, flow.s_min(ode), flow.schedule.s_end)
         kl = normal_kl(m, 2 * sd.log(), M, V.log()).sum().item()  # E_q[-log N(M, V)] - H(q)
         closed["ode_neg_log_likelihood"] = an.entropy + kl
@@ -221,7 +224,10 @@ def theory_mixture(
     if ode is not None:
         flow = ProbabilityFlow.of(Diffusion(s), schedule)
         oracle_ode = ContinuousMixtureOracle(flow.schedule, mixture)
-        ev = add_ode(ev, flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress)
+        res = ode_likelihood(
+            flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress
+        )
+        ev = dataclasses.replace(ev, ode=res)
     return TheoryResult(name=spec.name, subject=ev)
 
 
@@ -285,11 +291,13 @@ def theory_run(
         name = run.config.diffusion.schedule
         flow = ProbabilityFlow.of(run.diffusion, name)
         g = seeded_generator(seed, device)
-        trained = add_ode(trained, flow, run.model, x0, data.spec, ode, g, progress=progress)
+        res = ode_likelihood(flow, run.model, x0, data.spec, ode, g, progress=progress)
+        trained = dataclasses.replace(trained, ode=res)
         flow = ProbabilityFlow.of(Diffusion(run.diffusion.schedule), name)
         oracle_ode = ContinuousMixtureOracle(flow.schedule, data.density.to(device))
         g = seeded_generator(seed, device)
-        best = add_ode(best, flow, oracle_ode, x0, data.spec, ode, g, progress=progress)
+        res = ode_likelihood(flow, oracle_ode, x0, data.spec, ode, g, progress=progress)
+        best = dataclasses.replace(best, ode=res)
     return TheoryResult(
         name=f"{run.config.data.name} ({Path(run_dir).name})", subject=trained, oracle=best
     )
