@@ -21,6 +21,7 @@ from ddpm.nets.mlp import MLP
 from ddpm.nets.unet import UNet
 from ddpm.ode import OdeConfig, ProbabilityFlow, divergence, flow_log_prob, ode_likelihood
 from ddpm.reverse import Parameterisation
+from ddpm.rng import KeyedNoise
 from ddpm.schedule import NoiseSchedule
 
 F64 = torch.float64
@@ -215,7 +216,8 @@ def test_discrete_data_is_dequantized_with_its_correction_and_scaling_in_raw_uni
     spec = DataSpec.from_levels("pix", (2,), 5)  # values -1, -0.5, 0, 0.5, 1; w = 0.5
     x0 = torch.tensor([[-1.0, 0.5], [0.0, 0.0], [1.0, -0.5]], dtype=F64)
     res = ode_likelihood(flow, oracle, x0, spec, TIGHT, torch.Generator().manual_seed(5))
-    u = torch.rand(x0.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    u = 0.5 * (1 + torch.erf(z / math.sqrt(2)))  # u = Phi(z)
     y = x0 + 0.5 * (u - 0.5)
     expected = -gaussian_log_prob(y, M, V.log()).sum(1) - 2 * math.log(0.5)
     torch.testing.assert_close(res.per_example, expected, rtol=SOLVE_TOL, atol=SOLVE_TOL)
@@ -227,16 +229,27 @@ def test_discrete_data_is_dequantized_with_its_correction_and_scaling_in_raw_uni
     assert res.bits_per_dim == pytest.approx(res.neg_log_likelihood / (2 * math.log(2)))
 
 
-def test_results_do_not_depend_on_the_batching():
-    m, sd, mix = gaussian([0.5, -1.0], [0.5, 0.3])
+def test_results_do_not_depend_on_the_batching_or_on_the_other_examples():
+    """Keyed noise: dequantization and probes of an example are functions of its index (a
+    correlated Gaussian, so that the probes matter)."""
+    cov = torch.tensor([[0.5, 0.4], [0.4, 0.6]], dtype=F64)
+    mix = GaussianMixture(torch.ones(1, dtype=F64), torch.zeros(1, 2, dtype=F64), cov[None])
     flow = flow_of("cosine", 50)
     oracle = ContinuousMixtureOracle(flow.schedule, mix)
-    x = mix.sample(7, generator=torch.Generator().manual_seed(0))
-    spec = DataSpec("g", (2,), None)
-    whole = ode_likelihood(flow, oracle, x, spec, TIGHT)
-    parts = ode_likelihood(flow, oracle, x, spec, TIGHT, max_batch=3)
-    assert parts.batches == 3 and whole.batches == 1
+    x = mix.sample(7, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    spec = DataSpec.from_levels("pix", (2,), 9)
+    x = (x * 4).round() / 4  # on the grid of 9 levels in [-1, 1]
+    cfg = OdeConfig(rtol=1e-8, atol=1e-8, divergence="hutchinson", probes=2)
+    whole = ode_likelihood(flow, oracle, x, spec, cfg, KeyedNoise(3))
+    parts = ode_likelihood(flow, oracle, x, spec, cfg, KeyedNoise(3), max_batch=3)
+    first = ode_likelihood(flow, oracle, x[:3], spec, cfg, KeyedNoise(3))
+    assert parts.batches == 3 and whole.batches == 1 and whole.probe_se > 0
     torch.testing.assert_close(parts.per_example, whole.per_example, rtol=SOLVE_TOL, atol=SOLVE_TOL)
+    torch.testing.assert_close(
+        first.per_example, whole.per_example[:3], rtol=SOLVE_TOL, atol=SOLVE_TOL
+    )
+    other = ode_likelihood(flow, oracle, x, spec, cfg, KeyedNoise(4))
+    assert float((other.per_example - whole.per_example).abs().max()) > 1e-3  # the seed matters
 
 
 def test_ode_config_round_trips_and_rejects_bad_values():

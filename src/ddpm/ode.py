@@ -83,8 +83,10 @@ from ddpm.evaluate import mean_se
 from ddpm.forward import eps_from_x0_at, x0_from_v_at
 from ddpm.gaussian import gaussian_log_prob
 from ddpm.reverse import split_output
+from ddpm.rng import Noise, normal
 
 EXACT_MAX_DIMS = 16  # 'auto' takes the exact divergence up to this many dimensions
+STREAM_DEQUANTIZATION, STREAM_PROBES = 16, 17  # keyed-noise streams (ddpm.rng uses 0..3)
 Divergence = Literal["auto", "exact", "hutchinson"]
 OdeMethod = Literal["RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"]
 
@@ -279,16 +281,17 @@ def ode_likelihood(
     x0: Tensor,
     spec: DataSpec,
     cfg: OdeConfig | None = None,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     max_batch: int = 1024,
     progress: bool = False,
 ) -> OdeLikelihood:
     """-log p_ODE(x_0) for every example of x0 [N, *spec.shape] (model space), (F2): the mean
     with its SE, in nats per example and bits/dim, with NFE and timing.
 
-    The dequantization noise u [N, ...] and the probes [N, K, ...] are drawn from ``generator``
-    for all N examples before batching, so results do not depend on ``max_batch`` beyond the
-    solver's tolerance (a batch shares its steps). cfg: default ``OdeConfig()``.
+    generator: the dequantization noise u [N, ...] and the probes [N, K, ...] come from standard
+    normals z of ``ddpm.rng.normal`` (u = Phi(z), probe = sign(z)), keyed by example index and
+    probe with a ``KeyedNoise``, so an example's numbers do not depend on n or ``max_batch``
+    beyond the solver's tolerance (a batch shares its steps). cfg: default ``OdeConfig()``.
     """
     cfg = cfg or OdeConfig()
     n = x0.shape[0]
@@ -299,17 +302,17 @@ def ode_likelihood(
     start = time.perf_counter()
     dims = spec.num_dims
     how = cfg.divergence_for(dims)
+    example = torch.arange(n, device=x0.device)
     x, dequantization = x0, 0.0
-    if spec.discrete:  # uniform dequantization within each value's bin
+    if spec.discrete:  # uniform dequantization within each value's bin: u = Phi(z) ~ U(0, 1)
         w = spec.bin_width
-        u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x, dequantization = x0 + w * (u - 0.5), -dims * math.log(w)
+        z = normal(generator, x0.double(), example, 0, 0, STREAM_DEQUANTIZATION)
+        u = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+        x, dequantization = x0 + (w * (u - 0.5)).to(x0.dtype), -dims * math.log(w)
     probes = None
-    if how == "hutchinson":
-        bits = torch.randint(
-            0, 2, (n, cfg.probes, *x0.shape[1:]), generator=generator, device=x0.device
-        )
-        probes = (2 * bits - 1).to(x0.dtype)
+    if how == "hutchinson":  # Rademacher: the sign of a standard normal
+        draws = [normal(generator, x0, example, 0, k, STREAM_PROBES) for k in range(cfg.probes)]
+        probes = torch.where(torch.stack(draws, dim=1) >= 0, 1.0, -1.0).to(x0.dtype)
     log_prob, delta, nfe, batches = [], [], 0, 0
     for i in tqdm(range(0, n, max_batch), desc="ODE likelihood", disable=not progress):
         part = None if probes is None else probes[i : i + max_batch]

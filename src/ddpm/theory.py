@@ -28,7 +28,7 @@ from ddpm.evaluate import Evaluation, evaluate, mean_se
 from ddpm.gaussian import normal_kl
 from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
-from ddpm.rng import seeded_generator
+from ddpm.rng import KeyedNoise, seeded_generator
 from ddpm.schedule import NoiseSchedule
 
 
@@ -168,9 +168,7 @@ def theory_gaussian(
     if ode is not None:
         flow = ProbabilityFlow.of(Diffusion(s), schedule)
         oracle_ode = ContinuousMixtureOracle(flow.schedule, density)
-        res = ode_likelihood(
-            flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress
-        )
+        res = ode_likelihood(flow, oracle_ode, x0, spec, ode, KeyedNoise(seed), progress=progress)
         ev = dataclasses.replace(ev, ode=res)
         M, V = gaussian_flow_marginal(flow.schedule, m, sd, flow.s_min(ode), flow.schedule.s_end)
         kl = normal_kl(m, 2 * sd.log(), M, V.log()).sum().item()  # E_q[-log N(M, V)] - H(q)
@@ -224,9 +222,7 @@ def theory_mixture(
     if ode is not None:
         flow = ProbabilityFlow.of(Diffusion(s), schedule)
         oracle_ode = ContinuousMixtureOracle(flow.schedule, mixture)
-        res = ode_likelihood(
-            flow, oracle_ode, x0, spec, ode, seeded_generator(seed), progress=progress
-        )
+        res = ode_likelihood(flow, oracle_ode, x0, spec, ode, KeyedNoise(seed), progress=progress)
         ev = dataclasses.replace(ev, ode=res)
     return TheoryResult(name=spec.name, subject=ev)
 
@@ -254,8 +250,9 @@ def theory_run(
             "`ddpm theory DIR` needs a run on gmm8 or a Gaussian-mixture .json"
         )
     x0 = data.test[:n].to(device)
-    # Both models see the same x_t draws (same seed), so their difference is paired.
-    g = seeded_generator(seed, device)
+    # Both models see the same keyed x_t draws, so their difference is paired; the trained
+    # model's numbers are those of `ddpm evaluate` with the same seed.
+    noise = KeyedNoise(seed)
     trained = evaluate(
         run.diffusion,
         run.model,
@@ -264,7 +261,7 @@ def theory_run(
         name="trained",
         iw=iw,
         density=data.density.to(device),
-        generator=g,
+        generator=noise,
         progress=progress,
     )
     param = run.diffusion.param
@@ -275,7 +272,6 @@ def theory_run(
     oracle = MixtureOracle(
         run.diffusion.schedule, data.density.to(device), prediction=param.prediction
     )
-    g = seeded_generator(seed, device)
     best = evaluate(
         oracle_diffusion,
         oracle,
@@ -284,19 +280,17 @@ def theory_run(
         name="bayes-optimal",
         iw=iw,
         density=data.density.to(device),
-        generator=g,
+        generator=noise,
         progress=progress,
     )
     if ode is not None:
         name = run.config.diffusion.schedule
         flow = ProbabilityFlow.of(run.diffusion, name)
-        g = seeded_generator(seed, device)
-        res = ode_likelihood(flow, run.model, x0, data.spec, ode, g, progress=progress)
+        res = ode_likelihood(flow, run.model, x0, data.spec, ode, noise, progress=progress)
         trained = dataclasses.replace(trained, ode=res)
         flow = ProbabilityFlow.of(Diffusion(run.diffusion.schedule), name)
         oracle_ode = ContinuousMixtureOracle(flow.schedule, data.density.to(device))
-        g = seeded_generator(seed, device)
-        res = ode_likelihood(flow, oracle_ode, x0, data.spec, ode, g, progress=progress)
+        res = ode_likelihood(flow, oracle_ode, x0, data.spec, ode, noise, progress=progress)
         best = dataclasses.replace(best, ode=res)
     return TheoryResult(
         name=f"{run.config.data.name} ({Path(run_dir).name})", subject=trained, oracle=best
