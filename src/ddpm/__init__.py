@@ -19,6 +19,7 @@ from ddpm.config import (  # noqa: E402
     RunConfig,
     TrainConfig,
 )
+from ddpm.continuous import ContinuousMixtureOracle, ContinuousSchedule  # noqa: E402
 from ddpm.data import Dataset, DataSpec, GaussianMixture, load_dataset  # noqa: E402
 from ddpm.ddim import ddim_sample  # noqa: E402
 from ddpm.diffusion import Diffusion, denoise  # noqa: E402
@@ -30,6 +31,7 @@ from ddpm.joint_kl import JointKl, joint_kl  # noqa: E402
 from ddpm.losses import training_loss  # noqa: E402
 from ddpm.models import LoadedModel, load_model  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
+from ddpm.ode import OdeConfig, OdeLikelihood, ProbabilityFlow, ode_likelihood  # noqa: E402
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
 from ddpm.respace import respace, space_timesteps  # noqa: E402
 from ddpm.reverse import Parameterisation, p_mean_var  # noqa: E402
@@ -49,6 +51,8 @@ __all__ = [
     "sweep_mixture",
     "CheckpointError",
     "ConfigError",
+    "ContinuousMixtureOracle",
+    "ContinuousSchedule",
     "DataConfig",
     "DataError",
     "DataSpec",
@@ -65,7 +69,10 @@ __all__ = [
     "MixtureOracle",
     "ModelConfig",
     "NoiseSchedule",
+    "OdeConfig",
+    "OdeLikelihood",
     "Parameterisation",
+    "ProbabilityFlow",
     "Run",
     "RunConfig",
     "TrainConfig",
@@ -86,6 +93,7 @@ __all__ = [
     "load_model",
     "load_dataset",
     "load_run",
+    "ode_likelihood",
     "p_mean_var",
     "p_sample",
     "prior_kl",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +19,7 @@ from ddpm.dist import pick_device
 from ddpm.errors import ConfigError, DataError, require_choice
 from ddpm.forward import q_sample
 from ddpm.models import LoadedModel, load_model
+from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
 from ddpm.respace import respace
@@ -196,6 +198,7 @@ def evaluate_run(
     data: str | None = None,
     samples: int | None = None,
     classifier_dir: str | Path | None = None,
+    ode: OdeConfig | None = None,
 ) -> EvalResult:
     """Exact -ELBO of a trained model on a data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
@@ -213,6 +216,8 @@ def evaluate_run(
     numbers are the same for any n, max_batch and number of processes. Under torchrun each
     process evaluates a contiguous shard of the examples, the per-example terms are gathered
     and rank 0 writes the files. clip: the p_theta scored (None: the one ``ddpm sample`` uses).
+    ode: also the likelihood of the probability-flow ODE sharing the network (``ddpm.ode``),
+    computed by rank 0 alone.
     """
     from ddpm.data import load_dataset
     from ddpm.evaluate import check_request, example_terms, summarise
@@ -228,6 +233,11 @@ def evaluate_run(
         raise ConfigError(f"--per-example {per_example}: give a path ending in .npy")
     info, dev = dist.init_distributed(pick_device(device))
     m = load_model(run_dir, device=dev)
+    if ode is not None and m.schedule_name is None:
+        raise ConfigError(
+            f"--ode: {m.path} is a {m.source} folder; the probability-flow likelihood needs "
+            "the continuous form of a ddpm run's linear or cosine schedule"
+        )
     x0_range = clip_range(m, clip)
     dataset = load_dataset(m.data_config(data))
     m.check_data(dataset.spec)
@@ -245,6 +255,12 @@ def evaluate_run(
     ev = summarise(
         terms, dataset.spec, m.name, iw, mc_timesteps, x0_range, time.perf_counter() - t0
     )
+    if ode is not None and info.is_main:
+        flow = ProbabilityFlow.of(m.diffusion, m.schedule_name)
+        res = ode_likelihood(
+            flow, m.model, x0.to(dev), dataset.spec, ode, KeyedNoise(seed), max_batch, progress
+        )
+        ev = dataclasses.replace(ev, ode=res)
     out = Path(out_dir) if out_dir is not None else m.path
     json_path, png = out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"
     mse = out / f"eval_{split}_mse.png"

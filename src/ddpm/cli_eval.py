@@ -21,7 +21,9 @@ EXAMPLES = {
   ddpm evaluate pipeline/ --data digits          # a diffusers DDPMPipeline folder
   ddpm evaluate runs/gmm8 --samples 1000         # plus sample quality beside the likelihood
   ddpm evaluate runs/gmm8 --steps 10 100 1000 --samples 1000   # quality and bits/dim vs K
-  torchrun --nproc-per-node 4 -m ddpm evaluate runs/digits -n 1000  # over 4 processes""",
+  torchrun --nproc-per-node 4 -m ddpm evaluate runs/digits -n 1000  # over 4 processes
+  ddpm evaluate runs/gmm8 --iw 1 4 16 --ode      # plus the probability-flow ODE likelihood
+  ddpm evaluate runs/digits --n 32 --ode --ode-probes 4   # Hutchinson divergence, 4 probes""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
@@ -30,7 +32,8 @@ EXAMPLES = {
   ddpm theory gaussian --mean 0.3 --T 2 10 100 1000 --variance small large optimal   # T-sweep
   ddpm theory gmm8 --T 10 100 1000 5000 --variance optimal --n 300                   # T-sweep
   ddpm theory mixture.json
-  ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy""",
+  ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy
+  ddpm theory gaussian --dim 2 --ode              # ODE likelihood vs its closed form""",
 }
 
 
@@ -114,6 +117,7 @@ def add_commands(sub, fmt) -> None:
     from ddpm.cli_quality import add_classifier_flag
 
     add_classifier_flag(e)
+    add_ode_flags(e)
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser(
@@ -165,7 +169,48 @@ def add_commands(sub, fmt) -> None:
     t.add_argument("--device", default=None, help="cpu or cuda (for a RUN folder)")
     t.add_argument("--out", type=Path, default=None, help="report folder")
     t.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+    add_ode_flags(t)
     t.set_defaults(func=cmd_theory)
+
+
+def add_ode_flags(p: argparse.ArgumentParser) -> None:
+    """--ode and its solver settings (fields of ddpm.ode.OdeConfig)."""
+    p.add_argument(
+        "--ode",
+        action="store_true",
+        help="also the exact likelihood of the probability-flow ODE that shares the network "
+        "(a different model from p_theta: reported beside -ELBO, never as its value)",
+    )
+    p.add_argument("--ode-rtol", type=float, default=1e-5, help="ODE relative tolerance")
+    p.add_argument("--ode-atol", type=float, default=1e-5, help="ODE absolute tolerance")
+    p.add_argument("--ode-method", default="RK45", help="scipy solve_ivp method (default: RK45)")
+    p.add_argument(
+        "--ode-divergence",
+        default="auto",
+        help="auto | exact | hutchinson (auto: exact up to 16 dimensions)",
+    )
+    p.add_argument(
+        "--ode-probes", type=int, default=1, metavar="K", help="Hutchinson probes per example"
+    )
+    p.add_argument(
+        "--ode-s-min", type=float, default=None, help="start of the flow in s (default: 1/T)"
+    )
+
+
+def ode_config(args: argparse.Namespace):
+    """The OdeConfig of the --ode-* flags, or None without --ode."""
+    if not args.ode:
+        return None
+    from ddpm.ode import OdeConfig
+
+    return OdeConfig(
+        rtol=args.ode_rtol,
+        atol=args.ode_atol,
+        method=args.ode_method,
+        divergence=args.ode_divergence,
+        probes=args.ode_probes,
+        s_min=args.ode_s_min,
+    )
 
 
 def _fmt(value: float | None, se: float | None = None) -> str:
@@ -200,6 +245,12 @@ def format_evaluation(ev) -> str:
     if ev.neg_log_likelihood is not None:
         how = "exact" if ev.log_likelihood_exact else "largest-K IW bound"
         lines.append(row("-log p_theta(x0)", ev.neg_log_likelihood, ev.neg_log_likelihood_se, how))
+    if ev.ode is not None:
+        o = ev.ode
+        div = "exact div" if o.divergence == "exact" else f"Hutchinson K={o.probes}"
+        note = f"flow model, not p_theta; {div}, NFE {o.nfe}, {o.seconds:.0f} s"
+        lines.append(row("-log p_ODE(x0)", o.neg_log_likelihood, o.neg_log_likelihood_se, note))
+        lines.append(row("  ODE bits/dim", o.bits_per_dim, o.bits_per_dim_se))
     if ev.entropy is not None:
         lines.append(row("H(q(x0))", ev.entropy, ev.entropy_se))
         lines.append(row("KL joint", ev.kl_joint, ev.kl_joint_se, "E[-ELBO] - H"))
@@ -344,6 +395,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         n=args.n,
         iw=tuple(args.iw),
         mc_timesteps=args.mc,
+        ode=ode_config(args),
         seed=args.seed,
         device=args.device,
         max_batch=args.max_batch,
@@ -441,6 +493,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
             args.seed,
             progress=not args.json,
             steps=args.steps,
+            ode=ode_config(args),
         )
         k = "" if args.steps is None else f"_K{args.steps}"
         out = args.out or Path("reports") / f"theory_gaussian{args.dim}d{k}"
@@ -448,11 +501,14 @@ def cmd_theory(args: argparse.Namespace) -> int:
         from ddpm.api import pick_device
 
         dev = pick_device(args.device)
-        res = theory.theory_run(subject, n, iw, args.seed, dev, progress=not args.json)
+        res = theory.theory_run(
+            subject, n, iw, args.seed, dev, progress=not args.json, ode=ode_config(args)
+        )
         out = args.out or Path(subject) / "theory"
     else:
         res = theory.theory_mixture(
-            subject, T, args.schedule, variance, n, iw, args.seed, progress=not args.json
+            subject, T, args.schedule, variance, n, iw, args.seed, progress=not args.json,
+            ode=ode_config(args),
         )
         out = args.out or Path("reports") / f"theory_{Path(subject).stem}"
     paths = report.write_theory_report(res, out)
@@ -480,8 +536,10 @@ def cmd_theory(args: argparse.Namespace) -> int:
             "kl_joint",
             "kl_marginal",
             "posterior_gap",
+            "ode_neg_log_likelihood",
         ):
-            print(f"  {key:<21s} {_fmt(cf[key])}")
+            if key in cf:
+                print(f"  {key:<23s} {_fmt(cf[key])}")
     for p in paths:
         print(f"wrote {p}")
     return 0

@@ -7,6 +7,7 @@ process ([ND21] Sec. 4), a foreign model's 0-based timesteps or a continuous-tim
 values of this type, never new code paths.
 
     net_t = time_map[t]   (length T + 1, entry 0 unused); identity when time_map is None
+                          (a floating t in [0, T] interpolates the map linearly)
 
 ``denoise(diffusion, model, x_t, t)`` is the one place a network is called: it feeds the mapped
 time and returns the output in the project's convention ([B, out_mult * C, ...]).
@@ -86,10 +87,19 @@ class Diffusion:
         return cls(NoiseSchedule.from_name(cfg.schedule, cfg.T), Parameterisation.of(cfg))
 
     def net_t(self, t: Tensor) -> Tensor:
-        """Network time input for process steps t ([B], 1..T)."""
+        """Network time input for process steps t ([B], 1..T).
+
+        A floating t (continuous time, 0 <= t <= T, see ``ddpm.continuous``) reads the time map
+        by linear interpolation between neighbouring steps; without a time map it passes as is.
+        """
         if self.time_map is None:
             return t
-        return self.time_map.to(t.device)[t]
+        m = self.time_map.to(t.device)
+        if not t.is_floating_point():
+            return m[t]
+        lo = t.detach().floor().long().clamp(0, self.T - 1)
+        m = m.to(t.dtype)
+        return m[lo] + (t - lo) * (m[lo + 1] - m[lo])
 
 
 def denoise(diffusion: Diffusion, model: Denoiser, xt: Tensor, t: Tensor) -> Tensor:

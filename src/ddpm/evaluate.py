@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -41,6 +42,9 @@ from ddpm.diffusion import Denoiser, Diffusion
 from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms
 from ddpm.errors import ConfigError
 from ddpm.rng import Noise
+
+if TYPE_CHECKING:
+    from ddpm.ode import OdeLikelihood
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:
@@ -99,15 +103,19 @@ class Evaluation:
     per_timestep_x0_mse: list[float] | None = None  # E|x0_hat(x_t, t) - x_0|^2 / D
     per_timestep_x0_mse_se: list[float] | None = None
     data_var: float | None = None  # Var(x_0) of the examples, mean over dimensions: x0-MSE's scale
+    ode: OdeLikelihood | None = None  # probability-flow ODE: another model (ddpm.ode)
     seconds: float = 0.0
     clip: list[float] | None = None  # range x0_hat was clipped to in the p_theta scored
     per_example: Tensor | None = field(default=None, repr=False)  # [N] -ELBO (not in JSON)
     per_example_terms: Tensor | None = field(default=None, repr=False)  # [N, T] (not in JSON)
 
     def to_dict(self) -> dict:
-        d = asdict(dataclasses.replace(self, per_example=None, per_example_terms=None))
+        d = asdict(
+            dataclasses.replace(self, per_example=None, per_example_terms=None, ode=None)
+        )
         del d["per_example"], d["per_example_terms"]
         d["coarse_to_fine"] = coarse_to_fine(self)
+        d["ode"] = self.ode.to_dict() if self.ode is not None else None
         return d
 
 

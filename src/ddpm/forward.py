@@ -71,19 +71,49 @@ def q_posterior(s: NoiseSchedule, x0: Tensor, xt: Tensor, t: Tensor) -> Gaussian
 
 def x0_from_eps(s: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), inverting [Ho20] eq. (4)."""
-    return (xt - s.at(s.one_minus_alpha_bar, t, xt).sqrt() * eps) / s.at(s.alpha_bar, t, xt).sqrt()
+    return x0_from_eps_at(s.at(s.alpha_bar, t, xt), s.at(s.one_minus_alpha_bar, t, xt), xt, eps)
 
 
 def eps_from_x0(s: NoiseSchedule, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
-    return (xt - s.at(s.alpha_bar, t, xt).sqrt() * x0) / s.at(s.one_minus_alpha_bar, t, xt).sqrt()
+    return eps_from_x0_at(s.at(s.alpha_bar, t, xt), s.at(s.one_minus_alpha_bar, t, xt), xt, x0)
 
 
 def v_from_x0_eps(s: NoiseSchedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0, [SH22] Sec. 4."""
-    return s.at(s.alpha_bar, t, x0).sqrt() * eps - s.at(s.one_minus_alpha_bar, t, x0).sqrt() * x0
+    return v_from_x0_eps_at(s.at(s.alpha_bar, t, x0), s.at(s.one_minus_alpha_bar, t, x0), x0, eps)
 
 
 def x0_from_v(s: NoiseSchedule, xt: Tensor, t: Tensor, v: Tensor) -> Tensor:
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, [SH22] Sec. 4."""
-    return s.at(s.alpha_bar, t, xt).sqrt() * xt - s.at(s.one_minus_alpha_bar, t, xt).sqrt() * v
+    return x0_from_v_at(s.at(s.alpha_bar, t, xt), s.at(s.one_minus_alpha_bar, t, xt), xt, v)
+
+
+# The same identities at given noise levels: alpha_bar and one_minus_alpha_bar broadcast against
+# the data ([B, 1, ..., 1]); used by the discrete helpers above and by continuous time.
+
+
+def x0_from_eps_at(
+    alpha_bar: Tensor, one_minus_alpha_bar: Tensor, xt: Tensor, eps: Tensor
+) -> Tensor:
+    """x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)."""
+    return (xt - one_minus_alpha_bar.sqrt() * eps) / alpha_bar.sqrt()
+
+
+def eps_from_x0_at(
+    alpha_bar: Tensor, one_minus_alpha_bar: Tensor, xt: Tensor, x0: Tensor
+) -> Tensor:
+    """eps = (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar)."""
+    return (xt - alpha_bar.sqrt() * x0) / one_minus_alpha_bar.sqrt()
+
+
+def v_from_x0_eps_at(
+    alpha_bar: Tensor, one_minus_alpha_bar: Tensor, x0: Tensor, eps: Tensor
+) -> Tensor:
+    """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0, [SH22] Sec. 4."""
+    return alpha_bar.sqrt() * eps - one_minus_alpha_bar.sqrt() * x0
+
+
+def x0_from_v_at(alpha_bar: Tensor, one_minus_alpha_bar: Tensor, xt: Tensor, v: Tensor) -> Tensor:
+    """x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v, [SH22] Sec. 4."""
+    return alpha_bar.sqrt() * xt - one_minus_alpha_bar.sqrt() * v

@@ -31,6 +31,7 @@ class LoadedModel:
     spec: DataSpec  # shape and levels of one example; diffusers: 8-bit images in [-1, 1]
     data: DataConfig | None  # the data it was trained on; None when the folder does not say
     clip: tuple[float, float] | None  # range predicted x_0 is clipped to while sampling
+    schedule_name: str | None = None  # 'linear' / 'cosine' of a ddpm run (its continuous form)
 
     @property
     def name(self) -> str:
@@ -80,4 +81,7 @@ def load_model(
     from ddpm import runs
 
     run = runs.load_run(path, device=device, ema=ema)
-    return LoadedModel(path, "ddpm", run.diffusion, run.model, run.spec, run.config.data, run.clip)
+    cfg = run.config
+    return LoadedModel(
+        path, "ddpm", run.diffusion, run.model, run.spec, cfg.data, run.clip, cfg.diffusion.schedule
+    )

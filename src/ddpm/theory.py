@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ import torch
 from torch import Tensor
 
 from ddpm.config import DataConfig
+from ddpm.continuous import ContinuousMixtureOracle, gaussian_flow_marginal
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
 from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
+from ddpm.gaussian import normal_kl
+from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
 from ddpm.oracles import (
     ORACLE_VARIANCES,
     GaussianOracle,
@@ -174,6 +178,7 @@ def theory_gaussian(
     seed: int = 0,
     progress: bool = False,
     steps: int | None = None,
+    ode: OdeConfig | None = None,
 ) -> TheoryResult:
     """Data N(mean, std^2 I) in ``dim`` dimensions and its Bayes-optimal denoiser: closed-form
     expectations beside the generic evaluator's estimates on n samples (exact log p_theta).
@@ -182,7 +187,8 @@ def theory_gaussian(
     the T-step one; the T-step oracle, called at the original steps tau_k, is Bayes-optimal for
     it, and the closed form is that of the respaced schedule. With variance 'optimal' the
     oracle is built on the respaced schedule itself: its variance (G5) depends on the process's
-    own beta_tilde and c, not only on alpha_bar."""
+    own beta_tilde and c, not only on alpha_bar. ode: also the probability-flow likelihood of
+    the Bayes-optimal denoiser of the T-step process (``ddpm.ode``)."""
     if n < 2:
         raise ConfigError(f"need --n >= 2 (got {n})")
     s = NoiseSchedule.from_name(schedule, T)
@@ -224,6 +230,15 @@ def theory_gaussian(
         "kl_marginal": an.kl_marginal,
         "posterior_gap": an.posterior_gap,
     }
+    if ode is not None:
+        full = Diffusion(NoiseSchedule.from_name(schedule, T))  # the flow of the T-step process
+        flow = ProbabilityFlow.of(full, schedule)
+        oracle_ode = ContinuousMixtureOracle(flow.schedule, density)
+        res = ode_likelihood(flow, oracle_ode, x0, spec, ode, KeyedNoise(seed), progress=progress)
+        ev = dataclasses.replace(ev, ode=res)
+        M, V = gaussian_flow_marginal(flow.schedule, m, sd, flow.s_min(ode), flow.schedule.s_end)
+        kl = normal_kl(m, 2 * sd.log(), M, V.log()).sum().item()  # E_q[-log N(M, V)] - H(q)
+        closed["ode_neg_log_likelihood"] = an.entropy + kl
     name = f"N({mean}, {std}^2 I_{dim})" + (f", {steps} of {T} steps" if steps else "")
     return TheoryResult(name=name, subject=ev, closed_form=closed)
 
@@ -248,10 +263,12 @@ def theory_mixture(
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
     progress: bool = False,
+    ode: OdeConfig | None = None,
 ) -> TheoryResult:
     """The Bayes-optimal denoiser of a Gaussian mixture (gmm8 or a JSON spec), evaluated on n
     fresh samples: the best -ELBO any network reaches in this model family, the IW bounds,
-    H(q(x_0)) and the KL chain (KL_marginal from the largest-K bound)."""
+    H(q(x_0)) and the KL chain (KL_marginal from the largest-K bound).
+    ode: also its probability-flow likelihood (``ddpm.ode``)."""
     _check_n(n)
     mixture, spec = load_mixture(name)
     s = NoiseSchedule.from_name(schedule, T)
@@ -269,6 +286,11 @@ def theory_mixture(
         generator=g,
         progress=progress,
     )
+    if ode is not None:
+        flow = ProbabilityFlow.of(Diffusion(s), schedule)
+        oracle_ode = ContinuousMixtureOracle(flow.schedule, mixture)
+        res = ode_likelihood(flow, oracle_ode, x0, spec, ode, KeyedNoise(seed), progress=progress)
+        ev = dataclasses.replace(ev, ode=res)
     return TheoryResult(name=spec.name, subject=ev)
 
 
@@ -295,11 +317,13 @@ def theory_run(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    ode: OdeConfig | None = None,
 ) -> TheoryResult:
     """A trained run on data of known density: its evaluation beside the Bayes-optimal
     model's on the same n test examples and x_t draws (paired). The Bayes-optimal model has the
     run's schedule, T and variance, or the exact 'optimal' variance when the run learned its
-    variance (it minimises every term over all Gaussian steps with per-x_t variances)."""
+    variance (it minimises every term over all Gaussian steps with per-x_t variances).
+    ode: also both probability-flow likelihoods (``ddpm.ode``)."""
     from ddpm import runs
 
     _check_n(n)
@@ -337,6 +361,15 @@ def theory_run(
         generator=noise,
         progress=progress,
     )
+    if ode is not None:
+        name = run.config.diffusion.schedule
+        flow = ProbabilityFlow.of(run.diffusion, name)
+        res = ode_likelihood(flow, run.model, x0, data.spec, ode, noise, progress=progress)
+        trained = dataclasses.replace(trained, ode=res)
+        flow = ProbabilityFlow.of(Diffusion(run.diffusion.schedule), name)
+        oracle_ode = ContinuousMixtureOracle(flow.schedule, data.density.to(device))
+        res = ode_likelihood(flow, oracle_ode, x0, data.spec, ode, noise, progress=progress)
+        best = dataclasses.replace(best, ode=res)
     return TheoryResult(
         name=f"{run.config.data.name} ({Path(run_dir).name})", subject=trained, oracle=best
     )
