@@ -13,8 +13,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -28,6 +30,9 @@ from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import make_sampler, training_loss
 from ddpm.rng import seeded_generator, step_generator, step_seed
 from ddpm.sampling import sample
+
+if TYPE_CHECKING:
+    from ddpm.vae import VaeRunConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +67,18 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         be.copy_(bm)
 
 
-def check_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over an existing run unless asked to resume or overwrite it (reads only)."""
+def check_run_dir(
+    out: Path,
+    cfg: RunConfig | VaeRunConfig,
+    resume: bool,
+    overwrite: bool,
+    difference: Callable[[Path], str | None] | None = None,
+) -> None:
+    """Refuse to write over an existing run unless asked to resume or overwrite it (reads only).
+
+    difference(out) names what keeps cfg from resuming the run in out (None: nothing); by
+    default ``runs.config_difference`` against the run's config.json.
+    """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pass one of them")
     if out.exists() and not out.is_dir():
@@ -71,8 +86,10 @@ def check_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> N
     if resume:
         if not runs.holds_run(out):
             raise CheckpointError(f"{out}: nothing to resume (no run here); drop --resume")
-        saved, _ = runs.load_config(out)
-        diff = runs.config_difference(saved, cfg)
+        if difference is None:
+            diff = runs.config_difference(runs.load_config(out)[0], cfg)
+        else:
+            diff = difference(out)
         if diff is not None:
             raise CheckpointError(
                 f"{out}: the requested configuration does not match the saved run ({diff}); "
@@ -93,6 +110,43 @@ def clear_run_dir(out: Path) -> None:
         stale.unlink()
     for folder in ("progress", "theory"):
         shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def save_training_state(
+    run_dir: Path,
+    model: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    meta: dict,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Checkpoint model.*, ema.*, optim.* (AdamW state) and ``extra`` tensors, with ``meta``
+    (JSON values) and the optimizer's hyper-parameters in the metadata."""
+    opt_tensors, opt_meta = optimizer_to_tensors(opt.state_dict())
+    tensors = {
+        **runs.state_tensors("model", model),
+        **runs.state_tensors("ema", ema),
+        **{f"optim.{k}": v for k, v in opt_tensors.items()},
+        **(extra or {}),
+    }
+    runs.save_checkpoint(run_dir, tensors, {**meta, "optimizer": opt_meta})
+
+
+def load_training_state(
+    run_dir: Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, device
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Inverse of ``save_training_state``: load model, EMA and optimizer state in place and
+    return (tensors, metadata) for whatever else the checkpoint holds."""
+    tensors, meta = runs.load_checkpoint(run_dir, device)
+    where = run_dir / runs.CHECKPOINT
+    runs.load_state(model, tensors, "model", where)
+    runs.load_state(ema, tensors, "ema", where)
+    opt_state = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+    try:
+        opt.load_state_dict(optimizer_from_tensors(opt_state, meta["optimizer"]))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: optimizer state does not fit ({e})") from None
+    return tensors, meta
 
 
 class Trainer:
@@ -162,26 +216,12 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
-        opt_tensors, opt_meta = optimizer_to_tensors(self.opt.state_dict())
-        tensors = {
-            **runs.state_tensors("model", self.model),
-            **runs.state_tensors("ema", self.ema),
-            **{f"optim.{k}": v for k, v in opt_tensors.items()},
-            **{f"sampler.{k}": v for k, v in self.sampler.state_dict().items()},
-        }
-        meta = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
-        runs.save_checkpoint(run_dir, tensors, meta)
+        meta = {"step": self.step, "config": self.cfg.to_dict()}
+        sampler = {f"sampler.{k}": v for k, v in self.sampler.state_dict().items()}
+        save_training_state(run_dir, self.model, self.ema, self.opt, meta, sampler)
 
     def load(self, run_dir: Path) -> None:
-        tensors, meta = runs.load_checkpoint(run_dir, self.device)
-        where = run_dir / runs.CHECKPOINT
-        runs.load_state(self.model, tensors, "model", where)
-        runs.load_state(self.ema, tensors, "ema", where)
-        opt = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
-        try:
-            self.opt.load_state_dict(optimizer_from_tensors(opt, meta["optimizer"]))
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{where}: optimizer state does not fit ({e})") from None
+        tensors, meta = load_training_state(run_dir, self.model, self.ema, self.opt, self.device)
         self.sampler.load_state_dict(
             {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
         )
@@ -233,7 +273,7 @@ def train(
         runs.save_config(out, cfg, data.spec)
         _truncate_log(out / runs.LOG, trainer.step)
     dist.barrier(info)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(
         total=cfg.train.steps,
         initial=trainer.step,
@@ -258,6 +298,7 @@ def train(
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if info.is_main:
                     rec = {"step": k, **stats, "seconds": round(time.perf_counter() - t0, 3)}
+                    rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
                     logf.write(json.dumps(rec) + "\n")
                     logf.flush()
             if info.is_main and cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0:
