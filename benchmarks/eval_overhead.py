@@ -45,12 +45,12 @@ def main() -> None:
     args = p.parse_args()
     run = load_run(args.run)
     x0 = load_dataset(run.config.data).test[: args.n]
-    T = run.schedule.T
+    T = run.diffusion.T
     g = torch.Generator().manual_seed(0)
     full, bare = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        elbo_terms(run.schedule, run.param, run.model, x0, run.spec.levels, g, args.max_batch)
+        elbo_terms(run.diffusion, run.model, x0, run.spec.levels, g, args.max_batch)
         full.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         bare_forwards(run.model, x0, T, args.max_batch)

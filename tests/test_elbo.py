@@ -10,6 +10,7 @@ import reference as ref
 import torch
 from reference import LinearDenoiser, Schedule, TimeOnlyDenoiser
 
+from ddpm.diffusion import Diffusion
 from ddpm.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb_term
 from ddpm.forward import q_sample
 from ddpm.reverse import Parameterisation
@@ -62,7 +63,9 @@ def test_elbo_terms_match_reference(name, prediction, variance, T, levels):
     # every (t, example) gets its own pinned eps; row (t - 1) * B + b
     t = torch.arange(1, T + 1).repeat_interleave(B)
     eps = torch.randn(T * B, D, generator=torch.Generator().manual_seed(13), dtype=f64)
-    terms = vb_term(s, param, model, x0.repeat(T, 1), t, levels, noise=eps).reshape(T, B).T
+    terms = (
+        vb_term(Diffusion(s, param), model, x0.repeat(T, 1), t, levels, noise=eps).reshape(T, B).T
+    )
     prior, kl, dec = ref_terms(s, param, model, x0, levels, lambda tt, b: eps[(tt - 1) * B + b])
     # prior_kl goes through the generic normal_kl, whose (1 - ab) - 1 - log(1 - ab) rounds to
     # ~1e-16 absolute per dimension; near x_T ~ N(0, I) the whole KL is that small.
@@ -88,7 +91,13 @@ def test_elbo_terms_chunking_on_a_noise_free_model(name, variance, levels):
         done = []
         g = torch.Generator().manual_seed(max_batch)
         e = elbo_terms(
-            s, param, model, x0, levels, generator=g, max_batch=max_batch, on_chunk=done.append
+            Diffusion(s, param),
+            model,
+            x0,
+            levels,
+            generator=g,
+            max_batch=max_batch,
+            on_chunk=done.append,
         )
         assert sum(done) == pytest.approx(T) and max(done) <= min(T, max(1, max_batch // B))
         assert e.kl.shape == (B, T - 1) and e.decoder_nll.shape == e.prior_kl.shape == (B,)
@@ -104,12 +113,14 @@ def test_elbo_terms_is_reproducible_with_a_generator():
     model = LinearDenoiser(D, 2, T, seed=16)
     x0 = grid_data(B, D, 256, seed=17)
     runs = [
-        elbo_terms(s, param, model, x0, 256, generator=torch.Generator().manual_seed(5))
+        elbo_terms(Diffusion(s, param), model, x0, 256, generator=torch.Generator().manual_seed(5))
         for _ in range(2)
     ]
     assert torch.equal(runs[0].total(), runs[1].total())
     assert torch.equal(runs[0].per_timestep, runs[1].per_timestep)
-    other = elbo_terms(s, param, model, x0, 256, generator=torch.Generator().manual_seed(6))
+    other = elbo_terms(
+        Diffusion(s, param), model, x0, 256, generator=torch.Generator().manual_seed(6)
+    )
     assert not torch.equal(other.per_timestep, runs[0].per_timestep)
 
 
@@ -141,8 +152,7 @@ def test_total_from_elbo_terms_is_the_sum_of_its_terms():
     s = NoiseSchedule.linear(T)
     param = Parameterisation(prediction="v", variance="large")
     e = elbo_terms(
-        s,
-        param,
+        Diffusion(s, param),
         LinearDenoiser(D, 1, T, seed=18),
         grid_data(B, D, 17, 19),
         17,
@@ -197,9 +207,13 @@ def test_perfect_denoiser_has_zero_kl_terms(name, prediction):
 
     x0 = x_star.expand(B, D)
     g = torch.Generator().manual_seed(21)
-    small = elbo_terms(s, Parameterisation(prediction, "small"), perfect, x0, None, generator=g)
+    small = elbo_terms(
+        Diffusion(s, Parameterisation(prediction, "small")), perfect, x0, None, generator=g
+    )
     assert float(small.kl.abs().max()) < 1e-10
-    large = elbo_terms(s, Parameterisation(prediction, "large"), perfect, x0, None, generator=g)
+    large = elbo_terms(
+        Diffusion(s, Parameterisation(prediction, "large")), perfect, x0, None, generator=g
+    )
     r = s.beta_tilde[2:] / s.beta[2:]
     expected = 0.5 * D * (-r.log() - 1 + r)
     np.testing.assert_allclose(
@@ -219,8 +233,12 @@ def test_elbo_mc_agrees_with_elbo_terms(levels):
     model = LinearDenoiser(D, 2, T, seed=22)
     x_one = data(1, D, levels, seed=23)
     x0 = x_one.expand(n, D)
-    mc = elbo_mc(s, param, model, x0, levels, K=1, generator=torch.Generator().manual_seed(24))
-    full = elbo_terms(s, param, model, x0, levels, generator=torch.Generator().manual_seed(25))
+    mc = elbo_mc(
+        Diffusion(s, param), model, x0, levels, K=1, generator=torch.Generator().manual_seed(24)
+    )
+    full = elbo_terms(
+        Diffusion(s, param), model, x0, levels, generator=torch.Generator().manual_seed(25)
+    )
     full_total = full.total()
     se = math.sqrt(float(mc.var()) / n + float(full_total.var()) / n)
     assert abs(float(mc.mean()) - float(full_total.mean())) < 4 * se
@@ -242,7 +260,7 @@ def test_negative_elbo_bounds_exact_nll_of_linear_gaussian_model(prediction, var
         nll = -ref.gaussian_log_prob(x_value, mean0, var0)
         x0 = torch.full((n, 1), x_value, dtype=f64)
         neg_elbo = elbo_terms(
-            s, param, model, x0, None, generator=torch.Generator().manual_seed(26)
+            Diffusion(s, param), model, x0, None, generator=torch.Generator().manual_seed(26)
         )
         total = neg_elbo.total()
         se = float(total.std()) / math.sqrt(n)
@@ -262,5 +280,5 @@ def test_vb_term_uses_the_given_noise():
     x0 = grid_data(B, D, 256, seed=27)
     t = torch.tensor([1, 2, 3, 6, 6])
     eps = torch.randn(B, D, generator=torch.Generator().manual_seed(28), dtype=f64)
-    vb_term(s, param, model, x0, t, 256, noise=eps)
+    vb_term(Diffusion(s, param), model, x0, t, 256, noise=eps)
     torch.testing.assert_close(seen["xt"], q_sample(s, x0, t, noise=eps), rtol=0, atol=0)

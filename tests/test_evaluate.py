@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ddpm.data import DataSpec, GaussianMixture
+from ddpm.diffusion import Diffusion
 from ddpm.evaluate import evaluate, mean_se
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
 from ddpm.reverse import Parameterisation
@@ -33,7 +34,7 @@ def test_evaluator_on_the_gaussian_oracle_matches_the_closed_forms():
     s, an, oracle, x0, density, g = _gaussian_setup()
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
     ev = evaluate(
-        s, Parameterisation("eps", "large"), oracle, x0, spec, iw=(1, 4), mc_timesteps=4,
+        Diffusion(s, Parameterisation("eps", "large")), oracle, x0, spec, iw=(1, 4), mc_timesteps=4,
         density=density, exact_log_prob=lambda x: gaussian_log_likelihood(an, x), generator=g,
     )  # fmt: skip
     assert abs(ev.neg_elbo - an.neg_elbo) < 4 * ev.neg_elbo_se
@@ -62,7 +63,7 @@ def test_log_jacobian_moves_densities_not_kls():
     units, KLs (differences of densities) stay the same."""
     s, an, oracle, x0, density, _ = _gaussian_setup(n=200)
     exact = lambda x: gaussian_log_likelihood(an, x)  # noqa: E731
-    args = (s, Parameterisation("eps", "large"), oracle, x0)
+    args = (Diffusion(s, Parameterisation("eps", "large")), oracle, x0)
     unit = DataSpec(name="g", shape=(D,), levels=None)
     scaled = DataSpec(name="g", shape=(D,), levels=None, shift=1.0, scale=2.5)
     ev1 = evaluate(*args, unit, density=density, exact_log_prob=exact,
@@ -89,7 +90,7 @@ def test_kl_chain_for_the_mixture_oracle():
     x0 = mixture.sample(400, generator=g)
     spec = DataSpec(name="gmm8", shape=(2,), levels=None)
     ev = evaluate(
-        s, Parameterisation("eps", "small"), MixtureOracle(s, mixture), x0, spec,
+        Diffusion(s, Parameterisation("eps", "small")), MixtureOracle(s, mixture), x0, spec,
         iw=(1, 16), density=mixture, generator=g,
     )  # fmt: skip
     assert ev.log_likelihood_exact is False
@@ -110,10 +111,12 @@ def test_per_timestep_se_is_the_standard_error_of_each_column():
     s, an, oracle, x0, density, _ = _gaussian_setup(n=50)
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
     param = Parameterisation("eps", "large")
-    ev = evaluate(s, param, oracle, x0, spec, generator=torch.Generator().manual_seed(5))
+    ev = evaluate(Diffusion(s, param), oracle, x0, spec, generator=torch.Generator().manual_seed(5))
     from ddpm.elbo import elbo_terms
 
-    per_t = elbo_terms(s, param, oracle, x0, None, torch.Generator().manual_seed(5)).per_timestep
+    per_t = elbo_terms(
+        Diffusion(s, param), oracle, x0, None, torch.Generator().manual_seed(5)
+    ).per_timestep
     want = per_t.std(dim=0) / math.sqrt(50)  # same draws: the same generator state
     torch.testing.assert_close(torch.tensor(ev.per_timestep_se, dtype=torch.float64), want)
 
@@ -128,8 +131,8 @@ def test_max_batch_bounds_every_network_call():
         return oracle(xt, t)
 
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
-    ev = evaluate(s, Parameterisation("eps", "large"), model, x0, spec, iw=(1, 3), max_batch=4,
-                  generator=g)  # fmt: skip
+    d = Diffusion(s, Parameterisation("eps", "large"))
+    ev = evaluate(d, model, x0, spec, iw=(1, 3), max_batch=4, generator=g)
     assert max(sizes) <= 4 and len(ev.per_timestep) == T
     assert ev.n == 10 and len(ev.per_example) == 10
 
@@ -141,8 +144,8 @@ def test_bad_evaluation_requests_are_refused_before_any_work():
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
     param = Parameterisation("eps", "large")
     with pytest.raises(ConfigError, match="at least 2 examples"):
-        evaluate(s, param, oracle, x0[:1], spec)
+        evaluate(Diffusion(s, param), oracle, x0[:1], spec)
     with pytest.raises(ConfigError, match="must be >= 1"):
-        evaluate(s, param, oracle, x0, spec, iw=(0,))
+        evaluate(Diffusion(s, param), oracle, x0, spec, iw=(0,))
     with pytest.raises(ConfigError, match="must be >= 1"):
-        evaluate(s, param, oracle, x0, spec, mc_timesteps=-1)
+        evaluate(Diffusion(s, param), oracle, x0, spec, mc_timesteps=-1)

@@ -12,6 +12,7 @@ from reference import LinearDenoiser, TimeOnlyDenoiser
 from torch import nn
 
 from ddpm.config import DiffusionConfig
+from ddpm.diffusion import Diffusion
 from ddpm.elbo import bits_per_dim, elbo_terms
 from ddpm.forward import v_from_x0_eps
 from ddpm.losses import ImportanceSampler, UniformSampler, make_sampler, training_loss
@@ -47,7 +48,16 @@ def test_simple_loss_is_zero_for_the_true_target(prediction):
 
     g = torch.Generator().manual_seed(0)
     t = torch.randint(1, T + 1, (B,), generator=g)
-    out = training_loss(s, cfg, exact, x_star.expand(B, D), t, None, None, generator=g)
+    out = training_loss(
+        Diffusion(s, Parameterisation.of(cfg)),
+        cfg,
+        exact,
+        x_star.expand(B, D),
+        t,
+        None,
+        None,
+        generator=g,
+    )
     assert out.vb is None
     assert float(out.loss.max()) < 1e-20
     torch.testing.assert_close(out.loss, out.mse, rtol=0, atol=0)
@@ -63,7 +73,16 @@ def test_simple_loss_of_a_zero_network_is_the_mean_square_target(prediction):
     eps = torch.randn(B, D, generator=g, dtype=f64)
     t = torch.randint(1, T + 1, (B,), generator=g)
     target = {"eps": eps, "x0": x0, "v": v_from_x0_eps(s, x0, t, eps)}[prediction]
-    out = training_loss(s, cfg, lambda x, tt: torch.zeros_like(x), x0, t, None, None, noise=eps)
+    out = training_loss(
+        Diffusion(s, Parameterisation.of(cfg)),
+        cfg,
+        lambda x, tt: torch.zeros_like(x),
+        x0,
+        t,
+        None,
+        None,
+        noise=eps,
+    )
     torch.testing.assert_close(out.loss, target.pow(2).mean(dim=1), rtol=1e-14, atol=0)
 
 
@@ -82,11 +101,20 @@ def test_vlb_loss_is_unbiased_for_the_full_negative_elbo(variance):
     g = torch.Generator().manual_seed(4)
     t, p_t = UniformSampler(T).sample(n, g, "cpu")
     assert bool((p_t == 1 / T).all())
-    out = training_loss(s, cfg, model, x_one.expand(n, D), t, p_t, levels, generator=g)
+    out = training_loss(
+        Diffusion(s, Parameterisation.of(cfg)),
+        cfg,
+        model,
+        x_one.expand(n, D),
+        t,
+        p_t,
+        levels,
+        generator=g,
+    )
     assert out.mse is None and out.vb.shape == (n,)
     param = Parameterisation.of(cfg)
     full = bits_per_dim(
-        elbo_terms(s, param, model, x_one.expand(m, D), levels, generator=g).total(), D
+        elbo_terms(Diffusion(s, param), model, x_one.expand(m, D), levels, generator=g).total(), D
     )
     se = math.sqrt(float(out.loss.var()) / n + float(full.var()) / m)
     assert abs(float(out.loss.mean()) - float(full.mean())) < 4 * se
@@ -100,10 +128,19 @@ def test_vlb_loss_value_with_pinned_draws():
     param = Parameterisation.of(cfg)
     model = TimeOnlyDenoiser(D, 2, T, seed=5)  # terms do not depend on the x_t draw
     x0 = grid_data(B, D, levels, seed=6)
-    e = elbo_terms(s, param, model, x0, levels)
+    e = elbo_terms(Diffusion(s, param), model, x0, levels)
     t = torch.tensor([1, 2, 7, 12, 12])
     p_t = torch.tensor([0.5, 0.1, 0.2, 0.1, 0.1], dtype=f64)
-    out = training_loss(s, cfg, model, x0, t, p_t, levels, generator=torch.Generator())
+    out = training_loss(
+        Diffusion(s, Parameterisation.of(cfg)),
+        cfg,
+        model,
+        x0,
+        t,
+        p_t,
+        levels,
+        generator=torch.Generator(),
+    )
     rows = torch.arange(B)
     term = e.per_timestep[rows, t - 1]
     torch.testing.assert_close(out.vb, term, rtol=1e-10, atol=1e-12)
@@ -180,11 +217,20 @@ def test_importance_weighted_vlb_is_unbiased():
     assert float(p.max() / p.min()) > 2  # genuinely non-uniform
     x_one = grid_data(1, D, levels, seed=13)
     exact = bits_per_dim(
-        float(elbo_terms(s, Parameterisation.of(cfg), model, x_one, levels).total()), D
+        float(elbo_terms(Diffusion(s, Parameterisation.of(cfg)), model, x_one, levels).total()), D
     )
     g = torch.Generator().manual_seed(14)
     t, p_t = sampler.sample(n, g, "cpu")
-    out = training_loss(s, cfg, model, x_one.expand(n, D), t, p_t, levels, generator=g)
+    out = training_loss(
+        Diffusion(s, Parameterisation.of(cfg)),
+        cfg,
+        model,
+        x_one.expand(n, D),
+        t,
+        p_t,
+        levels,
+        generator=g,
+    )
     se = float(out.loss.std()) / math.sqrt(n)
     assert se > 0
     assert abs(float(out.loss.mean()) - exact) < 4 * se
@@ -228,7 +274,9 @@ def test_hybrid_vlb_part_trains_only_the_variance_head():
     mean_head, var_head = [model.a, model.b], [model.c, model.d]
 
     def grads(cfg, pick):
-        out = training_loss(s, cfg, model, x0, t, p_t, levels, noise=eps)
+        out = training_loss(
+            Diffusion(s, Parameterisation.of(cfg)), cfg, model, x0, t, p_t, levels, noise=eps
+        )
         return torch.autograd.grad(pick(out).mean(), mean_head + var_head, allow_unused=True)
 
     hybrid = DiffusionConfig(T=T, variance="learned", loss="hybrid", hybrid_lambda=0.5)

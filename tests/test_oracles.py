@@ -11,6 +11,7 @@ import torch
 
 from ddpm.data import GaussianMixture
 from ddpm.data.toys import gmm8
+from ddpm.diffusion import Diffusion
 from ddpm.elbo import elbo_mc, elbo_terms
 from ddpm.errors import ConfigError
 from ddpm.oracles import (
@@ -79,7 +80,9 @@ def test_predictions_give_the_same_reverse_process():
     means = []
     for prediction in ("eps", "x0", "v"):
         oracle = GaussianOracle(s, m, sd, prediction=prediction)
-        means.append(p_from_output(s, Parameterisation(prediction), oracle(xt, t), xt, t).mean)
+        means.append(
+            p_from_output(Diffusion(s, Parameterisation(prediction)), oracle(xt, t), xt, t).mean
+        )
     torch.testing.assert_close(means[1], means[0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(means[2], means[0], rtol=1e-10, atol=1e-12)
 
@@ -126,11 +129,11 @@ def test_elbo_terms_of_the_oracle_match_the_closed_form(d, T, schedule, variance
     g = torch.Generator().manual_seed(1000 * d + T)
     x0 = draw(m, sd, 2000, g)
     param, oracle = Parameterisation("eps", variance), GaussianOracle(s, m, sd)
-    terms = elbo_terms(s, param, oracle, x0, levels=None, generator=g)
+    terms = elbo_terms(Diffusion(s, param), oracle, x0, levels=None, generator=g)
     assert_mc(terms.per_timestep, an.per_timestep)
     assert_mc(terms.prior_kl, an.prior_kl)
     assert_mc(terms.total(), an.neg_elbo)
-    mc = elbo_mc(s, param, oracle, x0, levels=None, K=3, generator=g)
+    mc = elbo_mc(Diffusion(s, param), oracle, x0, levels=None, K=3, generator=g)
     assert_mc(mc, an.neg_elbo)
     diff = mc - terms.total()  # the same x0: the paired difference has mean zero
     assert_mc(diff, 0.0)
@@ -146,7 +149,9 @@ def test_conditional_expected_terms_match_monte_carlo_for_fixed_x0(variance):
     g = torch.Generator().manual_seed(3)
     n = 3000
     param = Parameterisation("eps", variance)
-    terms = elbo_terms(s, param, GaussianOracle(s, m, sd), x0.repeat(n, 1), None, generator=g)
+    terms = elbo_terms(
+        Diffusion(s, param), GaussianOracle(s, m, sd), x0.repeat(n, 1), None, generator=g
+    )
     per_t = terms.per_timestep.reshape(n, 3, s.T)
     assert_mc(per_t, closed.per_timestep)
     assert_mc(terms.total().reshape(n, 3), closed.total())
@@ -180,7 +185,7 @@ def test_marginal_matches_ancestral_samples_of_the_reverse_chain(variance):
     n = 20_000
     x = torch.randn(n, 2, generator=g, dtype=F64)
     for t in range(s.T, 0, -1):
-        p = p_mean_var(s, param, oracle, x, torch.full((n,), t))
+        p = p_mean_var(Diffusion(s, param), oracle, x, torch.full((n,), t))
         x = p.mean + (0.5 * p.log_var).exp() * torch.randn(n, 2, generator=g, dtype=F64)
     assert_mc(x, an.p_mean)
     sample_var = x.var(dim=0)
@@ -320,8 +325,12 @@ def test_mixture_oracle_on_gmm8_beats_a_wrong_denoiser_and_the_entropy_bound():
     oracle = MixtureOracle(s, mix)
     wrong = GaussianOracle(s, *moment_matched_gaussian(mix))
     # the same seed draws the same x_t for both denoisers: a paired comparison
-    best = elbo_terms(s, param, oracle, x0, None, generator=torch.Generator().manual_seed(9))
-    worse = elbo_terms(s, param, wrong, x0, None, generator=torch.Generator().manual_seed(9))
+    best = elbo_terms(
+        Diffusion(s, param), oracle, x0, None, generator=torch.Generator().manual_seed(9)
+    )
+    worse = elbo_terms(
+        Diffusion(s, param), wrong, x0, None, generator=torch.Generator().manual_seed(9)
+    )
     diff = worse.total() - best.total()
     assert diff.mean() > K_SE * diff.std() / math.sqrt(diff.numel())
     # E[-ELBO] >= H(q): the gap is KL(q(x_{0:T}) || p_theta(x_{0:T})) >= 0

@@ -9,6 +9,7 @@ import torch
 from reference import LinearDenoiser, Schedule
 from reference import p_mean_var as ref_p_mean_var
 
+from ddpm.diffusion import Diffusion
 from ddpm.errors import ConfigError
 from ddpm.forward import eps_from_x0, q_posterior
 from ddpm.reverse import Parameterisation, p_from_output, p_mean_var, split_output
@@ -32,7 +33,7 @@ def test_p_mean_var_matches_reference(name, prediction, variance, T):
     per_t = 1 if T == 1000 else 3
     t = torch.arange(1, T + 1).repeat_interleave(per_t)
     xt = torch.randn(len(t), D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    p = p_mean_var(s, param, model, xt, t)
+    p = p_mean_var(Diffusion(s, param), model, xt, t)
     assert p.mean.shape == p.log_var.shape == p.x0_hat.shape == p.eps_hat.shape == (len(t), D)
     mean_ref, var_ref = [], []
     for i in range(len(t)):
@@ -54,7 +55,7 @@ def test_predictions_are_consistent(name, prediction):
     model = LinearDenoiser(D, 1, T, seed=9)
     t = torch.arange(1, T + 1)
     xt = torch.randn(T, D, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
-    p = p_mean_var(s, param, model, xt, t)
+    p = p_mean_var(Diffusion(s, param), model, xt, t)
     ab = s.alpha_bar[1:, None]
     torch.testing.assert_close(
         ab.sqrt() * p.x0_hat + (1 - ab).sqrt() * p.eps_hat, xt, rtol=1e-10, atol=1e-10
@@ -76,14 +77,14 @@ def test_learned_variance_endpoints(name):
     learned = Parameterisation(variance="learned")
     for value, fixed in ((-1.0, "small"), (1.0, "large")):
         out = torch.cat([head, torch.full((T, D), value, dtype=torch.float64)], dim=1)
-        got = p_from_output(s, learned, out, xt, t).log_var
-        want = p_from_output(s, Parameterisation(variance=fixed), head, xt, t).log_var
+        got = p_from_output(Diffusion(s, learned), out, xt, t).log_var
+        want = p_from_output(Diffusion(s, Parameterisation(variance=fixed)), head, xt, t).log_var
         torch.testing.assert_close(got[1:], want[1:], rtol=1e-14, atol=1e-14)
         end = s.beta_tilde[2] if value < 0 else s.beta[1]
         torch.testing.assert_close(got[0].exp(), end.expand(D), rtol=1e-14, atol=0)
     # halfway: the geometric mean of beta_t and beta_tilde_t
     out = torch.cat([head, torch.zeros(T, D, dtype=torch.float64)], dim=1)
-    var = p_from_output(s, learned, out, xt, t).log_var.exp()[:, 0]
+    var = p_from_output(Diffusion(s, learned), out, xt, t).log_var.exp()[:, 0]
     torch.testing.assert_close(var[1:], (s.beta[2:] * s.beta_tilde[2:]).sqrt(), rtol=1e-12, atol=0)
     assert float(var[0]) == pytest.approx(float((s.beta[1] * s.beta_tilde[2]).sqrt()), rel=1e-12)
 
@@ -93,7 +94,7 @@ def test_clip_clamps_x0_hat_before_the_mean():
     t = torch.tensor([3, 3])
     xt = torch.tensor([[0.2], [-0.4]], dtype=torch.float64)
     out = torch.tensor([[2.5], [-0.3]], dtype=torch.float64)  # x0 predictions
-    p = p_from_output(s, Parameterisation(prediction="x0"), out, xt, t, clip=(-1.0, 1.0))
+    p = p_from_output(Diffusion(s, Parameterisation(prediction="x0")), out, xt, t, clip=(-1.0, 1.0))
     x0_clipped = torch.tensor([[1.0], [-0.3]], dtype=torch.float64)
     torch.testing.assert_close(p.x0_hat, x0_clipped, rtol=0, atol=0)
     torch.testing.assert_close(p.mean, q_posterior(s, x0_clipped, xt, t).mean, rtol=0, atol=0)
@@ -105,7 +106,9 @@ def test_detach_mean_stops_gradients_to_the_mean_only():
     t = torch.tensor([4, 7])
     xt = torch.randn(2, D, dtype=torch.float64)
     out = torch.randn(2, 2 * D, dtype=torch.float64, requires_grad=True)
-    p = p_from_output(s, Parameterisation(variance="learned"), out, xt, t, detach_mean=True)
+    p = p_from_output(
+        Diffusion(s, Parameterisation(variance="learned")), out, xt, t, detach_mean=True
+    )
     assert not p.mean.requires_grad and p.log_var.requires_grad
     (g,) = torch.autograd.grad(p.log_var.sum(), out)
     assert bool((g[:, :D] == 0).all()) and bool((g[:, D:] != 0).all())

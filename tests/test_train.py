@@ -47,20 +47,20 @@ def test_training_on_gmm8_lowers_the_loss_and_samples_land_on_the_modes(gmm8_run
     assert last < first
     run = runs.load_run(gmm8_run)
     # the same loss (same x0, t, noise) for the fresh network and the trained one
-    fresh = runs.build(run.config, run.spec)[2]
+    fresh = runs.build(run.config, run.spec)[1]
     data = load_dataset(run.config.data).test
     cfg = run.config.diffusion
     t = torch.randint(1, cfg.T + 1, (len(data),), generator=seeded_generator(2))
     p_t = torch.full((len(data),), 1 / cfg.T, dtype=torch.float64)
     with torch.no_grad():
         losses = [
-            training_loss(run.schedule, cfg, m, data, t, p_t, None, generator=seeded_generator(3))
+            training_loss(run.diffusion, cfg, m, data, t, p_t, None, generator=seeded_generator(3))
             .loss.mean()
             .item()
             for m in (fresh, run.model)
         ]
     assert losses[1] < 0.5 * losses[0]  # measured: about 0.22 vs 1.0
-    x = sample(run.schedule, run.param, run.model, (2,), 2000, seeded_generator(1)).x0
+    x = sample(run.diffusion, run.model, (2,), 2000, seeded_generator(1)).x0
     angles = torch.arange(8) * 2 * math.pi / 8
     modes = 2 * torch.stack([angles.cos(), angles.sin()], dim=1)
     dist_to_mode = torch.cdist(x, modes).min(dim=1).values

@@ -20,6 +20,7 @@ from ddpm.config import (  # noqa: E402
     TrainConfig,
 )
 from ddpm.data import Dataset, DataSpec, GaussianMixture, load_dataset  # noqa: E402
+from ddpm.diffusion import Diffusion, denoise  # noqa: E402
 from ddpm.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb_term  # noqa: E402
 from ddpm.errors import CheckpointError, ConfigError, DataError, DdpmError  # noqa: E402
 from ddpm.evaluate import Evaluation, evaluate  # noqa: E402
@@ -42,6 +43,7 @@ __all__ = [
     "DataSpec",
     "Dataset",
     "DdpmError",
+    "Diffusion",
     "DiffusionConfig",
     "ElboTerms",
     "Evaluation",
@@ -57,6 +59,7 @@ __all__ = [
     "TrainResult",
     "bits_per_dim",
     "build_model",
+    "denoise",
     "elbo_mc",
     "elbo_terms",
     "evaluate",

@@ -56,11 +56,12 @@ def sample_run(
     out = Path(out) if out is not None else run.run_dir / f"samples_seed{seed}.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
-    capture = evenly_spaced_steps(run.schedule.T, frames) if trajectory else ()
+    T = run.diffusion.T
+    capture = evenly_spaced_steps(T, frames) if trajectory else ()
     g = seeded_generator(seed, dev)
-    with tqdm(total=run.schedule.T, desc="sample", unit="t", disable=not progress) as bar:
+    with tqdm(total=T, desc="sample", unit="t", disable=not progress) as bar:
         res = sample(
-            run.schedule, run.param, run.model, run.spec.shape, n, g, dev, run.clip, capture,
+            run.diffusion, run.model, run.spec.shape, n, g, dev, run.clip, capture,
             on_step=lambda _: bar.update(1),
         )  # fmt: skip
     path = save_samples(res.x0, out, run.spec)
@@ -143,8 +144,7 @@ def evaluate_run(
     density = data.density.to(dev) if data.density is not None else None
     g = seeded_generator(seed, dev)
     ev = evaluate(
-        run.schedule,
-        run.param,
+        run.diffusion,
         run.model,
         x0,
         data.spec,

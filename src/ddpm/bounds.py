@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ddpm.diffusion import Denoiser, Diffusion, denoise
 from ddpm.elbo import decoder_log_prob
 from ddpm.errors import ConfigError
 from ddpm.forward import q_marginal, q_posterior, randn_like
 from ddpm.gaussian import Gaussian, gaussian_log_prob
-from ddpm.reverse import Denoiser, Parameterisation, p_from_output
-from ddpm.schedule import NoiseSchedule
+from ddpm.reverse import p_from_output
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,7 @@ def _log_density(g: Gaussian, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _chain_log_weights(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
@@ -71,7 +70,7 @@ def _chain_log_weights(
 ) -> Tensor:
     """log w [N] of one chain per row of x0 [N, ...] drawn from q(x_{1:T}|x_0) (module doc)."""
     model_dtype, x0 = x0.dtype, x0.double()
-    N = x0.shape[0]
+    s, N = diffusion.schedule, x0.shape[0]
 
     def t_of(t: int) -> Tensor:
         return torch.full((N,), t, dtype=torch.long, device=x0.device)
@@ -82,7 +81,8 @@ def _chain_log_weights(
     log_w = _log_density(Gaussian(zero, zero), xt) - _log_density(q_T, xt)  # p(x_T) = N(0, I)
     for t in range(s.T, 0, -1):
         tt = t_of(t)
-        p = p_from_output(s, param, model(xt.to(model_dtype), tt).double(), xt, tt, clip=clip)
+        out = denoise(diffusion, model, xt.to(model_dtype), tt).double()
+        p = p_from_output(diffusion, out, xt, tt, clip=clip)
         if on_step is not None:
             on_step(1)
         if t == 1:  # the decoder p_theta(x_0 | x_1) [Ho20] eq. (13) or its Gaussian form
@@ -96,8 +96,7 @@ def _chain_log_weights(
 
 
 def iw_log_weights(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
@@ -116,7 +115,7 @@ def iw_log_weights(
     B = x0.shape[0]
     if B > max_batch:  # more examples than one call may see: slice them
         parts = [
-            iw_log_weights(s, param, model, x0[i : i + max_batch], levels, K, generator, clip,
+            iw_log_weights(diffusion, model, x0[i : i + max_batch], levels, K, generator, clip,
                            max_batch, on_step)
             for i in range(0, B, max_batch)
         ]  # fmt: skip
@@ -126,14 +125,13 @@ def iw_log_weights(
     for start in range(0, K, group):
         k = min(group, K - start)
         x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))  # row j is chain j // B of example j % B
-        lw = _chain_log_weights(s, param, model, x0_rep, levels, generator, clip, on_step)
+        lw = _chain_log_weights(diffusion, model, x0_rep, levels, generator, clip, on_step)
         log_w.append(lw.reshape(k, B))
     return torch.cat(log_w, dim=0)
 
 
 def iw_log_likelihood(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
@@ -144,13 +142,12 @@ def iw_log_likelihood(
 ) -> Tensor:
     """The importance-weighted bound L_K(x_0) = logsumexp_k log w_k - log K per example [B],
     float64 nats, [BGS16] eq. (8). K = 1 is a one-sample unbiased estimate of the ELBO."""
-    log_w = iw_log_weights(s, param, model, x0, levels, K, generator, clip, max_batch)
+    log_w = iw_log_weights(diffusion, model, x0, levels, K, generator, clip, max_batch)
     return torch.logsumexp(log_w, dim=0) - math.log(K)
 
 
 def iw_curve(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
@@ -169,7 +166,7 @@ def iw_curve(
     if not Ks or not all(isinstance(k, int) and k >= 1 for k in Ks):
         raise ConfigError(f"Ks must be a non-empty sequence of integers >= 1 (got {Ks})")
     log_w = iw_log_weights(
-        s, param, model, x0, levels, Ks[-1], generator, clip, max_batch, on_step=on_step
+        diffusion, model, x0, levels, Ks[-1], generator, clip, max_batch, on_step=on_step
     )
     return [IwEstimate.of(K, math.log(K) - torch.logsumexp(log_w[:K], dim=0)) for K in Ks]
 

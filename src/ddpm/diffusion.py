@@ -19,14 +19,41 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, get_args
 
 import torch
 from torch import Tensor
 
-from ddpm.config import DiffusionConfig
-from ddpm.errors import ConfigError
-from ddpm.reverse import Denoiser, Parameterisation
+from ddpm.config import DiffusionConfig, Prediction, Variance
+from ddpm.errors import ConfigError, require_choice
 from ddpm.schedule import NoiseSchedule
+
+
+class Denoiser(Protocol):
+    """Any callable (usually an nn.Module) mapping (x_t [B, ...], t int64 [B]) to its output."""
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Parameterisation:
+    """How network outputs become p_theta: what the mean head predicts and which variance."""
+
+    prediction: Prediction = "eps"
+    variance: Variance = "small"
+
+    def __post_init__(self) -> None:
+        require_choice("prediction", self.prediction, get_args(Prediction))
+        require_choice("variance", self.variance, get_args(Variance))
+
+    @property
+    def out_mult(self) -> int:
+        """Output channels per data channel: 2 when the network also emits the variance."""
+        return 2 if self.variance == "learned" else 1
+
+    @classmethod
+    def of(cls, cfg: DiffusionConfig) -> Parameterisation:
+        return cls(prediction=cfg.prediction, variance=cfg.variance)
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ddpm.diffusion import Denoiser, Diffusion, denoise
 from ddpm.forward import q_marginal, q_posterior, q_sample, randn_like
 from ddpm.gaussian import discretized_gaussian_log_prob, gaussian_log_prob, normal_kl
-from ddpm.reverse import Denoiser, Parameterisation, p_from_output
+from ddpm.reverse import p_from_output
 from ddpm.schedule import NoiseSchedule
 
 
@@ -76,8 +77,7 @@ def prior_kl(s: NoiseSchedule, x0: Tensor) -> Tensor:
 
 
 def vb_term_from_output(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     out: Tensor,
     x0: Tensor,
     xt: Tensor,
@@ -92,9 +92,9 @@ def vb_term_from_output(
     Computed in out's dtype (float64 for evaluation). Gradients flow into ``out``.
     """
     x0, xt = x0.to(out.dtype), xt.to(out.dtype)
-    p = p_from_output(s, param, out, xt, t, clip=clip, detach_mean=detach_mean)
+    p = p_from_output(diffusion, out, xt, t, clip=clip, detach_mean=detach_mean)
     is_decoder = t == 1
-    post = q_posterior(s, x0, xt, t)
+    post = q_posterior(diffusion.schedule, x0, xt, t)
     # beta_tilde_1 = 0: give the (unused) t = 1 posterior a finite log-variance so the KL
     # and its gradient stay finite before torch.where discards them.
     mask = is_decoder.reshape(-1, *([1] * (x0.ndim - 1)))
@@ -108,8 +108,7 @@ def vb_term_from_output(
 
 @torch.no_grad()
 def vb_term(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     t: Tensor,
@@ -120,14 +119,13 @@ def vb_term(
 ) -> Tensor:
     """Draw x_t ~ q(x_t|x_0) and return the term of step t per example [B], float64 nats."""
     eps = randn_like(x0, generator) if noise is None else noise
-    xt = q_sample(s, x0.double(), t, noise=eps.double())
-    out = model(xt.to(x0.dtype), t).double()
-    return vb_term_from_output(s, param, out, x0.double(), xt, t, levels, clip=clip)
+    xt = q_sample(diffusion.schedule, x0.double(), t, noise=eps.double())
+    out = denoise(diffusion, model, xt.to(x0.dtype), t).double()
+    return vb_term_from_output(diffusion, out, x0.double(), xt, t, levels, clip=clip)
 
 
 def elbo_terms(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
@@ -142,11 +140,11 @@ def elbo_terms(
     call sees at most ``max_batch`` inputs. on_chunk(n) is called with the number of timesteps
     done in each chunk, as a fraction when examples are sliced (for progress bars).
     """
-    B, T = x0.shape[0], s.T
+    B, T = x0.shape[0], diffusion.T
     if B > max_batch:  # more examples than one call may see: evaluate them in slices
         parts = [
             elbo_terms(
-                s, param, model, x0[i : i + max_batch], levels, generator, max_batch, clip,
+                diffusion, model, x0[i : i + max_batch], levels, generator, max_batch, clip,
                 None if on_chunk is None else _scaled(on_chunk, min(max_batch, B - i) / B),
             )
             for i in range(0, B, max_batch)
@@ -158,11 +156,12 @@ def elbo_terms(
         ts = torch.arange(start, min(start + chunk, T + 1), device=x0.device)
         t = ts.repeat_interleave(B)
         x0_rep = x0.repeat(len(ts), *([1] * (x0.ndim - 1)))
-        terms = vb_term(s, param, model, x0_rep, t, levels, generator=generator, clip=clip)
+        terms = vb_term(diffusion, model, x0_rep, t, levels, generator=generator, clip=clip)
         per_t[:, start - 1 : start - 1 + len(ts)] = terms.reshape(len(ts), B).T
         if on_chunk is not None:
             on_chunk(len(ts))
-    return ElboTerms(prior_kl=prior_kl(s, x0), kl=per_t[:, 1:], decoder_nll=per_t[:, 0])
+    prior = prior_kl(diffusion.schedule, x0)
+    return ElboTerms(prior_kl=prior, kl=per_t[:, 1:], decoder_nll=per_t[:, 0])
 
 
 def _scaled(fn: Callable[[float], None], factor: float) -> Callable[[float], None]:
@@ -170,8 +169,7 @@ def _scaled(fn: Callable[[float], None], factor: float) -> Callable[[float], Non
 
 
 def elbo_mc(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
@@ -181,8 +179,8 @@ def elbo_mc(
 ) -> Tensor:
     """Unbiased estimate of -ELBO per example [B] from K uniform timesteps per example:
     L_T + (T / K) sum_k term(t_k), t_k ~ U{1..T}. Its expectation is ``elbo_terms(...).total()``."""
-    B = x0.shape[0]
-    t = torch.randint(1, s.T + 1, (K * B,), generator=generator, device=x0.device)
+    B, T = x0.shape[0], diffusion.T
+    t = torch.randint(1, T + 1, (K * B,), generator=generator, device=x0.device)
     x0_rep = x0.repeat(K, *([1] * (x0.ndim - 1)))
-    terms = vb_term(s, param, model, x0_rep, t, levels, generator=generator, clip=clip)
-    return prior_kl(s, x0) + s.T * terms.reshape(K, B).mean(dim=0)
+    terms = vb_term(diffusion, model, x0_rep, t, levels, generator=generator, clip=clip)
+    return prior_kl(diffusion.schedule, x0) + T * terms.reshape(K, B).mean(dim=0)

@@ -33,10 +33,9 @@ from tqdm.auto import tqdm
 
 from ddpm.bounds import iw_curve
 from ddpm.data import DataSpec, GaussianMixture
+from ddpm.diffusion import Denoiser, Diffusion
 from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms
 from ddpm.errors import ConfigError
-from ddpm.reverse import Denoiser, Parameterisation
-from ddpm.schedule import NoiseSchedule
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:
@@ -99,8 +98,7 @@ class Evaluation:
 
 
 def evaluate(
-    schedule: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     x0: Tensor,
     spec: DataSpec,
@@ -133,9 +131,10 @@ def evaluate(
     start = time.perf_counter()
     levels = spec.levels
     log_jac = spec.log_jacobian_nats()
-    with tqdm(total=schedule.T, desc=f"{name}: ELBO", unit="t", disable=not progress) as bar:
+    T = diffusion.T
+    with tqdm(total=T, desc=f"{name}: ELBO", unit="t", disable=not progress) as bar:
         terms = elbo_terms(
-            schedule, param, model, x0, levels, generator=generator, max_batch=max_batch,
+            diffusion, model, x0, levels, generator=generator, max_batch=max_batch,
             on_chunk=bar.update,
         )  # fmt: skip
     neg_elbo = terms.total() - log_jac  # [N], raw units
@@ -148,9 +147,9 @@ def evaluate(
         b = min(x0.shape[0], max_batch)  # examples per slice, as iw_log_weights slices them
         groups = -(-x0.shape[0] // b) * -(-max(iw) // max(1, max_batch // b))
         desc = f"{name}: IW K<={max(iw)}"
-        with tqdm(total=groups * schedule.T, desc=desc, disable=not progress) as bar:
+        with tqdm(total=groups * T, desc=desc, disable=not progress) as bar:
             curve = iw_curve(
-                schedule, param, model, x0, levels, tuple(iw), generator, None, max_batch,
+                diffusion, model, x0, levels, tuple(iw), generator, None, max_batch,
                 on_step=bar.update,
             )  # fmt: skip
         for est in curve:
@@ -160,7 +159,7 @@ def evaluate(
         name=name,
         n=x0.shape[0],
         dims=dims,
-        T=schedule.T,
+        T=T,
         neg_elbo=nelbo,
         neg_elbo_se=nelbo_se,
         terms={
@@ -178,7 +177,7 @@ def evaluate(
         iw=iw_bounds,
     )
     if mc_timesteps is not None:
-        est = elbo_mc(schedule, param, model, x0, levels, mc_timesteps, generator=generator)
+        est = elbo_mc(diffusion, model, x0, levels, mc_timesteps, generator=generator)
         out["mc_timesteps"] = mc_timesteps
         out["neg_elbo_mc"], out["neg_elbo_mc_se"] = mean_se(est - log_jac)
     nll = None

@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 
 from ddpm.config import DiffusionConfig
+from ddpm.diffusion import Denoiser, Diffusion, Parameterisation, denoise
 from ddpm.elbo import prior_kl, vb_term_from_output
+from ddpm.errors import ConfigError
 from ddpm.forward import q_sample, randn_like, v_from_x0_eps
-from ddpm.reverse import Denoiser, Parameterisation, split_output
-from ddpm.schedule import NoiseSchedule
+from ddpm.reverse import split_output
 
 
 @dataclass(frozen=True)
@@ -104,17 +105,18 @@ def make_sampler(cfg: DiffusionConfig) -> UniformSampler:
     return UniformSampler(cfg.T)
 
 
-def simple_target(s: NoiseSchedule, param: Parameterisation, x0: Tensor, t: Tensor, eps: Tensor):
+def simple_target(diffusion: Diffusion, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """What the mean head regresses onto in L_simple: eps, x_0 or v."""
-    if param.prediction == "eps":
+    prediction = diffusion.param.prediction
+    if prediction == "eps":
         return eps
-    if param.prediction == "x0":
+    if prediction == "x0":
         return x0
-    return v_from_x0_eps(s, x0, t, eps)
+    return v_from_x0_eps(diffusion.schedule, x0, t, eps)
 
 
 def training_loss(
-    s: NoiseSchedule,
+    diffusion: Diffusion,
     cfg: DiffusionConfig,
     model: Denoiser,
     x0: Tensor,
@@ -124,23 +126,31 @@ def training_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> LossOutput:
-    """Per-example training loss at timesteps t drawn with probabilities p_t (see module doc)."""
-    param = Parameterisation.of(cfg)
+    """Per-example training loss at timesteps t drawn with probabilities p_t (see module doc).
+
+    cfg supplies the loss (and lambda); the parameterisation is the diffusion's, which must be
+    the one cfg describes."""
+    param = diffusion.param
+    if param != Parameterisation.of(cfg):
+        raise ConfigError(
+            f"the diffusion predicts {param.prediction!r} with variance {param.variance!r} but "
+            f"the config says {cfg.prediction!r} / {cfg.variance!r}: build both from one config"
+        )
     eps = randn_like(x0, generator) if noise is None else noise
-    xt = q_sample(s, x0, t, noise=eps)
-    out = model(xt, t)
+    xt = q_sample(diffusion.schedule, x0, t, noise=eps)
+    out = denoise(diffusion, model, xt, t)
     num_dims = x0[0].numel()
     mse = None
     if cfg.loss in ("simple", "hybrid"):
         head, _ = split_output(param, out, xt)
-        mse = (head - simple_target(s, param, x0, t, eps)).pow(2).flatten(1).mean(dim=1)
+        mse = (head - simple_target(diffusion, x0, t, eps)).pow(2).flatten(1).mean(dim=1)
         if cfg.loss == "simple":
             return LossOutput(loss=mse, mse=mse, vb=None)
     term = vb_term_from_output(
-        s, param, out.double(), x0, xt, t, levels, detach_mean=cfg.loss == "hybrid"
+        diffusion, out.double(), x0, xt, t, levels, detach_mean=cfg.loss == "hybrid"
     )
     # One-sample estimate of -ELBO in bits/dim; E_t[term_t / p(t)] = sum_t term_t.
-    vlb = (prior_kl(s, x0) + term / p_t) / (num_dims * math.log(2))
+    vlb = (prior_kl(diffusion.schedule, x0) + term / p_t) / (num_dims * math.log(2))
     if cfg.loss == "vlb":
         return LossOutput(loss=vlb.to(x0.dtype), mse=None, vb=term.detach())
     loss = mse + cfg.hybrid_lambda * vlb.to(x0.dtype)

@@ -12,9 +12,11 @@ the decoder variance beta_tilde_2 at t = 1, see ``NoiseSchedule.sigma2_small``),
 where out is the network's second block of output channels; at t = 1 the range runs from the
 decoder variance beta_tilde_2 to beta_1.
 
-The network protocol: ``model(x_t, t)`` with x_t [B, *shape] and t int64 [B] returns
-[B, out_mult * C, ...] (channel dim 1; for vectors [B, out_mult * D]); out_mult = 2 for learned
-variances.
+The network protocol: ``model(x_t, net_t)`` with x_t [B, *shape] and net_t the network's time
+input for process step t [B] returns [B, out_mult * C, ...] (channel dim 1; for vectors
+[B, out_mult * D]); out_mult = 2 for learned variances. Every function here takes the process
+as one ``Diffusion`` (schedule, parameterisation, time map) and calls the network only through
+``ddpm.diffusion.denoise``.
 
 References:
     [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
@@ -25,41 +27,12 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, get_args
 
 from torch import Tensor
 
-from ddpm.config import DiffusionConfig, Prediction, Variance
-from ddpm.errors import ConfigError, require_choice
+from ddpm.diffusion import Denoiser, Diffusion, Parameterisation, denoise
+from ddpm.errors import ConfigError
 from ddpm.forward import eps_from_x0, x0_from_eps, x0_from_v
-from ddpm.schedule import NoiseSchedule
-
-
-class Denoiser(Protocol):
-    """Any callable (usually an nn.Module) mapping (x_t [B, ...], t int64 [B]) to its output."""
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class Parameterisation:
-    """How network outputs become p_theta: what the mean head predicts and which variance."""
-
-    prediction: Prediction = "eps"
-    variance: Variance = "small"
-
-    def __post_init__(self) -> None:
-        require_choice("prediction", self.prediction, get_args(Prediction))
-        require_choice("variance", self.variance, get_args(Variance))
-
-    @property
-    def out_mult(self) -> int:
-        """Output channels per data channel: 2 when the network also emits the variance."""
-        return 2 if self.variance == "learned" else 1
-
-    @classmethod
-    def of(cls, cfg: DiffusionConfig) -> Parameterisation:
-        return cls(prediction=cfg.prediction, variance=cfg.variance)
 
 
 @dataclass(frozen=True)
@@ -86,8 +59,9 @@ def split_output(param: Parameterisation, out: Tensor, xt: Tensor) -> tuple[Tens
     return out[:, :c], out[:, c:]
 
 
-def p_log_var(s: NoiseSchedule, param: Parameterisation, t: Tensor, xt: Tensor, var_out=None):
+def p_log_var(diffusion: Diffusion, t: Tensor, xt: Tensor, var_out: Tensor | None = None):
     """log sigma_t^2 for each example, broadcast to xt's shape (see module docstring)."""
+    s, param = diffusion.schedule, diffusion.param
     log_small = s.at(s.sigma2_small.log(), t, xt)
     if param.variance == "small":
         return log_small.expand_as(xt)
@@ -103,8 +77,7 @@ def p_log_var(s: NoiseSchedule, param: Parameterisation, t: Tensor, xt: Tensor, 
 
 
 def p_from_output(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     out: Tensor,
     xt: Tensor,
     t: Tensor,
@@ -116,6 +89,7 @@ def p_from_output(
     clip: clamp x0_hat to this range (data range) before forming the mean.
     detach_mean: stop gradients through the mean (the L_vlb part of L_hybrid, [ND21] Sec. 3.1).
     """
+    s, param = diffusion.schedule, diffusion.param
     head, var_out = split_output(param, out, xt)
     if detach_mean:
         head = head.detach()
@@ -130,17 +104,27 @@ def p_from_output(
     exact_eps = param.prediction == "eps" and clip is None
     eps_hat = head if exact_eps else eps_from_x0(s, xt, t, x0_hat)
     mean = s.at(s.posterior_coef_x0, t, xt) * x0_hat + s.at(s.posterior_coef_xt, t, xt) * xt
-    log_var = p_log_var(s, param, t, xt, var_out)
+    log_var = p_log_var(diffusion, t, xt, var_out)
     return PTheta(mean=mean, log_var=log_var, x0_hat=x0_hat, eps_hat=eps_hat)
 
 
 def p_mean_var(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     xt: Tensor,
     t: Tensor,
     clip: tuple[float, float] | None = None,
 ) -> PTheta:
-    """Run the network at (x_t, t) and return p_theta(x_{t-1} | x_t)."""
-    return p_from_output(s, param, model(xt, t), xt, t, clip=clip)
+    """Run the network at (x_t, t) and return p_theta(x_{t-1} | x_t); t: process steps [B]."""
+    return p_from_output(diffusion, denoise(diffusion, model, xt, t), xt, t, clip=clip)
+
+
+__all__ = [
+    "Denoiser",
+    "PTheta",
+    "Parameterisation",
+    "p_from_output",
+    "p_log_var",
+    "p_mean_var",
+    "split_output",
+]

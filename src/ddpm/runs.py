@@ -24,10 +24,9 @@ from ddpm import __version__
 from ddpm.checkpoint import load_json, load_module_tensors, load_tensors, save_json, save_tensors
 from ddpm.config import RunConfig
 from ddpm.data import DataSpec
+from ddpm.diffusion import Diffusion
 from ddpm.errors import CheckpointError
 from ddpm.nets import build_model
-from ddpm.reverse import Parameterisation
-from ddpm.schedule import NoiseSchedule
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -42,8 +41,7 @@ class Run:
     run_dir: Path
     config: RunConfig
     spec: DataSpec
-    schedule: NoiseSchedule
-    param: Parameterisation
+    diffusion: Diffusion
     model: nn.Module
     step: int
 
@@ -78,12 +76,11 @@ def load_config(run_dir: Path) -> tuple[RunConfig, DataSpec]:
         raise CheckpointError(f"{run_dir / CONFIG}: missing entry {e}; the file is damaged") from e
 
 
-def build(cfg: RunConfig, spec: DataSpec) -> tuple[NoiseSchedule, Parameterisation, nn.Module]:
-    """Schedule, parameterisation and a freshly initialised network for cfg on data spec."""
-    schedule = NoiseSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.T)
-    param = Parameterisation.of(cfg.diffusion)
-    model = build_model(cfg.model, tuple(spec.shape), out_mult=param.out_mult)
-    return schedule, param, model
+def build(cfg: RunConfig, spec: DataSpec) -> tuple[Diffusion, nn.Module]:
+    """The diffusion and a freshly initialised network for cfg on data spec."""
+    diffusion = Diffusion.of(cfg.diffusion)
+    model = build_model(cfg.model, tuple(spec.shape), out_mult=diffusion.param.out_mult)
+    return diffusion, model
 
 
 def state_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -116,7 +113,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool 
     """Load a trained model (EMA weights by default) from a run folder."""
     run_dir = Path(run_dir)
     cfg, spec = load_config(run_dir)
-    schedule, param, model = build(cfg, spec)
+    diffusion, model = build(cfg, spec)
     tensors, meta = load_checkpoint(run_dir, device)
     saved_cfg = RunConfig.from_dict(meta["config"]) if "config" in meta else cfg
     # config.json may be ahead of the checkpoint in the fields a resume may change (--steps).
@@ -128,7 +125,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool 
         )
     load_state(model, tensors, "ema" if ema else "model", run_dir / CHECKPOINT)
     model.to(device).eval()
-    return Run(run_dir, cfg, spec, schedule, param, model, int(meta.get("step", 0)))
+    return Run(run_dir, cfg, spec, diffusion, model, int(meta.get("step", 0)))
 
 
 def _first_difference(a: RunConfig, b: RunConfig) -> str:

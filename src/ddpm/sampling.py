@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ddpm.diffusion import Denoiser, Diffusion
 from ddpm.forward import randn_like
-from ddpm.reverse import Denoiser, Parameterisation, p_mean_var
-from ddpm.schedule import NoiseSchedule
+from ddpm.reverse import p_mean_var
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,7 @@ class Samples:
 
 
 def p_sample(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     xt: Tensor,
     t: int,
@@ -42,7 +41,7 @@ def p_sample(
 ):
     """One reverse step: x_{t-1} ~ p_theta(x_{t-1} | x_t). Returns (x_prev, p_theta)."""
     tt = torch.full((xt.shape[0],), t, dtype=torch.long, device=xt.device)
-    p = p_mean_var(s, param, model, xt, tt, clip=clip)
+    p = p_mean_var(diffusion, model, xt, tt, clip=clip)
     if t == 1:
         return p.mean, p  # the decoder's mean is the sample [Ho20] Alg. 2, line 4 (z = 0)
     z = randn_like(xt, generator) if noise is None else noise
@@ -51,8 +50,7 @@ def p_sample(
 
 @torch.no_grad()
 def sample(
-    s: NoiseSchedule,
-    param: Parameterisation,
+    diffusion: Diffusion,
     model: Denoiser,
     shape: Sequence[int],
     n: int,
@@ -68,10 +66,11 @@ def sample(
     the starting noise x_T).
     """
     x = torch.randn((n, *shape), generator=generator, device=device)
-    steps = sorted({int(c) for c in capture if 1 <= int(c) <= s.T}, reverse=True)
+    T = diffusion.T
+    steps = sorted({int(c) for c in capture if 1 <= int(c) <= T}, reverse=True)
     xs, x0s = [], []
-    for t in range(s.T, 0, -1):
-        x_prev, p = p_sample(s, param, model, x, t, generator=generator, clip=clip)
+    for t in range(T, 0, -1):
+        x_prev, p = p_sample(diffusion, model, x, t, generator=generator, clip=clip)
         if t in steps:
             xs.append(x)
             x0s.append(p.x0_hat)

@@ -21,10 +21,10 @@ import torch
 
 from ddpm.config import DataConfig
 from ddpm.data import DataSpec, GaussianMixture, load_dataset
+from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
-from ddpm.reverse import Parameterisation
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
 
@@ -135,8 +135,7 @@ def theory_gaussian(
     spec = DataSpec(name=f"gaussian{dim}d", shape=(dim,), levels=None)
     oracle = GaussianOracle(s, m, sd)
     ev = evaluate(
-        s,
-        Parameterisation("eps", variance),
+        Diffusion(s, Parameterisation("eps", variance)),
         oracle,
         x0,
         spec,
@@ -195,8 +194,7 @@ def theory_mixture(
     x0 = mixture.sample(n, generator=g)
     oracle = MixtureOracle(s, mixture)
     ev = evaluate(
-        s,
-        Parameterisation("eps", _fixed_variance(variance)),
+        Diffusion(s, Parameterisation("eps", _fixed_variance(variance))),
         oracle,
         x0,
         spec,
@@ -234,8 +232,7 @@ def theory_run(
     # Both models see the same x_t draws (same seed), so their difference is paired.
     g = seeded_generator(seed, device)
     trained = evaluate(
-        run.schedule,
-        run.param,
+        run.diffusion,
         run.model,
         x0,
         data.spec,
@@ -245,13 +242,17 @@ def theory_run(
         generator=g,
         progress=progress,
     )
-    variance = run.param.variance if run.param.variance != "learned" else "small"
-    oracle_param = dataclasses.replace(run.param, variance=variance)
-    oracle = MixtureOracle(run.schedule, data.density.to(device), prediction=run.param.prediction)
+    param = run.diffusion.param
+    variance = param.variance if param.variance != "learned" else "small"
+    oracle_diffusion = dataclasses.replace(
+        run.diffusion, param=dataclasses.replace(param, variance=variance)
+    )
+    oracle = MixtureOracle(
+        run.diffusion.schedule, data.density.to(device), prediction=param.prediction
+    )
     g = seeded_generator(seed, device)
     best = evaluate(
-        run.schedule,
-        oracle_param,
+        oracle_diffusion,
         oracle,
         x0,
         data.spec,

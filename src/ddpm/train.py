@@ -168,7 +168,7 @@ class Trainer:
         # Weight init from the seed (same on every rank) without touching the global RNG state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
-            self.schedule, self.param, model = runs.build(cfg, data.spec)
+            self.diffusion, model = runs.build(cfg, data.spec)
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.ddp = self.model
@@ -196,7 +196,7 @@ class Trainer:
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(step_seed(cfg.train.seed, info.rank, self.step, stream=1))
             out = training_loss(
-                self.schedule, cfg.diffusion, self.ddp, x0, t, p_t, self.levels, generator=g
+                self.diffusion, cfg.diffusion, self.ddp, x0, t, p_t, self.levels, generator=g
             )
         loss = out.loss.mean()
         lr = lr_at(self.step, cfg.train.lr, cfg.train.warmup)
@@ -235,7 +235,7 @@ class Trainer:
         clip = (-1.0, 1.0) if self.data.spec.discrete and self.cfg.diffusion.clip_x0 else None
         self.ema.eval()
         spec = self.data.spec
-        out = sample(self.schedule, self.param, self.ema, spec.shape, n, g, self.device, clip)
+        out = sample(self.diffusion, self.ema, spec.shape, n, g, self.device, clip)
         return save_samples(out.x0, path, self.data.spec, reference=self.data.test)
 
 
