@@ -219,6 +219,11 @@ def test_view3_puts_a_ddpm_beside_a_vae(tmp_path):
     assert [b["neg_elbo"] for b in bars.values()] == [r.neg_elbo for r in view.rows]
     assert save_view3(view, tmp_path / "v.png").stat().st_size > 0
     assert main(["vae", "compare", str(tmp_path / "vae"), str(tmp_path / "ddpm")]) == 2
+    args = ["theory", str(tmp_path / "ddpm"), "--vae", str(tmp_path / "vae"), "--out"]
+    assert main([*args, str(tmp_path / "th"), "--json"]) == 0
+    doc = json.loads((tmp_path / "th" / "view3.json").read_text())
+    assert [r["kind"] for r in doc["rows"]] == ["ddpm", "vae"]
+    assert (tmp_path / "th" / "view3.png").exists()
 
 
 @pytest.mark.parametrize(

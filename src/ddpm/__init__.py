@@ -34,6 +34,9 @@ from ddpm.sampling import p_sample, sample  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
 from ddpm.theory import theory_gaussian, theory_mixture, theory_run  # noqa: E402
 from ddpm.train import TrainResult, train  # noqa: E402
+from ddpm.vae import Vae, VaeConfig, VaeRunConfig  # noqa: E402
+from ddpm.vae_eval import compare_runs, evaluate_vae  # noqa: E402
+from ddpm.vae_train import load_vae_run, train_vae  # noqa: E402
 
 __all__ = [
     "CheckpointError",
@@ -57,12 +60,17 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "TrainResult",
+    "Vae",
+    "VaeConfig",
+    "VaeRunConfig",
     "bits_per_dim",
+    "compare_runs",
     "build_model",
     "denoise",
     "elbo_mc",
     "elbo_terms",
     "evaluate",
+    "evaluate_vae",
     "evaluate_run",
     "forward_strip",
     "gaussian_analysis",
@@ -70,6 +78,7 @@ __all__ = [
     "iw_log_likelihood",
     "load_dataset",
     "load_run",
+    "load_vae_run",
     "p_mean_var",
     "p_sample",
     "prior_kl",
@@ -83,6 +92,7 @@ __all__ = [
     "theory_mixture",
     "theory_run",
     "train",
+    "train_vae",
     "training_loss",
     "vb_term",
 ]

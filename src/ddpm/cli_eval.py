@@ -16,7 +16,8 @@ EXAMPLES = {
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
   ddpm theory gmm8 --T 200 --iw 1 4 16 64
   ddpm theory mixture.json
-  ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy""",
+  ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy
+  ddpm theory runs/gmm8 --vae runs/vae_gmm8       # view 3: the DDPM beside a VAE""",
 }
 
 
@@ -64,6 +65,10 @@ def add_commands(sub, fmt) -> None:
     t.add_argument("--device", default=None, help="cpu or cuda (for a RUN folder)")
     t.add_argument("--out", type=Path, default=None, help="report folder")
     t.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+    t.add_argument(
+        "--vae", type=Path, default=None, metavar="VAE_RUN",
+        help="view 3 for a RUN folder: the DDPM beside this VAE run (`ddpm vae train`)",
+    )  # fmt: skip
     t.set_defaults(func=cmd_theory)
 
 
@@ -175,6 +180,12 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
     subject = args.subject
     iw = tuple(args.iw)
+    if args.vae is not None:  # view 3: DDPM vs VAE, on any data
+        from ddpm.cli_vae import report_view3
+
+        out = args.out or Path(subject) / "theory"
+        return report_view3(Path(subject), args.vae, out, seed=args.seed, device=args.device,
+                            as_json=args.json)  # fmt: skip
     if subject == "gaussian":
         res = theory.theory_gaussian(
             args.dim,

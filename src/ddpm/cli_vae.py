@@ -136,22 +136,43 @@ def cmd_vae_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_compare(args: argparse.Namespace) -> int:
+    return report_view3(
+        args.ddpm_run, args.vae_run, args.out or Path(args.vae_run) / "view3", args.n,
+        tuple(args.iw), tuple(args.ddpm_iw), args.seed, args.device, args.ddpm_cpu_seconds,
+        args.max_batch, args.json,
+    )  # fmt: skip
+
+
+def report_view3(
+    ddpm_run: Path,
+    vae_run: Path,
+    out: Path,
+    n: int | None = None,
+    iw: tuple[int, ...] = (1, 10, 100, 1000),
+    ddpm_iw: tuple[int, ...] = (),
+    seed: int = 0,
+    device: str | None = None,
+    ddpm_cpu_seconds: float | None = None,
+    max_batch: int = 4096,
+    as_json: bool = False,
+) -> int:
+    """View 3 (``ddpm vae compare``, ``ddpm theory RUN --vae VAE_RUN``): print the table and
+    write view3.json and view3.png into out."""
     from ddpm.checkpoint import save_json
     from ddpm.dist import pick_device
     from ddpm.report.vae import save_view3
     from ddpm.vae_eval import compare_runs, format_view3
 
     view = compare_runs(
-        args.ddpm_run, args.vae_run, args.n, tuple(args.iw), tuple(args.ddpm_iw), args.seed,
-        pick_device(args.device), args.ddpm_cpu_seconds, args.max_batch, progress=not args.json,
+        ddpm_run, vae_run, n, iw, ddpm_iw, seed, pick_device(device), ddpm_cpu_seconds,
+        max_batch, progress=not as_json,
     )  # fmt: skip
-    out = args.out or Path(args.vae_run) / "view3"
     json_path = save_json(out / "view3.json", view.to_dict())
     png = save_view3(view, out / "view3.png")
-    if args.json:
+    if as_json:
         print(json.dumps(view.to_dict(), indent=2))
-        return 0
-    print(format_view3(view) + f"\nfigure: {png}\nJSON: {json_path}")
+    else:
+        print(format_view3(view) + f"\nfigure: {png}\nJSON: {json_path}")
     return 0
 
 

@@ -189,7 +189,7 @@ def compare_runs(
     x0 = data.test[:n].to(device)
     density = data.density.to(device) if data.density is not None else None
     ddpm_ev = evaluate(
-        run.schedule, run.param, run.model, x0, data.spec, name=f"DDPM ({run.run_dir.name})",
+        run.diffusion, run.model, x0, data.spec, name=f"DDPM ({run.run_dir.name})",
         iw=tuple(ddpm_iw), density=density, generator=seeded_generator(seed, device),
         max_batch=max_batch, progress=progress,
     )  # fmt: skip
