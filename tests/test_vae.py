@@ -201,7 +201,11 @@ def test_view3_puts_a_ddpm_beside_a_vae(tmp_path):
         train=TrainConfig(steps=3, batch_size=32, warmup=1, log_every=1, num_samples=8),
     )
     train(cfg, tmp_path / "ddpm", progress=False)
-    train_vae(tiny(3), tmp_path / "vae", progress=False)
+    vae_args = ["vae", "train", "--data", "gmm8", "--n-train", "256", "--n-test", "64"]
+    vae_args += ["--hidden", "16", "--latent-dim", "2", "--steps", "3", "--batch-size", "32"]
+    vae_args += ["--warmup", "2", "--log-every", "1", "--num-samples", "8", "--quiet"]
+    vae_args += ["--params-like", str(tmp_path / "ddpm"), "--out", str(tmp_path / "vae")]
+    assert main(vae_args) == 0
     view = compare_runs(tmp_path / "ddpm", tmp_path / "vae", n=32, iw=(1, 8), ddpm_iw=(1, 2))
     ddpm_row, vae_row = view.rows
     for row, ev in zip(view.rows, view.evaluations, strict=True):
@@ -210,6 +214,10 @@ def test_view3_puts_a_ddpm_beside_a_vae(tmp_path):
     ddpm_ev = view.evaluations[0]
     assert ddpm_row.rate == pytest.approx(ddpm_ev.terms["prior"] + ddpm_ev.terms["diffusion"])
     assert ddpm_row.cpu_seconds > 0 and vae_row.cpu_seconds > 0
+    vcfg = load_vae_run(tmp_path / "vae").config.vae  # --params-like: the closest width
+    for h in (vcfg.hidden - 1, vcfg.hidden + 1):
+        other = num_parameters(Vae(dataclasses.replace(vcfg, hidden=h), (2,)))
+        assert abs(vae_row.parameters - ddpm_row.parameters) <= abs(other - ddpm_row.parameters)
     assert view.entropy is not None and view.n == 32
     json.dumps(view.to_dict())
     # the figure's data are the rows

@@ -105,7 +105,7 @@ def cmd_vae_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, base)
     if args.params_like is not None:
         ddpm_cfg, spec = runs.load_config(args.params_like)  # the size needs no weights
-        target = num_parameters(runs.build(ddpm_cfg, spec)[2])
+        target = num_parameters(runs.build(ddpm_cfg, spec)[-1])
         cfg = dataclasses.replace(cfg, vae=sized_like(cfg.vae, spec.shape, target))
         got = num_parameters(Vae(cfg.vae, spec.shape))
         print(f"sized like {args.params_like}: {target} parameters -> VAE with {got}")
