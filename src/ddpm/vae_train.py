@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -194,6 +195,7 @@ def train_vae(
             )
     if overwrite and out.is_dir():  # only now, with data and model set up
         clear_run_dir(out)
+        shutil.rmtree(out / "view3", ignore_errors=True)  # what `ddpm vae compare` wrote
     out.mkdir(parents=True, exist_ok=True)
     doc = {"ddpm_version": __version__, "model_kind": KIND, "config": cfg.to_dict()}
     save_json(out / runs.CONFIG, {**doc, "data_spec": data.spec.to_dict()})
