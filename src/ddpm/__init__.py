@@ -42,6 +42,9 @@ from ddpm.schedule import NoiseSchedule  # noqa: E402
 from ddpm.sweep import Sweep, sweep_gaussian, sweep_mixture  # noqa: E402
 from ddpm.theory import theory_gaussian, theory_mixture, theory_run  # noqa: E402
 from ddpm.train import TrainResult, train  # noqa: E402
+from ddpm.vae import Vae, VaeConfig, VaeRunConfig  # noqa: E402
+from ddpm.vae_eval import compare_runs, evaluate_vae  # noqa: E402
+from ddpm.vae_train import load_vae_run, train_vae  # noqa: E402
 
 __all__ = [
     "JointKl",
@@ -77,13 +80,18 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "TrainResult",
+    "Vae",
+    "VaeConfig",
+    "VaeRunConfig",
     "bits_per_dim",
+    "compare_runs",
     "build_model",
     "ddim_sample",
     "denoise",
     "elbo_mc",
     "elbo_terms",
     "evaluate",
+    "evaluate_vae",
     "evaluate_run",
     "evaluate_steps_run",
     "forward_strip",
@@ -94,6 +102,7 @@ __all__ = [
     "load_dataset",
     "load_run",
     "ode_likelihood",
+    "load_vae_run",
     "p_mean_var",
     "p_sample",
     "prior_kl",
@@ -109,6 +118,7 @@ __all__ = [
     "theory_mixture",
     "theory_run",
     "train",
+    "train_vae",
     "training_loss",
     "vb_term",
 ]

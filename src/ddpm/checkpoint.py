@@ -364,12 +364,13 @@ def save_checkpoint(
     sampler_state: Mapping[str, Tensor] | None = None,
     step: int = 0,
     config: Mapping[str, Any] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a training state (weights, EMA weights, optimizer, timestep sampler, step, the
-    run's config as a dict) to one safetensors file, atomically; parts given as None are left
-    out."""
+    run's config as a dict, any ``extra_meta`` JSON values) to one safetensors file,
+    atomically; parts given as None are left out."""
     tensors = _prefixed(MODEL, model.state_dict())
-    meta: dict[str, Any] = {"step": int(step)}
+    meta: dict[str, Any] = {**(extra_meta or {}), "step": int(step)}
     if ema is not None:
         tensors |= _prefixed(EMA, ema.state_dict())
     if optimizer is not None:

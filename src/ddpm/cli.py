@@ -66,9 +66,9 @@ def _arg_name(section: str, field: str) -> str:
     return _RENAMED.get((section, field), field)
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, sections: dict | None = None) -> None:
     """One flag per config field; defaults are None so that only given flags override."""
-    for section, cls in _SECTIONS.items():
+    for section, cls in (sections or _SECTIONS).items():
         group = p.add_argument_group(f"{section} options")
         defaults = cls()
         for f in dataclasses.fields(cls):
@@ -108,9 +108,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
     """RunConfig from base (defaults, or a saved run) overridden by the flags that were given."""
-    base = base or RunConfig()
+    return RunConfig(**section_overrides(args, base or RunConfig(), _SECTIONS))
+
+
+def section_overrides(args: argparse.Namespace, base, sections: dict) -> dict:
+    """{section: base's section with the given flags applied} for each config section."""
     parts = {}
-    for section, cls in _SECTIONS.items():
+    for section, cls in sections.items():
         current = getattr(base, section)
         changes = {}
         for f in dataclasses.fields(cls):
@@ -118,7 +122,7 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
             if value is not None:
                 changes[f.name] = tuple(value) if isinstance(value, list) else value
         parts[section] = dataclasses.replace(current, **changes)
-    return RunConfig(**parts)
+    return parts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -218,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     from ddpm import cli_eval
 
     cli_eval.add_commands(sub, fmt)
+    from ddpm import cli_vae
+
+    cli_vae.add_commands(sub, fmt)
     return p
 
 

@@ -33,7 +33,8 @@ EXAMPLES = {
   ddpm theory gmm8 --T 10 100 1000 5000 --variance optimal --n 300                   # T-sweep
   ddpm theory mixture.json
   ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy
-  ddpm theory gaussian --dim 2 --ode              # ODE likelihood vs its closed form""",
+  ddpm theory gaussian --dim 2 --ode              # ODE likelihood vs its closed form
+  ddpm theory runs/gmm8 --vae runs/vae_gmm8       # view 3: the DDPM beside a VAE""",
 }
 
 
@@ -170,6 +171,10 @@ def add_commands(sub, fmt) -> None:
     t.add_argument("--out", type=Path, default=None, help="report folder")
     t.add_argument("--json", action="store_true", help="print the JSON report to stdout")
     add_ode_flags(t)
+    t.add_argument(
+        "--vae", type=Path, default=None, metavar="VAE_RUN",
+        help="view 3 for a RUN folder: the DDPM beside this VAE run (`ddpm vae train`)",
+    )  # fmt: skip
     t.set_defaults(func=cmd_theory)
 
 
@@ -465,6 +470,12 @@ def cmd_theory(args: argparse.Namespace) -> int:
     from ddpm import report, theory
 
     subject = args.subject
+    if args.vae is not None:  # view 3: DDPM vs VAE, on any data
+        from ddpm.cli_vae import report_view3
+
+        out = args.out or Path(subject) / "theory"
+        return report_view3(Path(subject), args.vae, out, seed=args.seed, device=args.device,
+                            as_json=args.json)  # fmt: skip
     if (len(args.T) > 1 or len(args.variance) > 1) and not Path(subject).is_dir():
         if args.steps is not None:
             raise ConfigError(

@@ -13,8 +13,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -28,6 +30,9 @@ from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import make_sampler, training_loss
 from ddpm.rng import seeded_generator, step_generator, step_seed
 from ddpm.sampling import sample
+
+if TYPE_CHECKING:
+    from ddpm.vae import VaeRunConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +67,18 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         be.copy_(bm)
 
 
-def check_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over an existing run unless asked to resume or overwrite it (reads only)."""
+def check_run_dir(
+    out: Path,
+    cfg: RunConfig | VaeRunConfig,
+    resume: bool,
+    overwrite: bool,
+    difference: Callable[[Path], str | None] | None = None,
+) -> None:
+    """Refuse to write over an existing run unless asked to resume or overwrite it (reads only).
+
+    difference(out) names what keeps cfg from resuming the run in out (None: nothing); by
+    default ``runs.config_difference`` against the run's config.json.
+    """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pass one of them")
     if out.exists() and not out.is_dir():
@@ -71,8 +86,10 @@ def check_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> N
     if resume:
         if not runs.holds_run(out):
             raise CheckpointError(f"{out}: nothing to resume (no run here); drop --resume")
-        saved, _ = runs.load_config(out)
-        diff = runs.config_difference(saved, cfg)
+        if difference is None:
+            diff = runs.config_difference(runs.load_config(out)[0], cfg)
+        else:
+            diff = difference(out)
         if diff is not None:
             raise CheckpointError(
                 f"{out}: the requested configuration does not match the saved run ({diff}); "
@@ -226,7 +243,7 @@ def train(
         runs.save_config(out, cfg, data.spec)
         _truncate_log(out / runs.LOG, trainer.step)
     dist.barrier(info)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(
         total=cfg.train.steps,
         initial=trainer.step,
@@ -251,6 +268,7 @@ def train(
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if info.is_main:
                     rec = {"step": k, **stats, "seconds": round(time.perf_counter() - t0, 3)}
+                    rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
                     logf.write(json.dumps(rec) + "\n")
                     logf.flush()
             if info.is_main and cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0:
