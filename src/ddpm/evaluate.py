@@ -97,6 +97,14 @@ class Evaluation:
         del d["per_example"]
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Evaluation:
+        """The inverse of ``to_dict`` (keys it does not know, from other reports, are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"per_example"}
+        kept = {k: v for k, v in d.items() if k in names}
+        kept["iw"] = [IwBound(**b) for b in kept.get("iw", [])]
+        return cls(**kept)
+
 
 def evaluate(
     schedule: NoiseSchedule,

@@ -16,7 +16,13 @@ from torch import Tensor
 from ddpm.errors import DataError
 from ddpm.report._figure import as_float_array, limits, new_figure, save_figure
 
-__all__ = ["save_scatter_2d", "save_per_timestep", "save_bar_chain"]
+__all__ = [
+    "save_bar_chain",
+    "save_bits_vs_steps",
+    "save_loss_curve",
+    "save_per_timestep",
+    "save_scatter_2d",
+]
 
 
 def save_scatter_2d(
@@ -125,4 +131,36 @@ def save_bar_chain(
         ax.set_xlabel(xlabel)
     if title:
         ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_loss_curve(steps: list[int], losses: list[float], path: str | os.PathLike) -> Path:
+    """Training loss against the optimisation step (log y-axis when every loss is positive)."""
+    if not steps or len(steps) != len(losses):
+        raise DataError(f"loss curve: {len(steps)} steps but {len(losses)} losses")
+    x, y = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    fig = new_figure(7.0, 3.2)
+    ax = fig.add_subplot()
+    ax.plot(x, y, lw=1.0, color="C0")
+    if np.isfinite(y).all() and (y > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="major", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_bits_vs_steps(
+    ks: list[int], bits: list[float], se: list[float], path: str | os.PathLike
+) -> Path:
+    """bits/dim (± SE) of the K-step model against the number of steps K (log x-axis)."""
+    if not ks or not (len(ks) == len(bits) == len(se)):
+        raise DataError(f"bits vs steps: {len(ks)} K, {len(bits)} values, {len(se)} SEs")
+    fig = new_figure(6.0, 3.6)
+    ax = fig.add_subplot()
+    ax.errorbar(ks, bits, yerr=se, marker="o", ms=4, capsize=3, lw=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("number of steps K")
+    ax.set_ylabel("bits/dim (-ELBO of the K-step model)")
+    ax.grid(True, which="both", alpha=0.3)
     return save_figure(fig, path)
