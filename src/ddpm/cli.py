@@ -56,6 +56,9 @@ EXAMPLES = {
   ddpm sample runs/digits --steps 25 --sampler ddim --eta 0
   ddpm sample pipeline/ --n 16 --out s.png          # a diffusers DDPMPipeline folder
   ddpm sample runs/gmm8 --n 1000 --metrics              # plus exact quality scores""",
+    "report": """examples:
+  ddpm report runs/digits             # writes runs/digits/report.html
+  ddpm evaluate runs/digits && ddpm report runs/digits   # reuse the full evaluation""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
   ddpm forward digit.png --T 1000 --schedule cosine --frames 8""",
@@ -219,6 +222,23 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     f.set_defaults(func=cmd_forward)
 
+    r = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about a trained run",
+        epilog=EXAMPLES["report"],
+        formatter_class=fmt,
+    )
+    r.add_argument("run", type=Path, help="run folder written by `ddpm train`")
+    r.add_argument(
+        "--n",
+        type=int,
+        default=100,
+        help="test examples to evaluate when the run holds no fresh eval_test.json (default: 100)",
+    )
+    r.add_argument("--seed", type=int, default=0, help="seed for samples and noise (default: 0)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    r.set_defaults(func=cmd_report)
+
     from ddpm import cli_eval
 
     cli_eval.add_commands(sub, fmt)
@@ -249,6 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"samples:    {result.samples_path}")
     print(f"loss log:   {result.log_path}")
     print(f"final loss {result.final_loss:.4f} after {result.steps} steps ({result.seconds:.0f} s)")
+    print(f"report:     ddpm report {result.run_dir}  ->  {result.run_dir / 'report.html'}")
     return 0
 
 
@@ -284,6 +305,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
         print(format_quality(result.quality))
         print(f"quality JSON: {result.quality_path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ddpm.report.run_report import write_run_report
+
+    rep = write_run_report(args.run, n=args.n, seed=args.seed, device=args.device, progress=True)
+    how = "reused eval_test.json" if rep.evaluation_reused else f"evaluated n = {rep.evaluation.n}"
+    print(f"report: {rep.path} ({how}, {rep.seconds:.0f} s)")
     return 0
 
 

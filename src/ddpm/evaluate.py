@@ -118,6 +118,14 @@ class Evaluation:
         d["ode"] = self.ode.to_dict() if self.ode is not None else None
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Evaluation:
+        """The inverse of ``to_dict`` (keys it does not know, from other reports, are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"per_example", "ode"}
+        kept = {k: v for k, v in d.items() if k in names}
+        kept["iw"] = [IwBound(**b) for b in kept.get("iw", [])]
+        return cls(**kept)
+
 
 @dataclass(frozen=True)
 class ExampleTerms:

@@ -24,6 +24,7 @@ __all__ = [
     "save_scatter_2d",
     "save_per_timestep",
     "save_bar_chain",
+    "save_loss_curve",
     "save_steps_curve",
     "save_sweep",
     "steps_figure",
@@ -261,3 +262,20 @@ def save_steps_curve(
 ) -> Path:
     """``steps_figure`` written as PNG to path."""
     return save_figure(steps_figure(steps, values, ses, ylabel, title), path)
+
+
+def save_loss_curve(steps: list[int], losses: list[float], path: str | os.PathLike) -> Path:
+    """Training loss against the optimisation step (log y-axis when every loss is positive)."""
+    if not steps or len(steps) != len(losses):
+        raise DataError(f"loss curve: {len(steps)} steps but {len(losses)} losses")
+    x, y = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    fig = new_figure(7.0, 3.2)
+    ax = fig.add_subplot()
+    ax.plot(x, y, lw=1.0, color="C0")
+    if np.isfinite(y).all() and (y > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="major", alpha=0.3)
+    return save_figure(fig, path)
+
