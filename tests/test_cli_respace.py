@@ -116,7 +116,8 @@ def test_steps_figure_plots_the_bounds_sorted_by_K():
     ax = fig.axes[0]
     k, v = ax.lines[0].get_data()
     assert list(k) == [10, 50, 1000] and list(v) == [4.5, 3.6, 3.0]
-    assert ax.get_xscale() == "log"
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "linear"
+    assert steps_figure([10, 1000], [204.0, 3.0], [4.0, 0.02]).axes[0].get_yscale() == "log"
     assert [t.get_text() for t in ax.texts] == ["4.500", "3.600", "3.000"]
     with pytest.raises(DataError, match="one non-zero length"):
         steps_figure([10, 20], [1.0], [0.1])

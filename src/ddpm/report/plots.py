@@ -225,7 +225,8 @@ def steps_figure(
     title: str = "",
 ) -> Figure:
     """A bound against the number of steps K of a respaced process: ``values[i] ± ses[i]``
-    (one standard error) at K = ``steps[i]``, sorted by K, on a logarithmic K axis."""
+    (one standard error) at K = ``steps[i]``, sorted by K, on a logarithmic K axis (and a
+    logarithmic value axis when the values span more than a factor of 10)."""
     k = np.asarray(steps, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     se = np.asarray(ses, dtype=np.float64)
@@ -243,6 +244,8 @@ def steps_figure(
         ax.annotate(f"{vi:.3f}", xy=(ki, vi), xytext=(4, 6), textcoords="offset points", fontsize=8)
     if k.min() > 0 and k.max() > k.min():
         ax.set_xscale("log")
+    if (v > 0).all() and v.max() > 10 * v.min():  # bounds spanning decades (few K)
+        ax.set_yscale("log")
     ax.set_xticks(k, [str(int(x)) for x in k])
     ax.set_xlabel("steps K")
     ax.set_ylabel(ylabel)
