@@ -27,6 +27,7 @@ from ddpm.errors import ConfigError
 from ddpm.evaluate import evaluate
 from ddpm.foreign.diffusers import diffusers_betas, diffusion_from_scheduler, scheduler_settings
 from ddpm.models import load_model
+from ddpm.rng import KeyedNoise
 from ddpm.sampling import p_sample
 from ddpm.schedule import NoiseSchedule
 
@@ -192,9 +193,15 @@ def test_cli_evaluate_equals_the_model_wrapped_by_hand(pipeline, tmp_path, capsy
     report = json.loads(capsys.readouterr().out)
     diffusion, model = by_hand(unet, scheduler)
     data = load_dataset(DataConfig(name="digits"))
+    clip = (-1.0, 1.0) if scheduler.config.clip_sample else None  # p_theta as ddpm samples it
     with torch.no_grad():
         ev = evaluate(
-            diffusion, model, data.test[:n], data.spec, generator=torch.Generator().manual_seed(0)
+            diffusion,
+            model,
+            data.test[:n],
+            data.spec,
+            generator=KeyedNoise(0, torch.arange(n)),
+            clip=clip,
         )
     assert report["n"] == n and report["T"] == T
     assert report["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-6)
