@@ -10,8 +10,8 @@ In one process, training alternates in chunks between
 until each has used --minutes of CPU time (time.process_time: robust to other processes on a
 shared machine). The cosine schedule needs a step count: it is the budget divided by the CPU
 time per step of the first chunk. Then both are saved (the diffusers one with save_pretrained,
-EMA weights) and scored with ``ddpm evaluate``: the exact T = 1000 -ELBO in bits/dim ± SE on
-the digits test split.
+EMA weights) and scored with ``ddpm evaluate --no-clip``: the exact T = 1000 -ELBO in bits/dim
+± SE on the digits test split.
 
     OMP_NUM_THREADS=1 python benchmarks/diffusers_vs_ddpm.py --minutes 3 --out runs/vs
     python benchmarks/diffusers_vs_ddpm.py --out runs/vs --eval-only      # score saved models
@@ -177,12 +177,13 @@ def train_both(args: argparse.Namespace, out: Path) -> dict:
 
 
 def evaluate_one(folder: Path, n: int | None) -> dict:
-    """`ddpm evaluate FOLDER --data digits`: exact T-step -ELBO on the digits test split."""
+    """`ddpm evaluate FOLDER --data digits --no-clip`: exact T-step -ELBO of the unclipped
+    p_theta (the same for both, whatever their sampling settings) on the digits test split."""
     from ddpm.api import evaluate_run
 
     torch.set_num_threads(1)
     t0 = time.process_time()
-    ev = evaluate_run(folder, data="digits", n=n, out_dir=folder).evaluation
+    ev = evaluate_run(folder, data="digits", n=n, out_dir=folder, clip=False).evaluation
     return {
         "bits_per_dim": ev.bits_per_dim,
         "bits_per_dim_se": ev.bits_per_dim_se,

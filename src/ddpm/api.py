@@ -212,6 +212,9 @@ def evaluate_run(
     score their quality beside the likelihood (``ddpm.quality``; the JSON gets a
     "sample_quality" entry).
 
+    run_dir: a ddpm run folder or a diffusers DDPMPipeline folder (``ddpm.models.load_model``).
+    data: a data name or path to score on (default: the run's own data; a diffusers folder
+    names none, so it needs one).
     Noise is keyed by (seed, example index, t, chain) (``ddpm.rng.KeyedNoise``): an example's
     numbers are the same for any n, max_batch and number of processes. Under torchrun each
     process evaluates a contiguous shard of the examples, the per-example terms are gathered
