@@ -74,7 +74,8 @@ def save_quality_vs_steps(
     if floor is not None:
         axes[0].axhline(floor, ls="--", c="0.5", lw=1, label="held-out data")
     axes[0].set_ylabel(ylabel)
-    axes[0].set_yscale("symlog", linthresh=1.0)  # cross-entropies can be < 0; outliers are huge
+    if rows[0].report.kind == "density":  # cross-entropies can be < 0 and outliers huge
+        axes[0].set_yscale("symlog", linthresh=1.0)
     if has_bpd:
         axes[1].set_ylabel("bits/dim of the K-step process")
         axes[1].set_yscale("log")
