@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ddpm import runs
+from ddpm import rundir, runs
 from ddpm.data.images import read_image
 from ddpm.dist import pick_device
 from ddpm.errors import ConfigError, DataError
@@ -48,7 +48,17 @@ def sample_run(
     """Ancestral samples from a trained run (EMA weights): PNG grid/scatter and .npy.
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
+    Writing into the run folder (the default) holds its lock and records the files.
     """
+    out = Path(out) if out is not None else Path(run_dir) / f"samples_seed{seed}.png"
+    outputs = [out, out.with_suffix(".npy"), out.with_name(out.stem + "_trajectory.png")]
+    if Path(run_dir).is_dir():
+        out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before sampling
+    with rundir.writing_outputs(run_dir, outputs[: 3 if trajectory else 2], "sample"):
+        return _sample_run(run_dir, n, out, seed, trajectory, frames, device, progress)
+
+
+def _sample_run(run_dir, n, out, seed, trajectory, frames, device, progress) -> SampleResult:
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
     dev = pick_device(device)
@@ -126,7 +136,21 @@ def evaluate_run(
 ) -> EvalResult:
     """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
-    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir)."""
+    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir,
+    then holding its lock and recording the files)."""
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1 (got {max_batch})")
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    outputs = [out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"]
+    with rundir.writing_outputs(run_dir, outputs, "evaluate"):
+        return _evaluate_run(
+            run_dir, split, n, iw, mc_timesteps, seed, device, max_batch, out_dir, progress
+        )
+
+
+def _evaluate_run(
+    run_dir, split, n, iw, mc_timesteps, seed, device, max_batch, out_dir, progress
+) -> EvalResult:
     from ddpm.checkpoint import save_json
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate

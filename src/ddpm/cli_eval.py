@@ -175,6 +175,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
     subject = args.subject
     iw = tuple(args.iw)
+    paths = None  # written under the run folder's lock when the subject is a run
     if subject == "gaussian":
         res = theory.theory_gaussian(
             args.dim,
@@ -190,11 +191,15 @@ def cmd_theory(args: argparse.Namespace) -> int:
         )
         out = args.out or Path("reports") / f"theory_gaussian{args.dim}d"
     elif Path(subject).is_dir():
+        from ddpm import rundir
         from ddpm.api import pick_device
 
         dev = pick_device(args.device)
-        res = theory.theory_run(subject, args.n, iw, args.seed, dev, progress=not args.json)
         out = args.out or Path(subject) / "theory"
+        names = ("theory.json", "theory_per_timestep.png", "theory_chain.png", "theory.html")
+        with rundir.writing_outputs(subject, [out / name for name in names], "theory"):
+            res = theory.theory_run(subject, args.n, iw, args.seed, dev, progress=not args.json)
+            paths = report.write_theory_report(res, out)
     else:
         res = theory.theory_mixture(
             subject,
@@ -207,7 +212,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
             progress=not args.json,
         )
         out = args.out or Path("reports") / f"theory_{Path(subject).stem}"
-    paths = report.write_theory_report(res, out)
+    if paths is None:
+        paths = report.write_theory_report(res, out)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0

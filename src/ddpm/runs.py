@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddpm import __version__
+from ddpm import __version__, rundir
 from ddpm.checkpoint import load_json, load_module_tensors, load_tensors, save_json, save_tensors
 from ddpm.config import RunConfig
 from ddpm.data import DataSpec
@@ -54,7 +54,8 @@ class Run:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / CONFIG).exists() or (run_dir / CHECKPOINT).exists()
+    """A folder holds a run once the run has written its first checkpoint."""
+    return (run_dir / CHECKPOINT).exists()
 
 
 def save_config(run_dir: Path, cfg: RunConfig, spec: DataSpec) -> None:
@@ -115,17 +116,9 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str,
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> Run:
     """Load a trained model (EMA weights by default) from a run folder."""
     run_dir = Path(run_dir)
-    cfg, spec = load_config(run_dir)
+    cfg, spec, _ = rundir.saved_config(run_dir)  # the checkpoint's config; config.json agrees
     schedule, param, model = build(cfg, spec)
     tensors, meta = load_checkpoint(run_dir, device)
-    saved_cfg = RunConfig.from_dict(meta["config"]) if "config" in meta else cfg
-    # config.json may be ahead of the checkpoint in the fields a resume may change (--steps).
-    diff = config_difference(saved_cfg, cfg)
-    if diff is not None:
-        raise CheckpointError(
-            f"{run_dir}: {CONFIG} does not match the checkpoint ({diff}); "
-            f"restore the original {CONFIG} or train again"
-        )
     load_state(model, tensors, "ema" if ema else "model", run_dir / CHECKPOINT)
     model.to(device).eval()
     return Run(run_dir, cfg, spec, schedule, param, model, int(meta.get("step", 0)))
