@@ -235,12 +235,15 @@ def _train(cfg, out, resume, overwrite, info, dev, progress, data) -> TrainResul
                 f"{cfg.train.steps}; pass a larger --steps to train further"
             )
     start = trainer.step
-    if start == cfg.train.steps:  # resumed at its last step: nothing to do, nothing rewritten
+    if start == cfg.train.steps:  # resumed at its last step: nothing to train
         samples = out / runs.SAMPLES
+        if info.is_main and not (samples.exists() and samples.with_suffix(".npy").exists()):
+            # killed while drawing its final samples: draw them (the same ones) again
+            rundir.record(out, [samples, samples.with_suffix(".npy")])
+            trainer.write_samples(samples, cfg.train.num_samples, progress)
         return TrainResult(
-            out, out / runs.CHECKPOINT, samples if samples.exists() else None, out / runs.LOG,
-            start, math.nan, 0.0, start,
-        )  # fmt: skip
+            out, out / runs.CHECKPOINT, samples, out / runs.LOG, start, math.nan, 0.0, start
+        )
     guard = contextlib.nullcontext()
     if info.is_main:
         # Only now, with data and model set up, is an old run moved aside (kept until the
