@@ -213,11 +213,11 @@ def _warn_large_T(cfg: RunConfig) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from ddpm import rundir, runs
+    from ddpm import runconfig, runs
     from ddpm.train import train
 
     out = args.out or Path("runs") / Path(args.data or DataConfig().name).stem
-    base = rundir.saved_config(out)[0] if args.resume and runs.holds_run(out) else None
+    base = runconfig.saved_config(out)[0] if args.resume and runs.holds_run(out) else None
     cfg = config_from_args(args, base)  # a resumed run keeps its settings unless flags differ
     n = torch.get_num_threads()
     threads = f"{n} thread{'s' * (n != 1)}"

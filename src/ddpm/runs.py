@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddpm import __version__, rundir
+from ddpm import __version__, runconfig
 from ddpm.checkpoint import load_json, load_module_tensors, load_tensors, save_json, save_tensors
 from ddpm.config import RunConfig
 from ddpm.data import DataSpec
@@ -33,6 +33,8 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "log.jsonl"
 SAMPLES = "samples.png"
+# train.* fields a resume may change; everything else must match the saved run
+RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "num_samples")
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str,
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> Run:
     """Load a trained model (EMA weights by default) from a run folder."""
     run_dir = Path(run_dir)
-    cfg, spec, _ = rundir.saved_config(run_dir)  # the checkpoint's config; config.json agrees
+    cfg, spec, _ = runconfig.saved_config(run_dir)  # from the checkpoint; config.json agrees
     schedule, param, model = build(cfg, spec)
     tensors, meta = load_checkpoint(run_dir, device)
     load_state(model, tensors, "ema" if ema else "model", run_dir / CHECKPOINT)
@@ -138,8 +140,7 @@ def config_difference(saved: RunConfig, requested: RunConfig) -> str | None:
 
     Only the length of training and how often it logs, samples and saves may change on resume.
     """
-    free = {"steps", "log_every", "sample_every", "checkpoint_every", "num_samples"}
-    keep = {f: getattr(saved.train, f) for f in free}
+    keep = {f: getattr(saved.train, f) for f in RESUMABLE}
     aligned = dataclasses.replace(requested, train=dataclasses.replace(requested.train, **keep))
     if aligned == saved:
         return None

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm import dist, rundir, runs
+from ddpm import dist, runconfig, rundir, runs
 from ddpm.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from ddpm.config import RunConfig
 from ddpm.data import Dataset, load_dataset
@@ -75,7 +75,7 @@ def check_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> N
                 f"{out}: nothing to resume (no checkpoint here); run the same command without "
                 "--resume"
             )
-        saved, _, _ = rundir.saved_config(out)
+        saved, _, _ = runconfig.saved_config(out)
         diff = runs.config_difference(saved, cfg)
         if diff is not None:
             raise CheckpointError(
@@ -223,7 +223,16 @@ def train(
         return _train(cfg, out, resume, overwrite, info, dev, progress, data)
 
 
-def _train(cfg, out, resume, overwrite, info, dev, progress, data) -> TrainResult:
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    info: dist.DistInfo,
+    dev: torch.device,
+    progress: bool,
+    data: Dataset | None,
+) -> TrainResult:
     check_run_dir(out, cfg, resume, overwrite)  # every rank: a refusal stops them all alike
     data = data if data is not None else load_dataset(cfg.data)
     trainer = Trainer(cfg, data, dev, info)
