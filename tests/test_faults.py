@@ -153,7 +153,9 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference, tmp_pa
             _kill_at(proc, out, moment, rng)
             landed = _phase(out) if proc.returncode != 0 else "after the end (no kill)"
             phases[f"{moment} -> {landed}"] += 1
-            # the dead process's lock does not block anything; the folder loads or holds no run
+            # the dead process's lock file stays but blocks nothing (the OS released the lock);
+            # the folder loads, or holds no run and the same command runs again
+            assert (out / rundir.LOCK).exists()
             if (out / runs.CHECKPOINT).exists():
                 assert runs.load_run(out).step > 0
         _finish(out, capsys)

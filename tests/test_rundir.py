@@ -216,12 +216,13 @@ def test_threads_flag_and_first_line(tmp_path, capsys):
 
 def test_huge_T_warns_and_sampling_shows_progress(tmp_path, capsys):
     args = [a for a in TINY if a != "--quiet"]
-    args[args.index("--T") + 1] = "5000"
-    args[args.index("--steps") + 1] = "1"
-    assert run_cli("train", "--out", tmp_path / "r", *args, "--num-samples", "1") == 0
-    err = capsys.readouterr().err
-    assert "warning: T = 5000" in err
-    assert "sample" in err and "5000/5000" in err  # the end-of-training sampling bar
+    assert run_cli("train", "--out", tmp_path / "r", *args) == 0
+    assert "sample: 100%" in capsys.readouterr().err  # the end-of-training sampling bar
+    args[args.index("--T") + 1] = "5000"  # the warning comes before the data is even checked
+    assert run_cli("train", "--out", tmp_path / "q", *args, "--batch-size", "999") == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("ddpm train: warning: T = 5000 is far beyond the T = 1000")
+    assert "larger than the 64 training examples" in error
 
 
 def test_manifest_lists_what_a_run_wrote(tiny_run):

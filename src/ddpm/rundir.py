@@ -93,7 +93,7 @@ def _acquire(run_dir: Path, command: str) -> int:
                 f"{run_dir}: cannot write into the folder ({e.strerror}); choose a writable one"
             ) from None
         if not _try_lock(fd):
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+            holder = _read_holder(fd)
             os.close(fd)
             raise RunLockedError(
                 f"{run_dir}: in use by another ddpm process ({holder}); wait for it to finish "
@@ -106,15 +106,25 @@ def _acquire(run_dir: Path, command: str) -> int:
             same = False
         if same:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}, ddpm {command}\n".encode(), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"pid {os.getpid()}, ddpm {command}\n".encode())
             return fd
         os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 200).decode(errors="replace").strip() or "pid unknown"
+    except OSError:  # Windows locks are mandatory: the holder's bytes cannot be read
+        return "pid unknown"
 
 
 def _try_lock(fd: int) -> bool:
     if fcntl is None:  # Windows: a byte-range lock on the first byte
         import msvcrt
 
+        os.lseek(fd, 0, os.SEEK_SET)
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
