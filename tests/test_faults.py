@@ -195,3 +195,16 @@ def test_two_writers_the_second_gets_one_line_and_the_first_run_is_intact(tmp_pa
     run = runs.load_run(out)
     assert run.step == 400 and run.config.train.steps == 400
     assert [r["step"] for r in _log(out)] == list(range(1, 401))
+
+
+def test_two_trainings_started_at_once_one_wins_one_gets_one_line(tmp_path):
+    out = tmp_path / "run"
+    procs = [_start(out, "--steps", "200") for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.communicate()[1].decode()) for p in procs)
+    (code_a, _), (code_b, err_b) = results
+    assert (code_a, code_b) == (0, 2), results
+    assert len(err_b.splitlines()) == 1, err_b
+    # the loser meets the lock, or (had the winner finished first) the finished run
+    assert "in use by another ddpm process (pid " in err_b or "already holds a run" in err_b
+    assert runs.load_run(out).step == 200
+    assert [r["step"] for r in _log(out)] == list(range(1, 201))

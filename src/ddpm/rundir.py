@@ -61,7 +61,7 @@ def locked(run_dir: str | Path, command: str, create: bool = False) -> Iterator[
                 f"{run_dir}: no such run folder; train one with `ddpm train --out DIR`"
             )
         try:
-            run_dir.mkdir(parents=True)
+            run_dir.mkdir(parents=True, exist_ok=True)  # another writer may be creating it too
         except OSError as e:
             raise ConfigError(
                 f"{run_dir}: cannot create the run folder ({e.strerror}); choose a writable --out"
