@@ -89,14 +89,17 @@ def test_overwrite_refuses_a_folder_that_holds_no_run(tmp_path, capsys):
 def test_overwrite_deletes_only_what_ddpm_wrote(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
     assert run_cli("sample", run, "--n", "2") == 0  # recorded in the manifest
-    assert (run / "samples_seed0.png").exists()
+    assert run_cli("evaluate", run, "--n", "4") == 0
+    assert (run / "samples_seed0.png").exists() and (run / "eval_test.json").exists()
+    assert {"samples_seed0.npy", "eval_test.json"} <= set(rundir.read_manifest(run))
     (run / "my_notes.txt").write_text("mine")
     (run / "progress").mkdir(exist_ok=True)
     (run / "progress" / "thesis.tex").write_text("mine too")
     assert run_cli("train", "--out", run, "--overwrite", *TINY, "--seed", "1") == 0
     assert (run / "my_notes.txt").read_text() == "mine"
     assert (run / "progress" / "thesis.tex").read_text() == "mine too"
-    assert not (run / "samples_seed0.png").exists()  # the old run's output is gone
+    for name in ("samples_seed0.png", "samples_seed0.npy", "eval_test.json"):
+        assert not (run / name).exists(), name  # the old run's outputs are gone
     assert json.loads((run / "config.json").read_text())["config"]["train"]["seed"] == 1
     capsys.readouterr()
 

@@ -221,7 +221,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, base)  # a resumed run keeps its settings unless flags differ
     n = torch.get_num_threads()
     threads = f"{n} thread{'s' * (n != 1)}"
-    print(f"training on {cfg.data.name!r} for {cfg.train.steps} steps -> {out} ({threads})")
+    print(
+        f"training on {cfg.data.name!r} for {cfg.train.steps} steps -> {out} ({threads})",
+        flush=True,
+    )
     _warn_large_T(cfg)
     result = train(
         cfg,

@@ -250,6 +250,8 @@ def _train(
             # killed while drawing its final samples: draw them (the same ones) again
             rundir.record(out, [samples, samples.with_suffix(".npy")])
             trainer.write_samples(samples, cfg.train.num_samples, progress)
+        dist.barrier(info)
+        dist.cleanup(info)
         return TrainResult(
             out, out / runs.CHECKPOINT, samples, out / runs.LOG, start, math.nan, 0.0, start
         )
