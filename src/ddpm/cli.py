@@ -297,9 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output that cannot be written (or an input gone while reading)
-        where = e.filename or "a file"
+        where = f"{e.filename}: " if e.filename else ""
         print(
-            f"ddpm {args.command}: error: {where}: {e.strerror or e}; check the path and its "
+            f"ddpm {args.command}: error: {where}{e.strerror or e}; check the path and its "
             "permissions",
             file=sys.stderr,
         )
