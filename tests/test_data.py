@@ -335,7 +335,9 @@ def test_bad_arrays_are_named_in_one_line(tmp_path, arrays, message):
 def test_unreadable_or_missing_array_files(tmp_path):
     raise_one_line(tmp_path / "absent.npy", "array file")
     (tmp_path / "junk.npy").write_bytes(b"garbage")
-    raise_one_line(tmp_path / "junk.npy", "cannot read")
+    raise_one_line(tmp_path / "junk.npy", "not a numpy file")
+    (tmp_path / "junk.npz").write_bytes(b"garbage")
+    raise_one_line(tmp_path / "junk.npz", "not a numpy file")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     raise_one_line(tmp_path / "obj.npy", "cannot read")
 

@@ -158,7 +158,7 @@ def test_corrupted_or_mismatched_checkpoints_are_reported(tmp_path):
     doc = json.loads((out / runs.CONFIG).read_text())
     doc["config"]["model"]["channels"] = 16
     (out / runs.CONFIG).write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match="does not match the checkpoint"):
+    with pytest.raises(CheckpointError, match="config.json: key model.channels is 16 but"):
         runs.load_run(out)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ddpm import dist
+from ddpm import dist, rundir
 from ddpm.checkpoint import save_json
 from ddpm.data.images import read_image
 from ddpm.ddim import check_eta, ddim_sample
@@ -94,6 +94,7 @@ def sample_run(
     deterministic; 1: ancestral with sigma_t^2 = beta_tilde_t).
     metrics: also score the samples (``ddpm.quality``) and write <out stem>_quality.json;
     classifier_dir: where the feature classifier of labelled data is kept.
+    Writing into the run folder (the default) holds its lock and records the files.
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
@@ -101,17 +102,33 @@ def sample_run(
     if eta is not None and sampler != "ddim":
         raise ConfigError(f"--eta {eta} applies to --sampler ddim only (got --sampler {sampler})")
     eta = check_eta(0.0 if eta is None else eta)
+    if out is None:
+        how = "" if steps is None else f"_K{steps}"
+        how += f"_ddim_eta{eta:g}" if sampler == "ddim" else ""
+        out = Path(run_dir) / f"samples_seed{seed}{how}.png"
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
+    outputs = [out, out.with_suffix(".npy")]
+    outputs += [out.with_name(out.stem + "_trajectory.png")] if trajectory else []
+    outputs += [out.with_name(out.stem + "_quality.json")] if metrics else []
+    if Path(run_dir).is_dir():
+        out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before sampling
+    with rundir.writing_outputs(run_dir, outputs, "sample"):
+        return _sample_run(
+            run_dir, n, out, seed, trajectory, frames, device, progress, clip, steps, sampler,
+            eta, metrics, classifier_dir,
+        )  # fmt: skip
+
+
+def _sample_run(
+    run_dir, n, out, seed, trajectory, frames, device, progress, clip, steps, sampler, eta,
+    metrics, classifier_dir,
+) -> SampleResult:  # fmt: skip
     dev = pick_device(device)
     m = load_model(run_dir, device=dev)
     x0_range = clip_range(m, clip)
     diffusion = m.diffusion if steps is None else respace(m.diffusion, steps)
-    if out is None:
-        how = "" if steps is None else f"_K{steps}"
-        how += f"_ddim_eta{eta:g}" if sampler == "ddim" else ""
-        out = m.path / f"samples_seed{seed}{how}.png"
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
     T = diffusion.T
     capture = evenly_spaced_steps(T, frames) if trajectory else ()
     g = seeded_generator(seed, dev)
@@ -212,9 +229,8 @@ def evaluate_run(
     score their quality beside the likelihood (``ddpm.quality``; the JSON gets a
     "sample_quality" entry).
 
-    run_dir: a ddpm run folder or a diffusers DDPMPipeline folder (``ddpm.models.load_model``).
-    data: a data name or path to score on (default: the run's own data; a diffusers folder
-    names none, so it needs one).
+    Writing into the run folder (the default) holds its lock and records the files.
+
     Noise is keyed by (seed, example index, t, chain) (``ddpm.rng.KeyedNoise``): an example's
     numbers are the same for any n, max_batch and number of processes. Under torchrun each
     process evaluates a contiguous shard of the examples, the per-example terms are gathered
@@ -222,6 +238,38 @@ def evaluate_run(
     ode: also the likelihood of the probability-flow ODE sharing the network (``ddpm.ode``),
     computed by rank 0 alone.
     """
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1 (got {max_batch})")
+    args = {k: v for k, v in locals().items() if k != "args"}
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    outputs = [
+        out / f"eval_{split}{suffix}" for suffix in (".json", "_per_timestep.png", "_mse.png")
+    ]
+    outputs += [Path(per_example)] if per_example is not None else []
+    # Under torchrun rank 0 alone writes, so it alone holds the run folder's lock.
+    lock = dist.launched_as_main()
+    with rundir.writing_outputs(run_dir, outputs if lock else [], "evaluate"):
+        return _evaluate_run(**args)
+
+
+def _evaluate_run(
+    run_dir,
+    split,
+    n,
+    iw,
+    mc_timesteps,
+    seed,
+    device,
+    max_batch,
+    out_dir,
+    progress,
+    clip,
+    per_example,
+    data,
+    samples,
+    classifier_dir,
+    ode,
+) -> EvalResult:
     from ddpm.data import load_dataset
     from ddpm.evaluate import check_request, example_terms, summarise
     from ddpm.report import save_array, save_per_timestep
@@ -350,6 +398,34 @@ def evaluate_steps_run(
     against K with the data entropy.
     samples: also draw this many samples with each of ``samplers`` and K, and write the
     quality-vs-K table quality_steps.json and figure quality_steps.png (``ddpm.quality``)."""
+    args = {k: v for k, v in locals().items() if k != "args"}
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    names = ["_steps.json", "_steps.png", "_steps_vs_oracle.png"]
+    outputs = [out / f"eval_{split}{name}" for name in names]
+    outputs += [out / "quality_steps.json", out / "quality_steps.png"] if samples else []
+    with rundir.writing_outputs(run_dir, outputs, "evaluate"):
+        return _evaluate_steps_run(**args)
+
+
+def _evaluate_steps_run(
+    run_dir,
+    steps,
+    split,
+    n,
+    iw,
+    mc_timesteps,
+    seed,
+    device,
+    max_batch,
+    out_dir,
+    progress,
+    clip,
+    data,
+    samples,
+    classifier_dir,
+    samplers,
+    eta,
+) -> StepsEvalResult:
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
     from ddpm.report import save_steps_curve
@@ -376,10 +452,18 @@ def evaluate_steps_run(
     diffusions = [respace(m.diffusion, k) for k in ks]  # check every K before evaluating
     evaluations = [
         evaluate(
-            d, m.model, x0, dataset.spec, name=f"{m.name} K={k}", iw=iw,
-            mc_timesteps=mc_timesteps, density=density,
-            generator=KeyedNoise(seed, torch.arange(x0.shape[0])), max_batch=max_batch,
-            progress=progress, clip=x0_range,
+            d,
+            m.model,
+            x0,
+            dataset.spec,
+            name=f"{m.name} K={k}",
+            iw=iw,
+            mc_timesteps=mc_timesteps,
+            density=density,
+            generator=KeyedNoise(seed, torch.arange(x0.shape[0])),
+            max_batch=max_batch,
+            progress=progress,
+            clip=x0_range,
         )  # fmt: skip
         for k, d in zip(ks, diffusions, strict=True)
     ]
@@ -432,9 +516,16 @@ def _oracle_steps(
         od, oracle = bayes_optimal(d, density)
         out.append(
             evaluate(
-                od, oracle, x0, spec, name=f"bayes-optimal K={d.T}", iw=iw,
-                mc_timesteps=mc_timesteps, density=density,
-                generator=KeyedNoise(seed, torch.arange(x0.shape[0])), max_batch=max_batch,
+                od,
+                oracle,
+                x0,
+                spec,
+                name=f"bayes-optimal K={d.T}",
+                iw=iw,
+                mc_timesteps=mc_timesteps,
+                density=density,
+                generator=KeyedNoise(seed, torch.arange(x0.shape[0])),
+                max_batch=max_batch,
                 progress=progress,
             )  # fmt: skip
         )

@@ -245,17 +245,49 @@ def _parser() -> argparse.ArgumentParser:
     from ddpm import cli_vae
 
     cli_vae.add_commands(sub, fmt)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="CPU threads for torch (default: torch's, one per core); 1 is often much "
+            "faster on a busy machine",
+        )
     return p
 
 
+# The linear schedule of [Ho20] was designed for T = 1000; far beyond that, runs get slow.
+_DESIGNED_T, _FAR_BEYOND = 1000, 4
+
+
+def _warn_large_T(cfg: RunConfig) -> None:
+    T = cfg.diffusion.T
+    if T > _FAR_BEYOND * _DESIGNED_T:
+        print(
+            f"ddpm train: warning: T = {T} is far beyond the T = {_DESIGNED_T} the "
+            f"{cfg.diffusion.schedule} schedule was designed for; every sample takes {T} "
+            "network calls",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from ddpm import runs
+    import torch
+
+    from ddpm import runconfig, runs
     from ddpm.train import train
 
     out = args.out or Path("runs") / Path(args.data or DataConfig().name).stem
-    base = runs.load_config(out)[0] if args.resume and runs.holds_run(out) else None
+    base = runconfig.saved_config(out)[0] if args.resume and runs.holds_run(out) else None
     cfg = config_from_args(args, base)  # a resumed run keeps its settings unless flags differ
-    print(f"training on {cfg.data.name!r} for {cfg.train.steps} steps -> {out}", flush=True)
+    n = torch.get_num_threads()
+    threads = f"{n} thread{'s' * (n != 1)}"
+    print(
+        f"training on {cfg.data.name!r} for {cfg.train.steps} steps -> {out} ({threads})",
+        flush=True,
+    )
+    _warn_large_T(cfg)
     result = train(
         cfg,
         out,
@@ -268,7 +300,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"weights:    {result.checkpoint_path} (model and EMA)")
     print(f"samples:    {result.samples_path}")
     print(f"loss log:   {result.log_path}")
-    print(f"final loss {result.final_loss:.4f} after {result.steps} steps ({result.seconds:.0f} s)")
+    if result.steps == result.start_step:
+        print(f"nothing to do: the run is already at step {result.steps} (--steps)")
+    else:
+        done = f"after {result.steps} steps ({result.seconds:.0f} s)"
+        print(f"final loss {result.final_loss:.4f} {done}")
     print(f"report:     ddpm report {result.run_dir}  ->  {result.run_dir / 'report.html'}")
     return 0
 
@@ -339,10 +375,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from ddpm.threads import torch_threads
+
     try:
-        return args.func(args)
+        with torch_threads(args.threads):
+            return args.func(args)
     except DdpmError as e:
         print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output that cannot be written (or an input gone while reading)
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"ddpm {args.command}: error: {where}{e.strerror or e}; check the path and its "
+            "permissions",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)

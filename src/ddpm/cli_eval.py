@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -419,9 +420,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.classifier_dir is not None and args.samples is None:
         raise ConfigError("--classifier-dir applies with --samples N; add it or drop the option")
     if args.steps is not None:
-        if args.per_example is not None:
-            raise ConfigError("--per-example goes with one evaluation: drop it or --steps")
-        del common["per_example"]
+        for flag, value in (("--per-example", args.per_example), ("--ode", common["ode"])):
+            if value is not None:
+                raise ConfigError(f"{flag} goes with one evaluation: drop it or --steps")
+        del common["per_example"], common["ode"]
         samplers = tuple(args.samplers or ("ancestral", "ddim"))
         eta = 0.0 if args.eta is None else args.eta
         res = evaluate_steps_run(args.run, tuple(args.steps), **common, samplers=samplers, eta=eta)
@@ -491,6 +493,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
             f"--steps applies to `ddpm theory gaussian` (got subject {subject!r}); "
             "for a trained run use `ddpm evaluate DIR --steps K ...`"
         )
+    paths = None  # written under the run folder's lock when the subject is a run
     if subject == "gaussian":
         res = theory.theory_gaussian(
             args.dim,
@@ -509,20 +512,27 @@ def cmd_theory(args: argparse.Namespace) -> int:
         k = "" if args.steps is None else f"_K{args.steps}"
         out = args.out or Path("reports") / f"theory_gaussian{args.dim}d{k}"
     elif Path(subject).is_dir():
+        from ddpm import rundir
         from ddpm.api import pick_device
 
         dev = pick_device(args.device)
-        res = theory.theory_run(
-            subject, n, iw, args.seed, dev, progress=not args.json, ode=ode_config(args)
-        )
         out = args.out or Path(subject) / "theory"
+        inside = rundir.inside(subject, out)
+        with rundir.locked(subject, "theory") if inside else contextlib.nullcontext():
+            res = theory.theory_run(
+                subject, n, iw, args.seed, dev, progress=not args.json, ode=ode_config(args)
+            )
+            paths = report.write_theory_report(res, out)
+            if inside:
+                rundir.record(subject, paths)
     else:
         res = theory.theory_mixture(
             subject, T, args.schedule, variance, n, iw, args.seed, progress=not args.json,
             ode=ode_config(args),
         )
         out = args.out or Path("reports") / f"theory_{Path(subject).stem}"
-    paths = report.write_theory_report(res, out)
+    if paths is None:
+        paths = report.write_theory_report(res, out)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0

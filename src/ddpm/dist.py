@@ -47,6 +47,12 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def launched_as_main() -> bool:
+    """True unless torchrun started this process with a rank other than 0 (read before the
+    process group is joined, from the RANK variable torchrun sets)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group if launched by torchrun (WORLD_SIZE > 1); else single process.
 

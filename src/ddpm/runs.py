@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddpm import __version__
+from ddpm import __version__, runconfig
 from ddpm.checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -32,6 +32,9 @@ from ddpm.errors import CheckpointError
 from ddpm.nets import build_model
 
 __all__ = ["CHECKPOINT", "CONFIG", "LOG", "SAMPLES", "Run", "load_run"]
+
+# train.* fields a resume may change; everything else must match the saved run
+RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "num_samples")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class Run:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / CONFIG).exists() or (run_dir / CHECKPOINT).exists()
+    """A folder holds a run once the run has written its first checkpoint."""
+    return (run_dir / CHECKPOINT).exists()
 
 
 def save_config(run_dir: Path, cfg: RunConfig, spec: DataSpec) -> None:
@@ -86,17 +90,9 @@ def build(cfg: RunConfig, spec: DataSpec) -> tuple[Diffusion, nn.Module]:
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> Run:
     """Load a trained model (EMA weights by default) from a run folder."""
     run_dir = Path(run_dir)
-    cfg, spec = load_config(run_dir)
+    cfg, spec, _ = runconfig.saved_config(run_dir)  # from the checkpoint; config.json agrees
     diffusion, model = build(cfg, spec)
     ckpt = load_checkpoint(run_dir / CHECKPOINT, device)
-    saved_cfg = RunConfig.from_dict(ckpt.config) if ckpt.config is not None else cfg
-    # config.json may be ahead of the checkpoint in the fields a resume may change (--steps).
-    diff = config_difference(saved_cfg, cfg)
-    if diff is not None:
-        raise CheckpointError(
-            f"{run_dir}: {CONFIG} does not match the checkpoint ({diff}); "
-            f"restore the original {CONFIG} or train again"
-        )
     ckpt.load_weights(model, ema=ema)
     model.to(device).eval()
     return Run(run_dir, cfg, spec, diffusion, model, ckpt.step)
@@ -116,8 +112,7 @@ def config_difference(saved: RunConfig, requested: RunConfig) -> str | None:
 
     Only the length of training and how often it logs, samples and saves may change on resume.
     """
-    free = {"steps", "log_every", "sample_every", "checkpoint_every", "num_samples"}
-    keep = {f: getattr(saved.train, f) for f in free}
+    keep = {f: getattr(saved.train, f) for f in RESUMABLE}
     aligned = dataclasses.replace(requested, train=dataclasses.replace(requested.train, **keep))
     if aligned == saved:
         return None

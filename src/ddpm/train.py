@@ -7,11 +7,11 @@ and training N - k more: the checkpoint holds weights, EMA, optimizer and sample
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm import dist, runs
-from ddpm.checkpoint import SAMPLES_ARRAY, load_checkpoint, save_checkpoint
+from ddpm import dist, runconfig, rundir, runs
+from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import RunConfig
 from ddpm.data import Dataset, load_dataset
 from ddpm.errors import CheckpointError, ConfigError
@@ -46,6 +46,7 @@ class TrainResult:
     steps: int
     final_loss: float
     seconds: float
+    start_step: int = 0  # the step it resumed from; == steps when there was nothing to do
 
 
 def lr_at(step: int, lr: float, warmup: int) -> float:
@@ -85,9 +86,12 @@ def check_run_dir(
         raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
     if resume:
         if not runs.holds_run(out):
-            raise CheckpointError(f"{out}: nothing to resume (no run here); drop --resume")
+            raise CheckpointError(
+                f"{out}: nothing to resume (no checkpoint here); run the same command without "
+                "--resume"
+            )
         if difference is None:
-            diff = runs.config_difference(runs.load_config(out)[0], cfg)
+            diff = runs.config_difference(runconfig.saved_config(out)[0], cfg)
         else:
             diff = difference(out)
         if diff is not None:
@@ -100,16 +104,8 @@ def check_run_dir(
             f"{out}: already holds a run; pass --resume to continue it, --overwrite to "
             "replace it, or choose another --out"
         )
-
-
-def clear_run_dir(out: Path) -> None:
-    """Remove what a previous run wrote into out (for --overwrite, once the new run is set up)."""
-    for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, SAMPLES_ARRAY):
-        (out / name).unlink(missing_ok=True)
-    for stale in [*out.glob("eval_*.json"), *out.glob("eval_*.png"), *out.glob("samples_seed*")]:
-        stale.unlink()
-    for folder in ("progress", "theory"):
-        shutil.rmtree(out / folder, ignore_errors=True)
+    else:
+        rundir.check_fresh_folder(out, overwrite)
 
 
 class Trainer:
@@ -179,6 +175,7 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
+        rundir.record(run_dir, [run_dir / runs.CHECKPOINT])
         save_checkpoint(
             run_dir / runs.CHECKPOINT,
             self.model,
@@ -188,6 +185,7 @@ class Trainer:
             step=self.step,
             config=self.cfg.to_dict(),
         )
+        rundir.commit(run_dir)  # a run it replaces (--overwrite) is no longer needed
 
     def load(self, run_dir: Path) -> None:
         ckpt = load_checkpoint(run_dir / runs.CHECKPOINT, self.device)
@@ -198,14 +196,19 @@ class Trainer:
         self.step = ckpt.step
 
     # --- samples ----------------------------------------------------------------------------
-    def write_samples(self, path: Path, n: int) -> Path:
+    def write_samples(self, path: Path, n: int, progress: bool = False) -> Path:
         from ddpm.report.samples import save_samples
 
         g = seeded_generator(self.cfg.train.seed, self.device)
         clip = (-1.0, 1.0) if self.data.spec.discrete and self.cfg.diffusion.clip_x0 else None
         self.ema.eval()
         spec = self.data.spec
-        out = sample(self.diffusion, self.ema, spec.shape, n, g, self.device, clip)
+        bar = tqdm(total=self.diffusion.T, desc="sample", unit="t", disable=not progress)
+        with bar:
+            out = sample(
+                self.diffusion, self.ema, spec.shape, n, g, self.device, clip,
+                on_step=lambda _: bar.update(1),
+            )  # fmt: skip
         return save_samples(out.x0, path, self.data.spec, reference=self.data.test)
 
 
@@ -221,10 +224,25 @@ def train(
     """Train a DDPM as configured and write the run folder ``out_dir`` (see ``ddpm.runs``).
 
     resume: continue the run in out_dir up to cfg.train.steps; overwrite: replace it.
-    Under torchrun each process calls this; rank 0 writes the files.
+    Under torchrun each process calls this; rank 0 holds the folder's lock and writes the files.
     """
     out = Path(out_dir)
     info, dev = dist.init_distributed(dist.pick_device(device))
+    lock = rundir.locked(out, "train", create=True) if info.is_main else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, out, resume, overwrite, info, dev, progress, data)
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    info: dist.DistInfo,
+    dev: torch.device,
+    progress: bool,
+    data: Dataset | None,
+) -> TrainResult:
     check_run_dir(out, cfg, resume, overwrite)  # every rank: a refusal stops them all alike
     data = data if data is not None else load_dataset(cfg.data)
     trainer = Trainer(cfg, data, dev, info)
@@ -235,11 +253,26 @@ def train(
                 f"{out}: the run is already at step {trainer.step}, past --steps "
                 f"{cfg.train.steps}; pass a larger --steps to train further"
             )
+    start = trainer.step
+    if start == cfg.train.steps:  # resumed at its last step: nothing to train
+        samples = out / runs.SAMPLES
+        if info.is_main and not (samples.exists() and samples.with_suffix(".npy").exists()):
+            # killed while drawing its final samples: draw them (the same ones) again
+            rundir.record(out, [samples, samples.with_suffix(".npy")])
+            trainer.write_samples(samples, cfg.train.num_samples, progress)
+        dist.barrier(info)
+        dist.cleanup(info)
+        return TrainResult(
+            out, out / runs.CHECKPOINT, samples, out / runs.LOG, start, math.nan, 0.0, start
+        )
+    guard = contextlib.nullcontext()
     if info.is_main:
-        # Only now, with data and model set up, is an old run replaced.
-        if overwrite and out.is_dir():
-            clear_run_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
+        # Only now, with data and model set up, is an old run moved aside (kept until the
+        # new run's first checkpoint) or what a failed run left removed.
+        if not resume:
+            rundir.prepare_new_run(out)
+            guard = _undo_on_failure(out)
+        rundir.record(out, [out / runs.CONFIG, out / runs.LOG])
         runs.save_config(out, cfg, data.spec)
         _truncate_log(out / runs.LOG, trainer.step)
     dist.barrier(info)
@@ -253,7 +286,7 @@ def train(
         dynamic_ncols=True,
     )
     loss = math.nan
-    with bar, open(out / runs.LOG, "a") if info.is_main else _Null() as logf:
+    with guard, bar, open(out / runs.LOG, "a") if info.is_main else _Null() as logf:
         while trainer.step < cfg.train.steps:
             stats = trainer.train_step()
             loss = stats["loss"]
@@ -275,11 +308,13 @@ def train(
                 trainer.save(out)
             if info.is_main and cfg.train.sample_every and k % cfg.train.sample_every == 0:
                 path = out / "progress" / f"samples_{k:07d}.png"
+                rundir.record(out, [path, path.with_suffix(".npy")])
                 trainer.write_samples(path, cfg.train.num_samples)
     samples_path = None
     if info.is_main:
         trainer.save(out)
-        samples_path = trainer.write_samples(out / runs.SAMPLES, cfg.train.num_samples)
+        rundir.record(out, [out / runs.SAMPLES, (out / runs.SAMPLES).with_suffix(".npy")])
+        samples_path = trainer.write_samples(out / runs.SAMPLES, cfg.train.num_samples, progress)
     dist.barrier(info)
     dist.cleanup(info)
     return TrainResult(
@@ -290,7 +325,19 @@ def train(
         steps=trainer.step,
         final_loss=loss,
         seconds=time.perf_counter() - t0,
+        start_step=start,
     )
+
+
+@contextlib.contextmanager
+def _undo_on_failure(out: Path):
+    """A new run that fails or is interrupted before its first checkpoint leaves no trace:
+    its files are removed and the run it was replacing comes back (``rundir.abandon``)."""
+    try:
+        yield
+    except BaseException:
+        rundir.abandon(out)
+        raise
 
 
 def _truncate_log(path: Path, step: int) -> None:

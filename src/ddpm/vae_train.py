@@ -16,14 +16,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ddpm import __version__, runs
+from ddpm import __version__, rundir, runs
 from ddpm.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
 from ddpm.data import Dataset, DataSpec, load_dataset
 from ddpm.dist import pick_device
@@ -32,7 +31,6 @@ from ddpm.rng import seeded_generator, step_generator
 from ddpm.train import (
     _truncate_log,
     check_run_dir,
-    clear_run_dir,
     ema_decay_at,
     ema_update,
     lr_at,
@@ -149,6 +147,7 @@ class VaeTrainer:
         }
 
     def save(self, run_dir: Path) -> None:
+        rundir.record(run_dir, [run_dir / runs.CHECKPOINT])
         save_checkpoint(
             run_dir / runs.CHECKPOINT,
             self.model,
@@ -158,6 +157,7 @@ class VaeTrainer:
             config=self.cfg.to_dict(),
             extra_meta={"cpu_seconds": self.cpu_seconds},
         )
+        rundir.commit(run_dir)  # a run it replaces (--overwrite) is no longer needed
 
     def load(self, run_dir: Path) -> None:
         ckpt = load_checkpoint(run_dir / runs.CHECKPOINT, self.device)
@@ -188,9 +188,14 @@ def train_vae(
     Training stops at cfg.train.steps, or earlier once the loop has used cfg.cpu_minutes of CPU
     time (summed over resumes). resume: continue the run in out_dir; overwrite: replace it.
     """
+    out = Path(out_dir)
+    with rundir.locked(out, "vae train", create=True):
+        return _train_vae(cfg, out, resume, overwrite, pick_device(device), progress, data)
+
+
+def _train_vae(cfg, out: Path, resume, overwrite, dev, progress, data) -> VaeTrainResult:
     from tqdm.auto import tqdm
 
-    out, dev = Path(out_dir), pick_device(device)
     check_run_dir(out, cfg, resume, overwrite, lambda d: _difference(load_config(d)[0], cfg))
     data = data if data is not None else load_dataset(cfg.data)
     trainer = VaeTrainer(cfg, data, dev)
@@ -201,10 +206,9 @@ def train_vae(
                 f"{out}: the run is already at step {trainer.step}, past --steps "
                 f"{cfg.train.steps}; pass a larger --steps to train further"
             )
-    if overwrite and out.is_dir():  # only now, with data and model set up
-        clear_run_dir(out)
-        shutil.rmtree(out / "view3", ignore_errors=True)  # what `ddpm vae compare` wrote
-    out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # only now, with data and model set up, is an old run moved aside
+        rundir.prepare_new_run(out)
+    rundir.record(out, [out / runs.CONFIG, out / runs.LOG])
     doc = {"ddpm_version": __version__, "model_kind": KIND, "config": cfg.to_dict()}
     save_json(out / runs.CONFIG, {**doc, "data_spec": data.spec.to_dict()})
     _truncate_log(out / runs.LOG, trainer.step)
@@ -234,9 +238,11 @@ def train_vae(
                 trainer.save(out)
             if t.sample_every and k % t.sample_every == 0:
                 path = out / "progress" / f"samples_{k:07d}.png"
+                rundir.record(out, [path, path.with_suffix(".npy")])
                 trainer.write_samples(path, t.num_samples, data.test)
     seconds = time.perf_counter() - t0
     trainer.save(out)
+    rundir.record(out, [out / runs.SAMPLES, (out / runs.SAMPLES).with_suffix(".npy")])
     samples = trainer.write_samples(out / runs.SAMPLES, t.num_samples, data.test)
     return VaeTrainResult(
         out, out / runs.CHECKPOINT, samples, out / runs.LOG, trainer.step, loss,

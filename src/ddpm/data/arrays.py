@@ -62,6 +62,13 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(train, test or None) from a .npy or .npz file, without unpickling anything."""
     if not path.is_file():
         raise DataError(f"array file {path} not found; check the path")
+    magic = b"\x93NUMPY" if path.suffix.lower() == ".npy" else b"PK"  # .npz is a zip file
+    with open(path, "rb") as f:
+        if not f.read(len(magic)) == magic:
+            raise DataError(
+                f"{path}: not a numpy file (it lacks the {path.suffix.lower()} header); save "
+                "arrays with numpy.save or numpy.savez"
+            )
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False), None

@@ -157,7 +157,7 @@ def write_run_report(
     n: test examples evaluated when the run holds no fresh eval_test.json (the exact T-step
     -ELBO costs n * T network calls).
     """
-    from ddpm import runs
+    from ddpm import rundir, runs
     from ddpm.api import evaluate_run, sample_run
     from ddpm.errors import ConfigError
     from ddpm.report.html import html_table, write_html
@@ -223,7 +223,8 @@ def write_run_report(
             (f"Evaluation ({where})", html_table(_evaluation_rows(ev))),
             ("Configuration", html_table(_flat_config(cfg.to_dict()))),
         ]
-        path = write_html(run_dir / REPORT, f"ddpm run report: {run_dir.name}", sections)
+        with rundir.writing_outputs(run_dir, [run_dir / REPORT], "report"):
+            path = write_html(run_dir / REPORT, f"ddpm run report: {run_dir.name}", sections)
     return RunReport(path, ev, reused, time.perf_counter() - start)
 
 
