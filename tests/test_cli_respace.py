@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.api import evaluate_steps_run, sample_run
+from ddpm.api import clip_range, evaluate_steps_run, sample_run
 from ddpm.cli import main
 from ddpm.data import load_dataset
 from ddpm.errors import DataError
 from ddpm.evaluate import evaluate
 from ddpm.respace import respace
-from ddpm.rng import seeded_generator
+from ddpm.rng import KeyedNoise
 from ddpm.runs import load_run
 
 TINY = ["--T", "12", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
@@ -47,10 +47,12 @@ def test_evaluate_steps_reports_one_exact_elbo_per_K(run12, tmp_path, capsys):
     assert run_cli("evaluate", run12, "--n", "6", "--out", tmp_path, "--json") == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain["neg_elbo"] == pytest.approx(doc["steps"][1]["neg_elbo"], rel=1e-12)
-    # K = 3 is the run's network in the respaced process, evaluated with the same seed
+    # K = 3 is the run's network in the respaced process, with the same keyed noise and clip
     run = load_run(run12)
     x0 = load_dataset(run.config.data).test[:6]
-    ev = evaluate(respace(run.diffusion, 3), run.model, x0, run.spec, generator=seeded_generator(0))
+    noise = KeyedNoise(0, torch.arange(6))
+    d3 = respace(run.diffusion, 3)
+    ev = evaluate(d3, run.model, x0, run.spec, generator=noise, clip=clip_range(run, None))
     assert doc["steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
     assert doc["steps"][0]["neg_elbo"] != pytest.approx(plain["neg_elbo"], rel=1e-3)
 

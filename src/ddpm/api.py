@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ddpm import runs
+from ddpm import dist, runs
+from ddpm.checkpoint import save_json
 from ddpm.data.images import read_image
 from ddpm.ddim import check_eta, ddim_sample
 from ddpm.dist import pick_device
@@ -18,7 +20,7 @@ from ddpm.forward import q_sample
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
 from ddpm.report.samples import as_plane, save_samples
 from ddpm.respace import respace
-from ddpm.rng import seeded_generator
+from ddpm.rng import KeyedNoise, seeded_generator
 from ddpm.sampling import sample
 from ddpm.schedule import NoiseSchedule
 
@@ -31,6 +33,7 @@ class SampleResult:
     array_path: Path
     trajectory_path: Path | None
     x0: torch.Tensor  # [N, *shape] in model space
+    clip: tuple[float, float] | None = None  # range x0_hat was clipped to in every step
 
 
 def evenly_spaced_steps(T: int, frames: int) -> list[int]:
@@ -38,6 +41,26 @@ def evenly_spaced_steps(T: int, frames: int) -> list[int]:
     if frames < 2:
         raise ConfigError(f"--frames must be >= 2 (got {frames})")
     return sorted({round(T - k * (T - 1) / (frames - 1)) for k in range(frames)}, reverse=True)
+
+
+def clip_range(run: runs.Run, clip: bool | None) -> tuple[float, float] | None:
+    """The range x0_hat is clipped to in p_theta: None as the run samples (clip to [-1, 1]
+    for discrete data); True clips (discrete data only), False does not."""
+    if clip is None:
+        return run.clip
+    if not clip:
+        return None
+    if not run.spec.discrete:
+        raise ConfigError(
+            f"--clip: {run.spec.name!r} is continuous data, whose x0_hat has no range to clip "
+            "to; drop --clip"
+        )
+    return (-1.0, 1.0)
+
+
+def clip_words(clip: tuple[float, float] | list[float] | None) -> str:
+    """Which p_theta: 'x0_hat clipped to [-1, 1]' or 'x0_hat not clipped'."""
+    return "x0_hat " + ("not clipped" if clip is None else f"clipped to [{clip[0]:g}, {clip[1]:g}]")
 
 
 def sample_run(
@@ -49,6 +72,7 @@ def sample_run(
     frames: int = 8,
     device: str | torch.device | None = None,
     progress: bool = False,
+    clip: bool | None = None,
     steps: int | None = None,
     sampler: str = "ancestral",
     eta: float | None = None,
@@ -56,6 +80,7 @@ def sample_run(
     """Samples from a trained run (EMA weights): PNG grid/scatter and .npy.
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
+    clip: clip x0_hat to [-1, 1] in every step (None: as the run samples, see ``clip_range``).
     steps: sample the K-step respaced process ([ND21] Sec. 4) instead of all T steps.
     sampler: 'ancestral' ([Ho20] Alg. 2) or 'ddim' ([SME21] eq. (12)) with ``eta`` (default 0:
     deterministic; 1: ancestral with sigma_t^2 = beta_tilde_t).
@@ -68,6 +93,7 @@ def sample_run(
     eta = check_eta(0.0 if eta is None else eta)
     dev = pick_device(device)
     run = runs.load_run(run_dir, device=dev)
+    x0_range = clip_range(run, clip)
     diffusion = run.diffusion if steps is None else respace(run.diffusion, steps)
     if out is None:
         how = "" if steps is None else f"_K{steps}"
@@ -82,7 +108,7 @@ def sample_run(
     draw = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
     with tqdm(total=T, desc=f"sample ({sampler})", unit="t", disable=not progress) as bar:
         res = draw(
-            diffusion, run.model, run.spec.shape, n, g, dev, run.clip, capture,
+            diffusion, run.model, run.spec.shape, n, g, dev, x0_range, capture,
             on_step=lambda _: bar.update(1),
         )  # fmt: skip
     path = save_samples(res.x0, out, run.spec)
@@ -94,7 +120,7 @@ def sample_run(
             save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
         else:
             save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
-    return SampleResult(path, out.with_suffix(".npy"), traj_path, res.x0)
+    return SampleResult(path, out.with_suffix(".npy"), traj_path, res.x0, x0_range)
 
 
 def forward_strip(
@@ -132,33 +158,8 @@ class EvalResult:
     evaluation: object  # ddpm.evaluate.Evaluation
     json_path: Path
     per_timestep_path: Path
-
-
-def _eval_inputs(run_dir, split: str, n: int | None, device):
-    """(run, data, x0, density) for evaluating a run on the first n examples of a split."""
-    from ddpm.data import load_dataset
-
-    if split not in ("test", "train"):
-        raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
-    if n is not None and n < 1:
-        raise ConfigError(f"--n must be >= 1 (got {n})")
-    dev = pick_device(device)
-    run = runs.load_run(run_dir, device=dev)
-    data = load_dataset(run.config.data)
-    x0 = getattr(data, split)[:n].to(dev)
-    density = data.density.to(dev) if data.density is not None else None
-    return run, data, x0, density
-
-
-def _evaluate_process(inputs, diffusion, name: str, seed: int, **options):
-    """``evaluate`` of the run's network in ``diffusion`` on the inputs of ``_eval_inputs``,
-    with x_t draws from a fresh generator seeded with ``seed``."""
-    from ddpm.evaluate import evaluate
-
-    run, data, x0, density = inputs
-    g = seeded_generator(seed, x0.device)
-    return evaluate(diffusion, run.model, x0, data.spec, name=name, density=density, generator=g,
-                    **options)  # fmt: skip
+    per_example_path: Path | None = None
+    is_main: bool = True  # False on the other processes under torchrun (they write nothing)
 
 
 def evaluate_run(
@@ -172,26 +173,65 @@ def evaluate_run(
     max_batch: int = 4096,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    clip: bool | None = None,
+    per_example: str | Path | None = None,
 ) -> EvalResult:
     """Exact -ELBO of a trained run on its data split, term by term, in nats and bits/dim,
     with IW bounds for each K in ``iw`` and the KL chain when the data density is known.
-    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir)."""
-    from ddpm.checkpoint import save_json
-    from ddpm.report import save_per_timestep
+    Writes eval_<split>.json and eval_<split>_per_timestep.png into out_dir (default: run_dir),
+    and each example's -ELBO (nats, float64 [n]) to the .npy file ``per_example`` if given.
 
-    options = dict(iw=iw, mc_timesteps=mc_timesteps, max_batch=max_batch, progress=progress)
+    Noise is keyed by (seed, example index, t, chain) (``ddpm.rng.KeyedNoise``): an example's
+    numbers are the same for any n, max_batch and number of processes. Under torchrun each
+    process evaluates a contiguous shard of the examples, the per-example terms are gathered
+    and rank 0 writes the files. clip: the p_theta scored (None: the one ``ddpm sample`` uses).
+    """
+    from ddpm.data import load_dataset
+    from ddpm.evaluate import check_request, example_terms, summarise
+    from ddpm.report import save_array, save_per_timestep
 
-    inputs = _eval_inputs(run_dir, split, n, device)
-    run = inputs[0]
-    ev = _evaluate_process(inputs, run.diffusion, run.run_dir.name, seed, **options)
-    out = Path(out_dir) if out_dir is not None else run.run_dir
-    json_path = save_json(out / f"eval_{split}.json", ev.to_dict())
-    png = save_per_timestep(
-        {f"{run.run_dir.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
-        out / f"eval_{split}_per_timestep.png",
-        title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
+    if split not in ("test", "train"):
+        raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be >= 1 (got {n})")
+    if per_example is not None and Path(per_example).suffix != ".npy":
+        raise ConfigError(f"--per-example {per_example}: give a path ending in .npy")
+    info, dev = dist.init_distributed(pick_device(device))
+    run = runs.load_run(run_dir, device=dev)
+    x0_range = clip_range(run, clip)
+    data = load_dataset(run.config.data)
+    x0 = getattr(data, split)[:n]
+    check_request(x0.shape[0], iw, mc_timesteps)
+    density = data.density.to(dev) if data.density is not None else None
+    start, stop = dist.shard(x0.shape[0], info)
+    t0 = time.perf_counter()
+    terms = example_terms(
+        run.diffusion, run.model, x0[start:stop].to(dev), data.spec.levels, iw, mc_timesteps,
+        density, None, KeyedNoise(seed, torch.arange(start, stop)), max_batch, x0_range,
+        progress and info.is_main, run.run_dir.name,
+    )  # fmt: skip
+    terms = terms.map(lambda v: dist.gather_rows(v, info))
+    ev = summarise(
+        terms, data.spec, run.run_dir.name, iw, mc_timesteps, x0_range, time.perf_counter() - t0
     )
-    return EvalResult(ev, json_path, png)
+    out = Path(out_dir) if out_dir is not None else run.run_dir
+    json_path, png = out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"
+    npy = Path(per_example) if per_example is not None else None
+    if info.is_main:
+        doc = ev.to_dict()
+        if npy is not None:
+            save_array(ev.per_example, npy)
+            doc["per_example_file"] = str(npy)
+        doc["processes"] = info.world_size
+        save_json(json_path, doc)
+        save_per_timestep(
+            {f"{run.run_dir.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
+            png,
+            title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
+        )
+    dist.barrier(info)
+    dist.cleanup(info)
+    return EvalResult(ev, json_path, png, npy, info.is_main)
 
 
 @dataclass(frozen=True)
@@ -213,24 +253,46 @@ def evaluate_steps_run(
     max_batch: int = 4096,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    clip: bool | None = None,
 ) -> StepsEvalResult:
     """The exact K-step -ELBO of a trained run for each K in ``steps``: the run's network in
     the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
-    K-step model, evaluated on the same examples with the same seed. Writes
-    eval_<split>_steps.json (``steps``: one report per K) and eval_<split>_steps.png
+    K-step model, evaluated on the same examples with noise keyed by (seed, example, t).
+    Writes eval_<split>_steps.json (``steps``: one report per K) and eval_<split>_steps.png
     (bits/dim against K) into out_dir (default: run_dir)."""
-    from ddpm.checkpoint import save_json
+    from ddpm.data import load_dataset
+    from ddpm.evaluate import evaluate
     from ddpm.report import save_steps_curve
 
-    options = dict(iw=iw, mc_timesteps=mc_timesteps, max_batch=max_batch, progress=progress)
     if not steps:
         raise ConfigError("--steps needs at least one K")
-    inputs = _eval_inputs(run_dir, split, n, device)
-    run, x0 = inputs[0], inputs[2]
+    if split not in ("test", "train"):
+        raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be >= 1 (got {n})")
+    dev = pick_device(device)
+    run = runs.load_run(run_dir, device=dev)
+    x0_range = clip_range(run, clip)
+    data = load_dataset(run.config.data)
+    x0 = getattr(data, split)[:n].to(dev)
+    density = data.density.to(dev) if data.density is not None else None
     ks = sorted(set(int(k) for k in steps))
     diffusions = [respace(run.diffusion, k) for k in ks]  # check every K before evaluating
     evaluations = [
-        _evaluate_process(inputs, d, f"{run.run_dir.name} K={k}", seed, **options)
+        evaluate(
+            d,
+            run.model,
+            x0,
+            data.spec,
+            name=f"{run.run_dir.name} K={k}",
+            iw=iw,
+            mc_timesteps=mc_timesteps,
+            density=density,
+            generator=KeyedNoise(seed, torch.arange(x0.shape[0])),
+            max_batch=max_batch,
+            progress=progress,
+            clip=x0_range,
+        )  # fmt: skip
         for k, d in zip(ks, diffusions, strict=True)
     ]
     out = Path(out_dir) if out_dir is not None else run.run_dir
@@ -238,6 +300,7 @@ def evaluate_steps_run(
         "run": str(run.run_dir),
         "split": split,
         "T": run.diffusion.T,
+        "clip": list(x0_range) if x0_range is not None else None,
         "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
     }
     json_path = save_json(out / f"eval_{split}_steps.json", doc)

@@ -167,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     s.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clip the predicted x0 to [-1, 1] in every step (default: yes for discrete data)",
+    )
+    s.add_argument(
         "--steps",
         type=int,
         default=None,
@@ -230,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ddpm.api import sample_run
+    from ddpm.api import clip_words, sample_run
 
     result = sample_run(
         args.run,
@@ -241,11 +247,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frames=args.frames,
         device=args.device,
         progress=True,
+        clip=args.clip,
         steps=args.steps,
         sampler=args.sampler,
         eta=args.eta,
     )
-    print(f"samples: {result.samples_path}")
+    print(f"samples: {result.samples_path}  (p_theta: {clip_words(result.clip)})")
     print(f"array:   {result.array_path}")
     if result.trajectory_path is not None:
         print(f"trajectory: {result.trajectory_path}")

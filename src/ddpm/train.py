@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm import dist, runs
-from ddpm.checkpoint import optimizer_from_tensors, optimizer_to_tensors
+from ddpm.checkpoint import SAMPLES_ARRAY, load_checkpoint, save_checkpoint
 from ddpm.config import RunConfig
 from ddpm.data import Dataset, load_dataset
 from ddpm.errors import CheckpointError, ConfigError
@@ -87,7 +87,7 @@ def check_run_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> N
 
 def clear_run_dir(out: Path) -> None:
     """Remove what a previous run wrote into out (for --overwrite, once the new run is set up)."""
-    for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, "samples.npy"):
+    for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, SAMPLES_ARRAY):
         (out / name).unlink(missing_ok=True)
     for stale in [*out.glob("eval_*.json"), *out.glob("eval_*.png"), *out.glob("samples_seed*")]:
         stale.unlink()
@@ -162,30 +162,23 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
-        opt_tensors, opt_meta = optimizer_to_tensors(self.opt.state_dict())
-        tensors = {
-            **runs.state_tensors("model", self.model),
-            **runs.state_tensors("ema", self.ema),
-            **{f"optim.{k}": v for k, v in opt_tensors.items()},
-            **{f"sampler.{k}": v for k, v in self.sampler.state_dict().items()},
-        }
-        meta = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
-        runs.save_checkpoint(run_dir, tensors, meta)
+        save_checkpoint(
+            run_dir / runs.CHECKPOINT,
+            self.model,
+            ema=self.ema,
+            optimizer=self.opt,
+            sampler_state=self.sampler.state_dict(),
+            step=self.step,
+            config=self.cfg.to_dict(),
+        )
 
     def load(self, run_dir: Path) -> None:
-        tensors, meta = runs.load_checkpoint(run_dir, self.device)
-        where = run_dir / runs.CHECKPOINT
-        runs.load_state(self.model, tensors, "model", where)
-        runs.load_state(self.ema, tensors, "ema", where)
-        opt = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
-        try:
-            self.opt.load_state_dict(optimizer_from_tensors(opt, meta["optimizer"]))
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{where}: optimizer state does not fit ({e})") from None
-        self.sampler.load_state_dict(
-            {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
-        )
-        self.step = int(meta["step"])
+        ckpt = load_checkpoint(run_dir / runs.CHECKPOINT, self.device)
+        ckpt.load_weights(self.model)
+        ckpt.load_weights(self.ema, ema=True)
+        ckpt.load_optimizer(self.opt)
+        self.sampler.load_state_dict(ckpt.sampler_state())
+        self.step = ckpt.step
 
     # --- samples ----------------------------------------------------------------------------
     def write_samples(self, path: Path, n: int) -> Path:
