@@ -2,10 +2,11 @@
 
 For a trained run (default: the digits test split, every t = 1..T), time side by side in one
 process, alternating, ``repeats`` times:
-  (a) ddpm.elbo.elbo_terms: every term of -ELBO for every example (x_t draws, network calls,
-      float64 Gaussian KLs and the discretized decoder);
-  (b) the same number of network forward passes, in the same batch sizes, on ready-made inputs.
-Reports the median ratio a/b with its spread (min, max). Target: <= 1.2.
+  (a) ddpm.elbo.elbo_terms as ``ddpm evaluate`` runs it: every term of -ELBO for every example
+      (keyed x_t draws, network calls, float64 Gaussian KLs and the discretized decoder);
+  (b) the same number of network forward passes, in the same batch sizes, on ready-made inputs;
+  (c) as (a) with the noise drawn in order from a torch.Generator instead of keyed.
+Reports the median ratios a/b and c/b with their spread (min, max). Target: a/b <= 1.1.
 
     python benchmarks/eval_overhead.py runs/digits [--n 297] [--repeats 5] [--max-batch 4096]
 """
@@ -21,6 +22,7 @@ import torch
 
 from ddpm import load_dataset, load_run
 from ddpm.elbo import elbo_terms
+from ddpm.rng import KeyedNoise
 
 
 @torch.no_grad()
@@ -47,24 +49,34 @@ def main() -> None:
     x0 = load_dataset(run.config.data).test[: args.n]
     T = run.diffusion.T
     g = torch.Generator().manual_seed(0)
-    full, bare = [], []
+    full, bare, ordered = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        elbo_terms(run.diffusion, run.model, x0, run.spec.levels, g, args.max_batch)
+        elbo_terms(
+            run.diffusion, run.model, x0, run.spec.levels, KeyedNoise(0), args.max_batch, run.clip
+        )
         full.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         bare_forwards(run.model, x0, T, args.max_batch)
         bare.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        elbo_terms(run.diffusion, run.model, x0, run.spec.levels, g, args.max_batch, run.clip)
+        ordered.append(time.perf_counter() - t0)
     ratios = [f / b for f, b in zip(full, bare, strict=True)]
+    ratios_ordered = [f / b for f, b in zip(ordered, bare, strict=True)]
     result = {
         "examples": x0.shape[0],
         "T": T,
         "forward_passes": x0.shape[0] * T,
         "elbo_seconds": full,
         "bare_seconds": bare,
+        "elbo_generator_seconds": ordered,
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "ratio_generator_median": statistics.median(ratios_ordered),
+        "ratio_generator_min": min(ratios_ordered),
+        "ratio_generator_max": max(ratios_ordered),
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))

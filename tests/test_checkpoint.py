@@ -11,15 +11,14 @@ from torch import nn
 
 from ddpm.checkpoint import (
     atomic_write_bytes,
+    load_checkpoint,
     load_json,
-    load_module_state,
-    load_optimizer_state,
+    load_module_tensors,
     load_tensors,
     optimizer_from_tensors,
     optimizer_to_tensors,
+    save_checkpoint,
     save_json,
-    save_module,
-    save_optimizer,
     save_tensors,
 )
 from ddpm.errors import CheckpointError, DdpmError
@@ -171,6 +170,16 @@ def _mlp(width: int = 8) -> nn.Module:
     return nn.Sequential(nn.Linear(2, width), nn.SiLU(), nn.BatchNorm1d(width), nn.Linear(width, 2))
 
 
+def save_module(path, module: nn.Module, metadata=None):
+    return save_tensors(path, module.state_dict(), metadata)
+
+
+def load_module_state(path, module: nn.Module, strict: bool = True) -> dict[str, str]:
+    tensors, metadata = load_tensors(path)
+    load_module_tensors(module, tensors, str(path), strict)
+    return metadata
+
+
 def test_module_round_trip_bit_exact(tmp_path):
     torch.manual_seed(0)
     src, dst = _mlp(), _mlp()
@@ -251,26 +260,51 @@ def test_optimizer_resume_is_bit_identical(tmp_path):
 
     model, opt = _model_and_optimizer()
     _train(model, opt, range(5))
-    save_module(tmp_path / "model.safetensors", model)
-    save_optimizer(tmp_path / "optimizer.safetensors", opt)
+    save_checkpoint(tmp_path / "checkpoint.safetensors", model, optimizer=opt, step=5)
     del model, opt
 
     resumed, opt = _model_and_optimizer()  # fresh weights and an empty optimizer
-    load_module_state(tmp_path / "model.safetensors", resumed)
-    load_optimizer_state(tmp_path / "optimizer.safetensors", opt)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    ckpt.load_weights(resumed)
+    ckpt.load_optimizer(opt)
+    assert ckpt.step == 5
     _train(resumed, opt, range(5, 10))
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert _bits_equal(a.detach(), b.detach())
 
 
 def test_optimizer_file_for_another_model(tmp_path):
-    _, opt = _model_and_optimizer()
-    path = save_optimizer(tmp_path / "optimizer.safetensors", opt)
+    model, opt = _model_and_optimizer()
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "a.safetensors", model, optimizer=opt))
     other = torch.optim.AdamW([nn.Parameter(torch.zeros(3))])
     with pytest.raises(CheckpointError, match="optimizer state does not match"):
-        load_optimizer_state(path, other)
+        ckpt.load_optimizer(other)
     with pytest.raises(CheckpointError, match="not an optimizer checkpoint"):
-        load_optimizer_state(save_module(tmp_path / "m.safetensors", _mlp()), opt)
+        load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", _mlp())).load_optimizer(opt)
+
+
+def test_run_checkpoint_keeps_every_part_apart(tmp_path):
+    # model and EMA weights, optimizer, sampler state, step and config in one file, each
+    # restored from its own part; the weights' mismatch message names the part.
+    model, opt = _model_and_optimizer()
+    _train(model, opt, range(2))
+    ema = _model_and_optimizer()[0]
+    sampler = {"terms": torch.arange(6, dtype=torch.float64).reshape(3, 2)}
+    path = save_checkpoint(tmp_path / "c.safetensors", model, ema, opt, sampler, 7, {"a": [1]})
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == 7 and ckpt.config == {"a": [1]}
+    assert _bits_equal(ckpt.sampler_state()["terms"], sampler["terms"])
+    for use_ema, src in ((False, model), (True, ema)):
+        dst = _model_and_optimizer()[0]
+        torch.nn.init.zeros_(dst[0].weight)
+        ckpt.load_weights(dst, ema=use_ema)
+        for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True):
+            assert _bits_equal(a, b)
+    wide = nn.Sequential(nn.Linear(2, 32), nn.SiLU(), nn.Linear(32, 2))
+    with pytest.raises(CheckpointError, match=r"c\.safetensors \(ema weights\): weights do not"):
+        ckpt.load_weights(wide, ema=True)
+    with pytest.raises(CheckpointError, match="missing; the run never saved a checkpoint"):
+        load_checkpoint(tmp_path / "none.safetensors")
 
 
 def test_optimizer_state_with_unstorable_value():

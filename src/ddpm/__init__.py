@@ -29,6 +29,7 @@ from ddpm.losses import training_loss  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
 from ddpm.reverse import Parameterisation, p_mean_var  # noqa: E402
+from ddpm.rng import KeyedNoise  # noqa: E402
 from ddpm.runs import Run, load_run  # noqa: E402
 from ddpm.sampling import p_sample, sample  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
@@ -52,6 +53,7 @@ __all__ = [
     "Evaluation",
     "GaussianMixture",
     "GaussianOracle",
+    "KeyedNoise",
     "MixtureOracle",
     "ModelConfig",
     "NoiseSchedule",

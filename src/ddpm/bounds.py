@@ -32,9 +32,10 @@ from torch import Tensor
 from ddpm.diffusion import Denoiser, Diffusion, denoise
 from ddpm.elbo import decoder_log_prob
 from ddpm.errors import ConfigError
-from ddpm.forward import q_marginal, q_posterior, randn_like
+from ddpm.forward import q_marginal, q_posterior
 from ddpm.gaussian import Gaussian, gaussian_log_prob
 from ddpm.reverse import p_from_output
+from ddpm.rng import STREAM_IW, Noise, normal, rows
 
 
 @dataclass(frozen=True)
@@ -64,19 +65,25 @@ def _chain_log_weights(
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
-    generator: torch.Generator | None,
+    generator: Noise,
     clip: tuple[float, float] | None,
+    example: Tensor,
+    chain: Tensor,
     on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """log w [N] of one chain per row of x0 [N, ...] drawn from q(x_{1:T}|x_0) (module doc)."""
+    """log w [N] of one chain per row of x0 [N, ...] drawn from q(x_{1:T}|x_0) (module doc);
+    row r is chain[r] of example[r] (the keys of ``KeyedNoise``; x_s is drawn with key t = s)."""
     model_dtype, x0 = x0.dtype, x0.double()
     s, N = diffusion.schedule, x0.shape[0]
 
     def t_of(t: int) -> Tensor:
         return torch.full((N,), t, dtype=torch.long, device=x0.device)
 
+    def z(t: int) -> Tensor:
+        return normal(generator, x0, example, t, chain, stream=STREAM_IW)
+
     q_T = q_marginal(s, x0, t_of(s.T))  # [Ho20] eq. (4)
-    xt = q_T.mean + (0.5 * q_T.log_var).exp() * randn_like(x0, generator)
+    xt = q_T.mean + (0.5 * q_T.log_var).exp() * z(s.T)
     zero = torch.zeros_like(x0)
     log_w = _log_density(Gaussian(zero, zero), xt) - _log_density(q_T, xt)  # p(x_T) = N(0, I)
     for t in range(s.T, 0, -1):
@@ -89,7 +96,7 @@ def _chain_log_weights(
             log_w += decoder_log_prob(x0, p.mean, p.log_var, levels)
             break
         post = q_posterior(s, x0, xt, tt)  # [Ho20] eqs. (6)-(7)
-        x_prev = post.mean + (0.5 * post.log_var).exp() * randn_like(x0, generator)
+        x_prev = post.mean + (0.5 * post.log_var).exp() * z(t - 1)
         log_w += _log_density(Gaussian(p.mean, p.log_var), x_prev) - _log_density(post, x_prev)
         xt = x_prev
     return log_w
@@ -101,7 +108,7 @@ def iw_log_weights(
     x0: Tensor,
     levels: int | None,
     K: int,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     clip: tuple[float, float] | None = None,
     max_batch: int = 4096,
     on_step: Callable[[int], None] | None = None,
@@ -109,14 +116,15 @@ def iw_log_weights(
     """log p_theta(x_{0:T}^k) - log q(x_{1:T}^k | x_0) for K independent chains per example:
     [K, B] float64 nats. x0: [B, ...]. Chains are run in groups of max(1, max_batch // B)
     chains (examples in slices of max_batch), so one network call sees at most max_batch
-    inputs."""
+    inputs. With a ``KeyedNoise`` chain k of an example draws x_t with key
+    (seed, example index, t, k), whatever the grouping."""
     if not isinstance(K, int) or K < 1:
         raise ConfigError(f"the number of importance samples K must be an integer >= 1 (got {K})")
     B = x0.shape[0]
     if B > max_batch:  # more examples than one call may see: slice them
         parts = [
-            iw_log_weights(diffusion, model, x0[i : i + max_batch], levels, K, generator, clip,
-                           max_batch, on_step)
+            iw_log_weights(diffusion, model, x0[i : i + max_batch], levels, K,
+                           rows(generator, i, i + max_batch), clip, max_batch, on_step)
             for i in range(0, B, max_batch)
         ]  # fmt: skip
         return torch.cat(parts, dim=1)
@@ -125,7 +133,11 @@ def iw_log_weights(
     for start in range(0, K, group):
         k = min(group, K - start)
         x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))  # row j is chain j // B of example j % B
-        lw = _chain_log_weights(diffusion, model, x0_rep, levels, generator, clip, on_step)
+        example = torch.arange(B, device=x0.device).repeat(k)
+        chain = torch.arange(start, start + k, device=x0.device).repeat_interleave(B)
+        lw = _chain_log_weights(
+            diffusion, model, x0_rep, levels, generator, clip, example, chain, on_step
+        )
         log_w.append(lw.reshape(k, B))
     return torch.cat(log_w, dim=0)
 
@@ -136,7 +148,7 @@ def iw_log_likelihood(
     x0: Tensor,
     levels: int | None,
     K: int,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     clip: tuple[float, float] | None = None,
     max_batch: int = 4096,
 ) -> Tensor:
@@ -152,7 +164,7 @@ def iw_curve(
     x0: Tensor,
     levels: int | None,
     Ks: Sequence[int] = (1, 4, 16, 64),
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     clip: tuple[float, float] | None = None,
     max_batch: int = 4096,
     on_step: Callable[[int], None] | None = None,

@@ -1,4 +1,13 @@
-"""Checkpoints as safetensors + JSON, written atomically, never unpickled.
+"""Checkpoints as safetensors + JSON, written atomically, never unpickled; the run folder format.
+
+A run folder (see ``ddpm.runs``) holds these files, named here and nowhere else:
+
+    config.json              RunConfig + DataSpec + package version (JSON)
+    checkpoint.safetensors   tensors model.*, ema.* (weights), optim.* (optimizer moments),
+                             sampler.* (timestep-sampler state); metadata, each value JSON:
+                             step, optimizer (JSON of the rest of its state_dict), config
+    log.jsonl                one JSON line per logged step
+    samples.png / .npy       the sample grid written at the end of training
 
 Every file is written to a temporary file in its destination folder, flushed to disk and moved
 into place with ``os.replace``, so a crash leaves either the old file or the new one, never half
@@ -16,6 +25,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +37,21 @@ from torch import Tensor, nn
 from ddpm.errors import CheckpointError
 
 __all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "LOG",
+    "SAMPLES",
+    "Checkpoint",
     "atomic_write_bytes",
-    "save_json",
+    "load_checkpoint",
     "load_json",
-    "save_tensors",
+    "load_module_tensors",
     "load_tensors",
-    "optimizer_to_tensors",
     "optimizer_from_tensors",
-    "save_optimizer",
-    "load_optimizer_state",
-    "save_module",
-    "load_module_state",
+    "optimizer_to_tensors",
+    "save_checkpoint",
+    "save_json",
+    "save_tensors",
 ]
 
 _RESTORE_HINT = "re-run training or restore the file from a backup"
@@ -282,44 +296,9 @@ def optimizer_from_tensors(tensors: Mapping[str, Tensor], meta_json: str) -> dic
     return state_dict
 
 
-_OPTIMIZER_META_KEY = "optimizer_state"
-
-
-def save_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> Path:
-    """Write ``optimizer.state_dict()`` to one safetensors file (JSON part in its metadata)."""
-    tensors, meta_json = optimizer_to_tensors(optimizer.state_dict())
-    return save_tensors(path, tensors, {_OPTIMIZER_META_KEY: meta_json})
-
-
-def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
-    """Restore an optimizer written by :func:`save_optimizer` (tensors move as torch does)."""
-    tensors, metadata = load_tensors(path)
-    if _OPTIMIZER_META_KEY not in metadata:
-        raise CheckpointError(
-            f"{path}: not an optimizer checkpoint (no {_OPTIMIZER_META_KEY!r} metadata); "
-            "pass the optimizer file of the run"
-        )
-    state = optimizer_from_tensors(tensors, metadata[_OPTIMIZER_META_KEY])
-    try:
-        optimizer.load_state_dict(state)
-    except (ValueError, KeyError, RuntimeError) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: optimizer state does not match the model's parameters ({detail}); "
-            "the checkpoint was written by a different model or optimizer configuration"
-        ) from None
-
-
 # ---------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------
-
-
-def save_module(
-    path: str | os.PathLike, module: nn.Module, metadata: Mapping[str, str] | None = None
-) -> Path:
-    """Write ``module.state_dict()`` (parameters and persistent buffers) to a safetensors file."""
-    return save_tensors(path, module.state_dict(), metadata)
 
 
 def _first_mismatch(
@@ -361,10 +340,105 @@ def load_module_tensors(
         )
 
 
-def load_module_state(
-    path: str | os.PathLike, module: nn.Module, strict: bool = True
-) -> dict[str, str]:
-    """Load weights written by :func:`save_module` into ``module``; return the file's metadata."""
-    tensors, metadata = load_tensors(path)
-    load_module_tensors(module, tensors, str(path), strict)
-    return metadata
+# ---------------------------------------------------------------------------------------------
+# The run folder format: file names, key prefixes, metadata encoding
+# ---------------------------------------------------------------------------------------------
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "log.jsonl"
+SAMPLES = "samples.png"
+SAMPLES_ARRAY = "samples.npy"
+MODEL, EMA, OPTIM, SAMPLER = "model", "ema", "optim", "sampler"  # tensor name prefixes
+
+
+def _prefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{k}": v.detach() for k, v in tensors.items()}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    ema: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    sampler_state: Mapping[str, Tensor] | None = None,
+    step: int = 0,
+    config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a training state (weights, EMA weights, optimizer, timestep sampler, step, the
+    run's config as a dict, ``extra`` JSON values such as a CPU-time counter) to one
+    safetensors file, atomically; parts given as None are left out."""
+    tensors = _prefixed(MODEL, model.state_dict())
+    meta: dict[str, Any] = {**(extra or {}), "step": int(step)}
+    if ema is not None:
+        tensors |= _prefixed(EMA, ema.state_dict())
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = optimizer_to_tensors(optimizer.state_dict())
+        tensors |= _prefixed(OPTIM, opt_tensors)
+    if sampler_state is not None:
+        tensors |= _prefixed(SAMPLER, sampler_state)
+    if config is not None:
+        meta["config"] = dict(config)
+    return save_tensors(path, tensors, {k: json.dumps(v) for k, v in meta.items()})
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A checkpoint read by ``load_checkpoint``: tensors by prefixed name and decoded metadata."""
+
+    path: Path
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The run's config as saved with the weights (a dict), or None for older files."""
+        return self.meta.get("config")
+
+    def part(self, prefix: str) -> dict[str, Tensor]:
+        """The tensors stored under ``prefix.`` with the prefix removed."""
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+
+    def load_weights(self, module: nn.Module, ema: bool = False) -> None:
+        """Load the model (or, with ema, the EMA) weights into module; mismatches are named."""
+        prefix = EMA if ema else MODEL
+        load_module_tensors(module, self.part(prefix), f"{self.path} ({prefix} weights)")
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore the optimizer's state (tensors move to its parameters as torch does)."""
+        if "optimizer" not in self.meta:
+            raise CheckpointError(
+                f"{self.path}: not an optimizer checkpoint (no optimizer state saved); "
+                "resume from a checkpoint written by `ddpm train`"
+            )
+        state = optimizer_from_tensors(self.part(OPTIM), self.meta["optimizer"])
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"{self.path}: optimizer state does not match the model's parameters ({detail}); "
+                "the checkpoint was written by a different model or optimizer configuration"
+            ) from None
+
+    def sampler_state(self) -> dict[str, Tensor]:
+        return self.part(SAMPLER)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a file written by ``save_checkpoint``; tensors on device, metadata decoded."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; the run never saved a checkpoint, train it again")
+    tensors, meta = load_tensors(path, device=device)
+    try:
+        decoded = {k: json.loads(v) for k, v in meta.items()}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupted metadata ({e}); re-run training") from None
+    return Checkpoint(path, tensors, decoded)

@@ -165,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
         "--frames", type=int, default=8, help="steps shown with --trajectory (default: 8)"
     )
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clip the predicted x0 to [-1, 1] in every step (default: yes for discrete data)",
+    )
     s.set_defaults(func=cmd_sample)
 
     f = sub.add_parser(
@@ -218,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ddpm.api import sample_run
+    from ddpm.api import clip_words, sample_run
 
     result = sample_run(
         args.run,
@@ -229,8 +235,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frames=args.frames,
         device=args.device,
         progress=True,
+        clip=args.clip,
     )
-    print(f"samples: {result.samples_path}")
+    print(f"samples: {result.samples_path}  (p_theta: {clip_words(result.clip)})")
     print(f"array:   {result.array_path}")
     if result.trajectory_path is not None:
         print(f"trajectory: {result.trajectory_path}")

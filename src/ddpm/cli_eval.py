@@ -10,7 +10,9 @@ EXAMPLES = {
     "evaluate": """examples:
   ddpm evaluate runs/digits                      # exact -ELBO on the test split, bits/dim
   ddpm evaluate runs/digits --n 100 --iw 1 4 16  # plus importance-weighted bounds
-  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain""",
+  ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
+  ddpm evaluate runs/digits --per-example a.npy  # each example's -ELBO, to pair two models
+  torchrun --nproc-per-node 4 -m ddpm evaluate runs/digits -n 1000  # over 4 processes""",
     "theory": """examples:
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
@@ -30,7 +32,10 @@ def add_commands(sub, fmt) -> None:
     )
     e.add_argument("run", type=Path, help="run folder written by `ddpm train`")
     e.add_argument("--split", default="test", help="test | train (default: test)")
-    e.add_argument("--n", type=int, default=None, help="first N examples (default: all)")
+    e.add_argument(
+        "-n", "--n", type=int, default=None, help="first N examples (default: all; under "
+        "torchrun write -n, which torchrun's own options do not shadow)",
+    )  # fmt: skip
     e.add_argument("--iw", type=int, nargs="*", default=[], help="IW bounds for these K")
     e.add_argument(
         "--mc",
@@ -39,7 +44,26 @@ def add_commands(sub, fmt) -> None:
         metavar="K",
         help="also the unbiased estimate from K random timesteps per example",
     )
-    e.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
+    e.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score the p_theta whose predicted x0 is clipped to [-1, 1] (default: as "
+        "`ddpm sample` draws: clipped for discrete data)",
+    )
+    e.add_argument(
+        "--per-example",
+        type=Path,
+        default=None,
+        metavar="FILE.npy",
+        help="write each example's -ELBO (nats, float64) to this .npy file",
+    )
+    e.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the x_t draws, keyed by (seed, example, t, chain) (default: 0)",
+    )
     e.add_argument("--max-batch", type=int, default=4096, help="inputs per network call")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     e.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default: RUN)")
@@ -93,6 +117,9 @@ def format_evaluation(ev) -> str:
         row("nats/dim", ev.nats_per_dim, ev.nats_per_dim_se),
         row("bits/dim", ev.bits_per_dim, ev.bits_per_dim_se),
     ]
+    from ddpm.api import clip_words
+
+    lines.insert(1, f"  p_theta scored: {clip_words(ev.clip)}")
     if ev.neg_elbo_mc is not None:
         label = f"-ELBO, K={ev.mc_timesteps} random t"
         lines.append(row(label, ev.neg_elbo_mc, ev.neg_elbo_mc_se, "unbiased estimate"))
@@ -166,12 +193,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         out_dir=args.out,
         progress=not args.json,
+        clip=args.clip,
+        per_example=args.per_example,
     )
+    if not res.is_main:  # another process under torchrun: rank 0 reports
+        return 0
     if args.json:
-        print(json.dumps(res.evaluation.to_dict(), indent=2))
+        print(json.dumps(json.loads(res.json_path.read_text()), indent=2))
     else:
         print(format_evaluation(res.evaluation))
         print(f"per-timestep plot: {res.per_timestep_path}\nJSON: {res.json_path}")
+        if res.per_example_path is not None:
+            print(f"per-example -ELBO: {res.per_example_path}")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Multi-process training under ``torchrun`` with PyTorch DistributedDataParallel.
+"""Multiple processes under ``torchrun``: DDP training and sharded evaluation.
 
 ``torchrun --nproc-per-node N -m ddpm train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK; we join the
 process group (NCCL on CUDA, Gloo on CPU), each rank draws its own share of every batch from a
 generator seeded by (seed, rank, step), DDP averages the gradients, and rank 0 alone writes files.
+``torchrun ... -m ddpm evaluate ...`` gives each rank a contiguous shard of the examples
+(``shard``), gathers the per-example terms (``gather_rows``) and rank 0 writes the report.
 """
 
 from __future__ import annotations
@@ -74,6 +76,27 @@ def all_gather_cat(x: Tensor, info: DistInfo) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(info.world_size)]
     torch_dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def gather_rows(x: Tensor, info: DistInfo) -> Tensor:
+    """Concatenate x [n_r, ...] from every rank in rank order, where n_r may differ by rank
+    (padded to the largest n_r for the collective, then trimmed)."""
+    if not info.enabled:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    counts = all_gather_cat(n, info).tolist()
+    pad = max(counts) - x.shape[0]
+    padded = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
+    parts = all_gather_cat(padded, info).split(max(counts))
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+
+
+def shard(n: int, info: DistInfo) -> tuple[int, int]:
+    """The contiguous slice [start, stop) of n items that this rank handles (sizes differ by
+    at most one; rank order is item order, so gathered results line up with the items)."""
+    size, extra = divmod(n, info.world_size)
+    start = info.rank * size + min(info.rank, extra)
+    return start, start + size + (info.rank < extra)
 
 
 def barrier(info: DistInfo) -> None:

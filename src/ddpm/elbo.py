@@ -29,6 +29,7 @@ from ddpm.diffusion import Denoiser, Diffusion, denoise
 from ddpm.forward import q_marginal, q_posterior, q_sample, randn_like
 from ddpm.gaussian import discretized_gaussian_log_prob, gaussian_log_prob, normal_kl
 from ddpm.reverse import p_from_output
+from ddpm.rng import STREAM_MC, Noise, normal, rows, uniform_t
 from ddpm.schedule import NoiseSchedule
 
 
@@ -129,7 +130,7 @@ def elbo_terms(
     model: Denoiser,
     x0: Tensor,
     levels: int | None,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     max_batch: int = 4096,
     clip: tuple[float, float] | None = None,
     on_chunk: Callable[[int], None] | None = None,
@@ -139,12 +140,18 @@ def elbo_terms(
     Timesteps (and, when B > max_batch, examples) are batched in chunks so that one network
     call sees at most ``max_batch`` inputs. on_chunk(n) is called with the number of timesteps
     done in each chunk, as a fraction when examples are sliced (for progress bars).
+
+    generator: a ``ddpm.rng.KeyedNoise`` draws the noise of x_t for (seed, example index, t)
+    from its own key, so an example's terms do not depend on the other examples in x0, on
+    max_batch or on how the examples are split over calls or processes; a torch.Generator
+    (or None, the global one) draws in order instead.
     """
     B, T = x0.shape[0], diffusion.T
     if B > max_batch:  # more examples than one call may see: evaluate them in slices
         parts = [
             elbo_terms(
-                diffusion, model, x0[i : i + max_batch], levels, generator, max_batch, clip,
+                diffusion, model, x0[i : i + max_batch], levels, rows(generator, i, i + max_batch),
+                max_batch, clip,
                 None if on_chunk is None else _scaled(on_chunk, min(max_batch, B - i) / B),
             )
             for i in range(0, B, max_batch)
@@ -152,11 +159,13 @@ def elbo_terms(
         return ElboTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in ElboTerms.FIELDS))
     per_t = torch.empty(B, T, dtype=torch.float64, device=x0.device)
     chunk = max(1, max_batch // B)
+    example = torch.arange(B, device=x0.device)
     for start in range(1, T + 1, chunk):
         ts = torch.arange(start, min(start + chunk, T + 1), device=x0.device)
         t = ts.repeat_interleave(B)
         x0_rep = x0.repeat(len(ts), *([1] * (x0.ndim - 1)))
-        terms = vb_term(diffusion, model, x0_rep, t, levels, generator=generator, clip=clip)
+        eps = normal(generator, x0_rep, example.repeat(len(ts)), t)
+        terms = vb_term(diffusion, model, x0_rep, t, levels, noise=eps, clip=clip)
         per_t[:, start - 1 : start - 1 + len(ts)] = terms.reshape(len(ts), B).T
         if on_chunk is not None:
             on_chunk(len(ts))
@@ -174,13 +183,33 @@ def elbo_mc(
     x0: Tensor,
     levels: int | None,
     K: int,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     clip: tuple[float, float] | None = None,
+    max_batch: int = 4096,
 ) -> Tensor:
     """Unbiased estimate of -ELBO per example [B] from K uniform timesteps per example:
-    L_T + (T / K) sum_k term(t_k), t_k ~ U{1..T}. Its expectation is ``elbo_terms(...).total()``."""
+    L_T + (T / K) sum_k term(t_k), t_k ~ U{1..T}. Its expectation is ``elbo_terms(...).total()``.
+
+    Network calls see at most max_batch inputs (groups of max_batch // B draws per example;
+    examples in slices of max_batch). With a ``KeyedNoise`` the k-th timestep of an example
+    and its x_t are keyed by (seed, example index, k), independent of the batching."""
     B, T = x0.shape[0], diffusion.T
-    t = torch.randint(1, T + 1, (K * B,), generator=generator, device=x0.device)
-    x0_rep = x0.repeat(K, *([1] * (x0.ndim - 1)))
-    terms = vb_term(diffusion, model, x0_rep, t, levels, generator=generator, clip=clip)
-    return prior_kl(diffusion.schedule, x0) + T * terms.reshape(K, B).mean(dim=0)
+    if B > max_batch:
+        parts = [
+            elbo_mc(diffusion, model, x0[i : i + max_batch], levels, K,
+                    rows(generator, i, i + max_batch), clip, max_batch)
+            for i in range(0, B, max_batch)
+        ]  # fmt: skip
+        return torch.cat(parts)
+    group = max(1, max_batch // B)
+    total = torch.zeros(B, dtype=torch.float64, device=x0.device)
+    for start in range(0, K, group):
+        k = min(group, K - start)
+        example = torch.arange(B, device=x0.device).repeat(k)
+        chain = torch.arange(start, start + k, device=x0.device).repeat_interleave(B)
+        t = uniform_t(generator, T, example, chain)
+        x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))
+        eps = normal(generator, x0_rep, example, t, chain, stream=STREAM_MC)
+        terms = vb_term(diffusion, model, x0_rep, t, levels, noise=eps, clip=clip)
+        total += terms.reshape(k, B).sum(dim=0)
+    return prior_kl(diffusion.schedule, x0) + T * total / K

@@ -7,8 +7,12 @@ bounds, and, for data of known density, the KL chain
                                        >= KL(q(x_0) || p_theta(x_0)) >= 0.
 
 One evaluator serves trained networks and Bayes-optimal oracles alike: it only calls
-``model(x_t, t)``. Every mean comes with its standard error over examples; the KLs are estimated
-from per-example differences on the same x_0 (paired), which removes most of the data variance.
+``model(x_t, t)``. The work is per example (``example_terms``) and the report is built from the
+per-example terms (``summarise``), so examples can be evaluated in slices or on several
+processes and gathered; with ``ddpm.rng.KeyedNoise`` an example's draws are keyed by
+(seed, example index, t, chain) and its terms do not depend on how the examples were split.
+Every mean comes with its standard error over examples; the KLs are estimated from
+per-example differences on the same x_0 (paired), which removes most of the data variance.
 
 Units: nats per example in the data's own units. For continuous data scaled into model space
 (x = (raw - shift) / scale) the log-Jacobian -D log(scale) is added to every log-density; for
@@ -36,6 +40,7 @@ from ddpm.data import DataSpec, GaussianMixture
 from ddpm.diffusion import Denoiser, Diffusion
 from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms
 from ddpm.errors import ConfigError
+from ddpm.rng import Noise
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:
@@ -89,12 +94,91 @@ class Evaluation:
     posterior_gap: float | None = None  # kl_joint - kl_marginal = E[-ELBO] - E[-log p_theta]
     posterior_gap_se: float | None = None
     seconds: float = 0.0
+    clip: list[float] | None = None  # range x0_hat was clipped to in the p_theta scored
     per_example: Tensor | None = field(default=None, repr=False)  # [N] -ELBO (not in JSON)
 
     def to_dict(self) -> dict:
         d = asdict(dataclasses.replace(self, per_example=None))
         del d["per_example"]
         return d
+
+
+@dataclass(frozen=True)
+class ExampleTerms:
+    """What ``evaluate`` reports, per example, before averaging: float64 nats in model space
+    (no log-Jacobian). Row n is example n, so the terms of consecutive slices of the examples
+    (shards, under torchrun) concatenate into the terms of the whole set."""
+
+    prior_kl: Tensor  # [N] L_T
+    per_timestep: Tensor  # [N, T] L_0 (column 0) and L_{t-1} (column t-1)
+    iw_nll: Tensor | None = None  # [N, len(Ks)] -L_K for each K of the bounds (ascending)
+    mc: Tensor | None = None  # [N] K-timestep estimate of -ELBO
+    exact_nll: Tensor | None = None  # [N] exact -log p_theta(x_0)
+    neg_log_q: Tensor | None = None  # [N] -log q(x_0) of the known density
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> ExampleTerms:
+        """fn applied to every per-example tensor (rows are examples)."""
+        return ExampleTerms(
+            **{f.name: None if (v := getattr(self, f.name)) is None else fn(v)
+               for f in dataclasses.fields(self)}
+        )  # fmt: skip
+
+
+def check_request(n: int, iw: Sequence[int], mc_timesteps: int | None) -> None:
+    """Refuse, before any work, an evaluation of fewer than 2 examples or with K < 1."""
+    if n < 2:
+        raise ConfigError(f"evaluation needs at least 2 examples for a standard error (got {n})")
+    if any(int(k) < 1 for k in iw) or (mc_timesteps is not None and mc_timesteps < 1):
+        raise ConfigError(
+            f"importance samples K and Monte Carlo timesteps must be >= 1 (got iw={list(iw)}, "
+            f"mc={mc_timesteps})"
+        )
+
+
+def example_terms(
+    diffusion: Diffusion,
+    model: Denoiser,
+    x0: Tensor,
+    levels: int | None,
+    iw: Sequence[int] = (),
+    mc_timesteps: int | None = None,
+    density: GaussianMixture | None = None,
+    exact_log_prob: Callable[[Tensor], Tensor] | None = None,
+    generator: Noise = None,
+    max_batch: int = 4096,
+    clip: tuple[float, float] | None = None,
+    progress: bool = False,
+    name: str = "model",
+) -> ExampleTerms:
+    """Every per-example quantity ``evaluate`` reports (see its arguments), for x0 [N, ...]."""
+    T = diffusion.T
+    with tqdm(total=T, desc=f"{name}: ELBO", unit="t", disable=not progress) as bar:
+        terms = elbo_terms(
+            diffusion, model, x0, levels, generator=generator, max_batch=max_batch, clip=clip,
+            on_chunk=lambda k: bar.update(min(k, bar.total - bar.n)),  # fractions may round up
+        )  # fmt: skip
+    iw_nll = None
+    if iw:
+        b = min(x0.shape[0], max_batch)  # examples per slice, as iw_log_weights slices them
+        groups = -(-x0.shape[0] // b) * -(-max(iw) // max(1, max_batch // b))
+        desc = f"{name}: IW K<={max(iw)}"
+        with tqdm(total=groups * T, desc=desc, disable=not progress) as bar:
+            curve = iw_curve(
+                diffusion, model, x0, levels, tuple(iw), generator, clip, max_batch,
+                on_step=bar.update,
+            )  # fmt: skip
+        iw_nll = torch.stack([est.nll for est in curve], dim=1)
+    mc = None
+    if mc_timesteps is not None:
+        mc = elbo_mc(diffusion, model, x0, levels, mc_timesteps, generator, clip, max_batch)
+    return ExampleTerms(
+        prior_kl=terms.prior_kl,
+        per_timestep=terms.per_timestep,
+        iw_nll=iw_nll,
+        mc=mc,
+        exact_nll=None if exact_log_prob is None else -exact_log_prob(x0).double(),
+        neg_log_q=None if density is None else -density.log_prob(x0.double().flatten(1)),
+    )
 
 
 def evaluate(
@@ -107,9 +191,10 @@ def evaluate(
     mc_timesteps: int | None = None,
     density: GaussianMixture | None = None,
     exact_log_prob: Callable[[Tensor], Tensor] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     max_batch: int = 4096,
     progress: bool = False,
+    clip: tuple[float, float] | None = None,
 ) -> Evaluation:
     """Evaluate -ELBO (every term), IW bounds for each K in ``iw`` and, when the data density
     is known (``density``, model space), the entropy and the KL chain.
@@ -118,71 +203,69 @@ def evaluate(
     x0: [N, *spec.shape] in model space. exact_log_prob(x0) -> [N], model space: the model's
     exact log p_theta(x_0) where tractable (the Gaussian oracle); otherwise the largest-K IW
     bound stands in for it, and ``log_likelihood_exact`` is False. progress: show progress bars.
+    generator: a ``ddpm.rng.KeyedNoise`` keys every draw by (seed, example index, t, chain),
+    so each example's numbers are the same for any n, max_batch or split over processes.
+    clip: score the p_theta whose x0_hat is clipped to this range (as sampling with clip).
     """
-    if x0.shape[0] < 2:
-        raise ConfigError(
-            f"evaluation needs at least 2 examples for a standard error (got {x0.shape[0]})"
-        )
-    if any(int(k) < 1 for k in iw) or (mc_timesteps is not None and mc_timesteps < 1):
-        raise ConfigError(
-            f"importance samples K and Monte Carlo timesteps must be >= 1 (got iw={list(iw)}, "
-            f"mc={mc_timesteps})"
-        )
+    check_request(x0.shape[0], iw, mc_timesteps)
     start = time.perf_counter()
-    levels = spec.levels
+    terms = example_terms(
+        diffusion, model, x0, spec.levels, iw, mc_timesteps, density, exact_log_prob,
+        generator, max_batch, clip, progress, name,
+    )  # fmt: skip
+    return summarise(terms, spec, name, iw, mc_timesteps, clip, time.perf_counter() - start)
+
+
+def summarise(
+    terms: ExampleTerms,
+    spec: DataSpec,
+    name: str = "model",
+    iw: Sequence[int] = (),
+    mc_timesteps: int | None = None,
+    clip: tuple[float, float] | None = None,
+    seconds: float = 0.0,
+) -> Evaluation:
+    """The report of ``evaluate`` from per-example terms (means with standard errors)."""
     log_jac = spec.log_jacobian_nats()
-    T = diffusion.T
-    with tqdm(total=T, desc=f"{name}: ELBO", unit="t", disable=not progress) as bar:
-        terms = elbo_terms(
-            diffusion, model, x0, levels, generator=generator, max_batch=max_batch,
-            on_chunk=bar.update,
-        )  # fmt: skip
-    neg_elbo = terms.total() - log_jac  # [N], raw units
-    nelbo, nelbo_se = mean_se(neg_elbo)
     per_t = terms.per_timestep
+    n, T = per_t.shape
+    check_request(n, iw, mc_timesteps)
+    neg_elbo = terms.prior_kl + per_t.sum(dim=1) - log_jac  # [N], raw units
+    nelbo, nelbo_se = mean_se(neg_elbo)
     dims = spec.num_dims
     bpd = bits_per_dim(neg_elbo, dims)
     iw_bounds, nll_iw = [], None
-    if iw:
-        b = min(x0.shape[0], max_batch)  # examples per slice, as iw_log_weights slices them
-        groups = -(-x0.shape[0] // b) * -(-max(iw) // max(1, max_batch // b))
-        desc = f"{name}: IW K<={max(iw)}"
-        with tqdm(total=groups * T, desc=desc, disable=not progress) as bar:
-            curve = iw_curve(
-                diffusion, model, x0, levels, tuple(iw), generator, None, max_batch,
-                on_step=bar.update,
-            )  # fmt: skip
-        for est in curve:
-            nll_iw = est.nll - log_jac
-            iw_bounds.append(IwBound(est.K, *mean_se(nll_iw)))
+    for j, K in enumerate(sorted(set(int(k) for k in iw))):
+        nll_iw = terms.iw_nll[:, j] - log_jac
+        iw_bounds.append(IwBound(K, *mean_se(nll_iw)))
     out = dict(
         name=name,
-        n=x0.shape[0],
+        n=n,
         dims=dims,
         T=T,
         neg_elbo=nelbo,
         neg_elbo_se=nelbo_se,
         terms={
             "prior": float(terms.prior_kl.mean()),
-            "diffusion": float(terms.kl.sum(dim=-1).mean()),
-            "decoder": float(terms.decoder_nll.mean()) - log_jac,
+            "diffusion": float(per_t[:, 1:].sum(dim=-1).mean()),
+            "decoder": float(per_t[:, 0].mean()) - log_jac,
         },
         per_timestep=per_t.mean(dim=0).tolist(),
-        per_timestep_se=(per_t.std(dim=0) / math.sqrt(x0.shape[0])).tolist(),
+        per_timestep_se=(per_t.std(dim=0) / math.sqrt(n)).tolist(),
         nats_per_dim=nelbo / dims,
         nats_per_dim_se=nelbo_se / dims,
         bits_per_dim=mean_se(bpd)[0],
         bits_per_dim_se=mean_se(bpd)[1],
         log_jacobian=log_jac,
         iw=iw_bounds,
+        clip=None if clip is None else [float(c) for c in clip],
     )
-    if mc_timesteps is not None:
-        est = elbo_mc(diffusion, model, x0, levels, mc_timesteps, generator=generator)
+    if terms.mc is not None:
         out["mc_timesteps"] = mc_timesteps
-        out["neg_elbo_mc"], out["neg_elbo_mc_se"] = mean_se(est - log_jac)
+        out["neg_elbo_mc"], out["neg_elbo_mc_se"] = mean_se(terms.mc - log_jac)
     nll = None
-    if exact_log_prob is not None:
-        nll = -exact_log_prob(x0).double() - log_jac
+    if terms.exact_nll is not None:
+        nll = terms.exact_nll - log_jac
         out["log_likelihood_exact"] = True
     elif nll_iw is not None:
         nll = nll_iw
@@ -190,12 +273,12 @@ def evaluate(
     if nll is not None:
         out["neg_log_likelihood"], out["neg_log_likelihood_se"] = mean_se(nll)
         out["posterior_gap"], out["posterior_gap_se"] = mean_se(neg_elbo - nll)
-    if density is not None:
-        neg_log_q = -density.log_prob(x0.double().flatten(1)) - log_jac  # [N], raw units
+    if terms.neg_log_q is not None:
+        neg_log_q = terms.neg_log_q - log_jac  # [N], raw units
         out["entropy"], out["entropy_se"] = mean_se(neg_log_q)
         out["kl_joint"], out["kl_joint_se"] = mean_se(neg_elbo - neg_log_q)
         if nll is not None:
             out["kl_marginal"], out["kl_marginal_se"] = mean_se(nll - neg_log_q)
     out["per_example"] = neg_elbo.detach().cpu()
-    out["seconds"] = time.perf_counter() - start
+    out["seconds"] = seconds
     return Evaluation(**out)

@@ -1,9 +1,30 @@
-"""Randomness as a function of (seed, rank, step): resuming a run replays the same draws."""
+"""Randomness as a function of what it belongs to.
+
+Training draws from a generator seeded by (seed, rank, step): resuming a run replays the same
+draws. Evaluation draws keyed noise (``KeyedNoise``): the standard normal for element j of the
+draw keyed (stream, example index i, step t, chain k) is a pure function of
+(seed, stream, i, t, k, j), so an example's numbers do not depend on which other examples
+share its batch, on the batch size, on the order of the draws or on how the examples are split
+over processes.
+
+Keyed normals come from a counter-based construction: two independent 32-bit lanes hash the
+key with the bijective integer mix ``lowbias32`` (C. Wellons, "Prospecting for hash functions",
+2018), one hash per key component, giving 64 bits of state per pair of elements; Box-Muller
+turns them into two normals, sqrt(-2 log u1) (cos, sin)(2 pi u2). All integer arithmetic stays
+below 2^63 in int64 tensors, so the draws are the same on every device and need no generator
+state.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from torch import Tensor
+
+from ddpm.errors import ConfigError
 
 
 def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
@@ -20,3 +41,117 @@ def step_generator(seed: int, rank: int, step: int, device: torch.device | str =
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch.Generator on device seeded with seed (for sampling and evaluation)."""
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+# --- keyed noise for evaluation ---------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+_LANES = (0x3C6EF372, 0x1B873593)  # distinct start values of the two 32-bit lanes
+STREAM_ELBO, STREAM_IW, STREAM_MC_T, STREAM_MC = 0, 1, 2, 3  # what a draw is for
+
+
+def _mul32(x: Tensor, m: int) -> Tensor:
+    """x * m mod 2^32 for x in [0, 2^32) (int64). m is used as the signed 32-bit integer of
+    the same residue, so |x * m| < 2^63: nothing overflows, and & keeps the low 32 bits."""
+    return (x * (m - (1 << 32) if m >= 1 << 31 else m)) & _MASK32
+
+
+def _hash32(x: Tensor) -> Tensor:
+    """lowbias32: a bijection of [0, 2^32) with good avalanche (int64 in, int64 out)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _key32(v: Tensor | int, device: torch.device) -> Tensor:
+    return torch.as_tensor(v, dtype=torch.long, device=device) & _MASK32
+
+
+@dataclass(frozen=True, eq=False)
+class KeyedNoise:
+    """Counter-based noise for evaluation (module docstring): draws keyed by
+    (seed, stream, index[example], t, chain) instead of by their order.
+
+    Accepted wherever the likelihood functions take a ``generator``. index: [B] the global index
+    of each row of the x0 it is passed with (None: the row numbers 0..B-1).
+    """
+
+    seed: int
+    index: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= int(self.seed) < 1 << 63:
+            raise ConfigError(f"--seed {self.seed}: the evaluation seed must be in [0, 2^63)")
+
+    def rows(self, start: int, stop: int) -> KeyedNoise:
+        """The same noise for the examples x0[start:stop]."""
+        index = torch.arange(start, stop) if self.index is None else self.index[start:stop]
+        return KeyedNoise(self.seed, index)
+
+    def bits(self, stream: int, example: Tensor, t: Tensor | int, chain: Tensor | int, width: int):
+        """Two independent 32-bit hashes [R, width] (int64) of the key of each element."""
+        dev = example.device
+        i = example if self.index is None else self.index.to(dev)[example]
+        j = torch.arange(width, device=dev)
+        seed = int(self.seed)
+        out = []
+        for lane in _LANES:
+            h = _hash32(_key32(lane ^ (seed & _MASK32), dev))
+            for part in (seed >> 32, stream, i, t, chain):
+                h = _hash32(h ^ _key32(part, dev))
+            out.append(_hash32(h.reshape(-1, 1) ^ j))
+        return out
+
+    def normal(self, like: Tensor, example: Tensor, t: Tensor | int, chain: Tensor | int = 0,
+               stream: int = STREAM_ELBO) -> Tensor:  # fmt: skip
+        """Standard normals shaped like ``like`` [R, ...] (its dtype and device); row r keyed by
+        (stream, index[example[r]], t[r], chain[r]), elements j and j + ceil(n / 2) by the
+        pair index j (Box-Muller gives two independent normals per pair of uniforms)."""
+        n = like[0].numel() if like.shape[0] else 0
+        a, b = self.bits(stream, example.to(like.device), t, chain, (n + 1) // 2)
+        radius = (-2 * ((a.double() + 0.5) / 2.0**32).log()).sqrt()  # u1 in (0, 1): finite log
+        angle = b.double() * (2 * math.pi / 2.0**32)
+        z = torch.cat([radius * angle.cos(), radius * angle.sin()], dim=1)[:, :n]
+        return z.reshape(like.shape).to(like.dtype)
+
+    def randint(self, high: int, example: Tensor, chain: Tensor | int, stream: int) -> Tensor:
+        """Integers uniform on 1..high [R], keyed by (stream, index[example], chain)."""
+        a, b = self.bits(stream, example, 0, chain, 1)
+        u = ((a[:, 0] << 21) + (b[:, 0] >> 11)).double() / 2.0**53  # 53 random bits in [0, 1)
+        return (u * high).long() + 1
+
+
+Noise = torch.Generator | KeyedNoise | None
+
+
+def normal(
+    generator: Noise,
+    like: Tensor,
+    example: Tensor,
+    t: Tensor | int,
+    chain: Tensor | int = 0,
+    stream: int = STREAM_ELBO,
+) -> Tensor:
+    """Standard normals shaped like ``like``: keyed draws for a KeyedNoise, otherwise the next
+    draws of the torch generator (the global one for None), whose keys are then ignored."""
+    if isinstance(generator, KeyedNoise):
+        return generator.normal(like, example, t, chain, stream)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def uniform_t(
+    generator: Noise, T: int, example: Tensor, chain: Tensor | int = 0, stream: int = STREAM_MC_T
+) -> Tensor:
+    """Timesteps uniform on 1..T [R] (int64 on example's device): keyed by (index[example],
+    chain) for a KeyedNoise, otherwise the generator's next draws."""
+    if isinstance(generator, KeyedNoise):
+        return generator.randint(T, example, chain, stream)
+    return torch.randint(1, T + 1, example.shape, generator=generator, device=example.device)
+
+
+def rows(generator: Noise, start: int, stop: int) -> Noise:
+    """The noise source for the examples x0[start:stop] of a batch: a KeyedNoise keeps each
+    example's keys; a generator is shared (its draws continue in order)."""
+    return generator.rows(start, stop) if isinstance(generator, KeyedNoise) else generator

@@ -1,19 +1,14 @@
 """A run folder: everything needed to rebuild, resume, sample from and evaluate a trained model.
 
-    config.json              RunConfig + DataSpec + package version (JSON)
-    checkpoint.safetensors   model.*, ema.* weights, optim.* AdamW state, sampler.* timestep-
-                             sampler state; metadata: step, optimizer groups, config (JSON)
-    log.jsonl                one JSON line per logged step (step, loss, lr, grad_norm, seconds)
-    samples.png / .npy       the sample grid written at the end of training
-
-Every file is written atomically (temp file + os.replace); nothing is ever unpickled. Training
-randomness is a function of (seed, rank, step) (``ddpm.rng``), so a checkpoint needs no RNG state.
+Its files (config.json, checkpoint.safetensors, log.jsonl, samples.png / .npy) and their
+encoding are defined in ``ddpm.checkpoint``. Every file is written atomically (temp file +
+os.replace); nothing is ever unpickled. Training randomness is a function of (seed, rank, step)
+(``ddpm.rng``), so a checkpoint needs no RNG state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,17 +16,22 @@ import torch
 from torch import nn
 
 from ddpm import __version__
-from ddpm.checkpoint import load_json, load_module_tensors, load_tensors, save_json, save_tensors
+from ddpm.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    LOG,
+    SAMPLES,
+    load_checkpoint,
+    load_json,
+    save_json,
+)
 from ddpm.config import RunConfig
 from ddpm.data import DataSpec
 from ddpm.diffusion import Diffusion
 from ddpm.errors import CheckpointError
 from ddpm.nets import build_model
 
-CONFIG = "config.json"
-CHECKPOINT = "checkpoint.safetensors"
-LOG = "log.jsonl"
-SAMPLES = "samples.png"
+__all__ = ["CHECKPOINT", "CONFIG", "LOG", "SAMPLES", "Run", "load_run"]
 
 
 @dataclass(frozen=True)
@@ -83,39 +83,13 @@ def build(cfg: RunConfig, spec: DataSpec) -> tuple[Diffusion, nn.Module]:
     return diffusion, model
 
 
-def state_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v.detach() for k, v in module.state_dict().items()}
-
-
-def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    save_tensors(run_dir / CHECKPOINT, tensors, {k: json.dumps(v) for k, v in meta.items()})
-
-
-def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu"):
-    """(tensors, metadata) of checkpoint.safetensors; metadata values decoded from JSON."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; the run never saved a checkpoint, train it again")
-    tensors, meta = load_tensors(path, device=device)
-    try:
-        return tensors, {k: json.loads(v) for k, v in meta.items()}
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupted metadata ({e}); re-run training") from e
-
-
-def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, where: Path):
-    """Load the ``prefix.*`` tensors into module; mismatches become a CheckpointError."""
-    state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    load_module_tensors(module, state, f"{where} ({prefix} weights)")
-
-
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> Run:
     """Load a trained model (EMA weights by default) from a run folder."""
     run_dir = Path(run_dir)
     cfg, spec = load_config(run_dir)
     diffusion, model = build(cfg, spec)
-    tensors, meta = load_checkpoint(run_dir, device)
-    saved_cfg = RunConfig.from_dict(meta["config"]) if "config" in meta else cfg
+    ckpt = load_checkpoint(run_dir / CHECKPOINT, device)
+    saved_cfg = RunConfig.from_dict(ckpt.config) if ckpt.config is not None else cfg
     # config.json may be ahead of the checkpoint in the fields a resume may change (--steps).
     diff = config_difference(saved_cfg, cfg)
     if diff is not None:
@@ -123,9 +97,9 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool 
             f"{run_dir}: {CONFIG} does not match the checkpoint ({diff}); "
             f"restore the original {CONFIG} or train again"
         )
-    load_state(model, tensors, "ema" if ema else "model", run_dir / CHECKPOINT)
+    ckpt.load_weights(model, ema=ema)
     model.to(device).eval()
-    return Run(run_dir, cfg, spec, diffusion, model, int(meta.get("step", 0)))
+    return Run(run_dir, cfg, spec, diffusion, model, ckpt.step)
 
 
 def _first_difference(a: RunConfig, b: RunConfig) -> str:

@@ -25,7 +25,7 @@ from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
-from ddpm.rng import seeded_generator
+from ddpm.rng import KeyedNoise, seeded_generator
 from ddpm.schedule import NoiseSchedule
 
 
@@ -229,8 +229,9 @@ def theory_run(
             "`ddpm theory DIR` needs a run on gmm8 or a Gaussian-mixture .json"
         )
     x0 = data.test[:n].to(device)
-    # Both models see the same x_t draws (same seed), so their difference is paired.
-    g = seeded_generator(seed, device)
+    # Both models see the same keyed x_t draws, so their difference is paired; the trained
+    # model's numbers are those of `ddpm evaluate` with the same seed.
+    noise = KeyedNoise(seed)
     trained = evaluate(
         run.diffusion,
         run.model,
@@ -239,7 +240,7 @@ def theory_run(
         name="trained",
         iw=iw,
         density=data.density.to(device),
-        generator=g,
+        generator=noise,
         progress=progress,
     )
     param = run.diffusion.param
@@ -250,7 +251,6 @@ def theory_run(
     oracle = MixtureOracle(
         run.diffusion.schedule, data.density.to(device), prediction=param.prediction
     )
-    g = seeded_generator(seed, device)
     best = evaluate(
         oracle_diffusion,
         oracle,
@@ -259,7 +259,7 @@ def theory_run(
         name="bayes-optimal",
         iw=iw,
         density=data.density.to(device),
-        generator=g,
+        generator=noise,
         progress=progress,
     )
     return TheoryResult(

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm import dist, runs
-from ddpm.checkpoint import optimizer_from_tensors, optimizer_to_tensors
+from ddpm.checkpoint import SAMPLES_ARRAY, load_checkpoint, save_checkpoint
 from ddpm.config import RunConfig
 from ddpm.data import Dataset, load_dataset
 from ddpm.errors import CheckpointError, ConfigError
@@ -104,49 +104,12 @@ def check_run_dir(
 
 def clear_run_dir(out: Path) -> None:
     """Remove what a previous run wrote into out (for --overwrite, once the new run is set up)."""
-    for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, "samples.npy"):
+    for name in (runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, SAMPLES_ARRAY):
         (out / name).unlink(missing_ok=True)
     for stale in [*out.glob("eval_*.json"), *out.glob("eval_*.png"), *out.glob("samples_seed*")]:
         stale.unlink()
     for folder in ("progress", "theory"):
         shutil.rmtree(out / folder, ignore_errors=True)
-
-
-def save_training_state(
-    run_dir: Path,
-    model: nn.Module,
-    ema: nn.Module,
-    opt: torch.optim.Optimizer,
-    meta: dict,
-    extra: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """Checkpoint model.*, ema.*, optim.* (AdamW state) and ``extra`` tensors, with ``meta``
-    (JSON values) and the optimizer's hyper-parameters in the metadata."""
-    opt_tensors, opt_meta = optimizer_to_tensors(opt.state_dict())
-    tensors = {
-        **runs.state_tensors("model", model),
-        **runs.state_tensors("ema", ema),
-        **{f"optim.{k}": v for k, v in opt_tensors.items()},
-        **(extra or {}),
-    }
-    runs.save_checkpoint(run_dir, tensors, {**meta, "optimizer": opt_meta})
-
-
-def load_training_state(
-    run_dir: Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, device
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """Inverse of ``save_training_state``: load model, EMA and optimizer state in place and
-    return (tensors, metadata) for whatever else the checkpoint holds."""
-    tensors, meta = runs.load_checkpoint(run_dir, device)
-    where = run_dir / runs.CHECKPOINT
-    runs.load_state(model, tensors, "model", where)
-    runs.load_state(ema, tensors, "ema", where)
-    opt_state = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
-    try:
-        opt.load_state_dict(optimizer_from_tensors(opt_state, meta["optimizer"]))
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: optimizer state does not fit ({e})") from None
-    return tensors, meta
 
 
 class Trainer:
@@ -216,16 +179,23 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
-        meta = {"step": self.step, "config": self.cfg.to_dict()}
-        sampler = {f"sampler.{k}": v for k, v in self.sampler.state_dict().items()}
-        save_training_state(run_dir, self.model, self.ema, self.opt, meta, sampler)
+        save_checkpoint(
+            run_dir / runs.CHECKPOINT,
+            self.model,
+            ema=self.ema,
+            optimizer=self.opt,
+            sampler_state=self.sampler.state_dict(),
+            step=self.step,
+            config=self.cfg.to_dict(),
+        )
 
     def load(self, run_dir: Path) -> None:
-        tensors, meta = load_training_state(run_dir, self.model, self.ema, self.opt, self.device)
-        self.sampler.load_state_dict(
-            {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
-        )
-        self.step = int(meta["step"])
+        ckpt = load_checkpoint(run_dir / runs.CHECKPOINT, self.device)
+        ckpt.load_weights(self.model)
+        ckpt.load_weights(self.ema, ema=True)
+        ckpt.load_optimizer(self.opt)
+        self.sampler.load_state_dict(ckpt.sampler_state())
+        self.step = ckpt.step
 
     # --- samples ----------------------------------------------------------------------------
     def write_samples(self, path: Path, n: int) -> Path:

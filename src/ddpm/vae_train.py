@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ddpm import __version__, runs
-from ddpm.checkpoint import load_json, save_json
+from ddpm.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
 from ddpm.data import Dataset, DataSpec, load_dataset
 from ddpm.dist import pick_device
 from ddpm.errors import CheckpointError, ConfigError
@@ -35,9 +35,7 @@ from ddpm.train import (
     clear_run_dir,
     ema_decay_at,
     ema_update,
-    load_training_state,
     lr_at,
-    save_training_state,
 )
 from ddpm.vae import Vae, VaeRunConfig, vae_elbo_terms, vae_sample
 
@@ -151,12 +149,17 @@ class VaeTrainer:
         }
 
     def save(self, run_dir: Path) -> None:
-        meta = {"step": self.step, "cpu_seconds": self.cpu_seconds, "config": self.cfg.to_dict()}
-        save_training_state(run_dir, self.model, self.ema, self.opt, meta)
+        save_checkpoint(
+            run_dir / runs.CHECKPOINT, self.model, ema=self.ema, optimizer=self.opt,
+            step=self.step, config=self.cfg.to_dict(), extra={"cpu_seconds": self.cpu_seconds},
+        )  # fmt: skip
 
     def load(self, run_dir: Path) -> None:
-        _, meta = load_training_state(run_dir, self.model, self.ema, self.opt, self.device)
-        self.step, self.cpu_seconds = int(meta["step"]), float(meta.get("cpu_seconds", 0.0))
+        ckpt = load_checkpoint(run_dir / runs.CHECKPOINT, self.device)
+        ckpt.load_weights(self.model)
+        ckpt.load_weights(self.ema, ema=True)
+        ckpt.load_optimizer(self.opt)
+        self.step, self.cpu_seconds = ckpt.step, float(ckpt.meta.get("cpu_seconds", 0.0))
 
     def write_samples(self, path: Path, n: int, reference: torch.Tensor) -> Path:
         from ddpm.report.samples import save_samples
@@ -241,15 +244,15 @@ def load_vae_run(run_dir: str | Path, device: str | torch.device = "cpu", ema: b
     run_dir = Path(run_dir)
     cfg, spec = load_config(run_dir)
     model = Vae(cfg.vae, spec.shape)
-    tensors, meta = runs.load_checkpoint(run_dir, device)
-    saved = VaeRunConfig.from_dict(meta["config"]) if "config" in meta else cfg
+    ckpt = load_checkpoint(run_dir / runs.CHECKPOINT, device)
+    saved = VaeRunConfig.from_dict(ckpt.config) if ckpt.config is not None else cfg
     diff = _difference(saved, cfg)
     if diff is not None:
         raise CheckpointError(
             f"{run_dir}: {runs.CONFIG} does not match the checkpoint ({diff}); "
             f"restore the original {runs.CONFIG} or train again"
         )
-    runs.load_state(model, tensors, "ema" if ema else "model", run_dir / runs.CHECKPOINT)
+    ckpt.load_weights(model, ema=ema)
     model.to(device).eval()
-    step, cpu = int(meta.get("step", 0)), float(meta.get("cpu_seconds", 0.0))
+    step, cpu = ckpt.step, float(ckpt.meta.get("cpu_seconds", 0.0))
     return VaeRun(run_dir, cfg, spec, model, step, cpu)

@@ -2,7 +2,8 @@
 
 A :class:`matplotlib.figure.Figure` made directly is independent of any backend state and is
 freed by the garbage collector like any other object, so the library never sets up anything
-global and can draw in worker processes and without a display.
+global and can draw in worker processes and without a display. Matplotlib is imported when the
+first figure is made, never at ``import ddpm``.
 """
 
 from __future__ import annotations
@@ -10,20 +11,25 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from ddpm.checkpoint import atomic_write_bytes
 from ddpm.errors import DataError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 
 
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A white figure of the given size in inches, laid out with constrained layout."""
+    from matplotlib.figure import Figure  # heavy: imported only when a figure is drawn
+
     return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
 
 

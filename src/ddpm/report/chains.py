@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.axes import Axes
 from torch import Tensor
 
 from ddpm.errors import DataError
 from ddpm.report._figure import as_float_array, check_ts, limits, new_figure, save_figure
 from ddpm.report.images import to_uint8
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["save_forward_strip", "save_trajectory", "save_trajectory_2d"]
 
