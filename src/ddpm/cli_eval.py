@@ -527,7 +527,14 @@ def cmd_theory(args: argparse.Namespace) -> int:
                 rundir.record(subject, paths)
     else:
         res = theory.theory_mixture(
-            subject, T, args.schedule, variance, n, iw, args.seed, progress=not args.json,
+            subject,
+            T,
+            args.schedule,
+            variance,
+            n,
+            iw,
+            args.seed,
+            progress=not args.json,
             ode=ode_config(args),
         )
         out = args.out or Path("reports") / f"theory_{Path(subject).stem}"

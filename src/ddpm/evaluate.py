@@ -110,9 +110,7 @@ class Evaluation:
     per_example_terms: Tensor | None = field(default=None, repr=False)  # [N, T] (not in JSON)
 
     def to_dict(self) -> dict:
-        d = asdict(
-            dataclasses.replace(self, per_example=None, per_example_terms=None, ode=None)
-        )
+        d = asdict(dataclasses.replace(self, per_example=None, per_example_terms=None, ode=None))
         del d["per_example"], d["per_example_terms"]
         d["coarse_to_fine"] = coarse_to_fine(self)
         d["ode"] = self.ode.to_dict() if self.ode is not None else None

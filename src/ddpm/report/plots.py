@@ -281,4 +281,3 @@ def save_loss_curve(steps: list[int], losses: list[float], path: str | os.PathLi
     ax.set_ylabel("training loss")
     ax.grid(True, which="major", alpha=0.3)
     return save_figure(fig, path)
-
