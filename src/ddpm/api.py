@@ -115,47 +115,37 @@ def sample_run(
     if Path(run_dir).is_dir():
         out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before sampling
     with rundir.writing_outputs(run_dir, outputs, "sample"):
-        return _sample_run(
-            run_dir, n, out, seed, trajectory, frames, device, progress, clip, steps, sampler,
-            eta, metrics, classifier_dir,
-        )  # fmt: skip
+        dev = pick_device(device)
+        m = load_model(run_dir, device=dev)
+        x0_range = clip_range(m, clip)
+        diffusion = m.diffusion if steps is None else respace(m.diffusion, steps)
+        T = diffusion.T
+        capture = evenly_spaced_steps(T, frames) if trajectory else ()
+        g = seeded_generator(seed, dev)
+        draw = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
+        with tqdm(total=T, desc=f"sample ({sampler})", unit="t", disable=not progress) as bar:
+            res = draw(
+                diffusion, m.model, m.spec.shape, n, g, dev, x0_range, capture,
+                on_step=lambda _: bar.update(1),
+            )  # fmt: skip
+        path = save_samples(res.x0, out, m.spec)
+        traj_path = None
+        if trajectory:
+            traj_path = out.with_name(out.stem + "_trajectory.png")
+            k = min(n, 8)
+            if m.spec.is_image:
+                save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
+            else:
+                save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
+        quality, quality_path = None, None
+        if metrics:
+            from ddpm.quality.run import score_run_samples
 
-
-def _sample_run(
-    run_dir, n, out, seed, trajectory, frames, device, progress, clip, steps, sampler, eta,
-    metrics, classifier_dir,
-) -> SampleResult:  # fmt: skip
-    dev = pick_device(device)
-    m = load_model(run_dir, device=dev)
-    x0_range = clip_range(m, clip)
-    diffusion = m.diffusion if steps is None else respace(m.diffusion, steps)
-    T = diffusion.T
-    capture = evenly_spaced_steps(T, frames) if trajectory else ()
-    g = seeded_generator(seed, dev)
-    draw = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
-    with tqdm(total=T, desc=f"sample ({sampler})", unit="t", disable=not progress) as bar:
-        res = draw(
-            diffusion, m.model, m.spec.shape, n, g, dev, x0_range, capture,
-            on_step=lambda _: bar.update(1),
-        )  # fmt: skip
-    path = save_samples(res.x0, out, m.spec)
-    traj_path = None
-    if trajectory:
-        traj_path = out.with_name(out.stem + "_trajectory.png")
-        k = min(n, 8)
-        if m.spec.is_image:
-            save_trajectory(res.xt[:, :k].cpu(), res.x0_hat[:, :k].cpu(), res.steps, traj_path)
-        else:
-            save_trajectory_2d(as_plane(res.xt), res.steps, traj_path)
-    quality, quality_path = None, None
-    if metrics:
-        from ddpm.quality.run import score_run_samples
-
-        quality = score_run_samples(m, res.x0, seed, classifier_dir, dev)
-        quality_path = save_json(out.with_name(out.stem + "_quality.json"), quality.to_dict())
-    return SampleResult(
-        path, out.with_suffix(".npy"), traj_path, res.x0, x0_range, quality, quality_path
-    )
+            quality = score_run_samples(m, res.x0, seed, classifier_dir, dev)
+            quality_path = save_json(out.with_name(out.stem + "_quality.json"), quality.to_dict())
+        return SampleResult(
+            path, out.with_suffix(".npy"), traj_path, res.x0, x0_range, quality, quality_path
+        )
 
 
 def forward_strip(
@@ -238,38 +228,6 @@ def evaluate_run(
     ode: also the likelihood of the probability-flow ODE sharing the network (``ddpm.ode``),
     computed by rank 0 alone.
     """
-    if max_batch < 1:
-        raise ConfigError(f"--max-batch must be >= 1 (got {max_batch})")
-    args = {k: v for k, v in locals().items() if k != "args"}
-    out = Path(out_dir) if out_dir is not None else Path(run_dir)
-    outputs = [
-        out / f"eval_{split}{suffix}" for suffix in (".json", "_per_timestep.png", "_mse.png")
-    ]
-    outputs += [Path(per_example)] if per_example is not None else []
-    # Under torchrun rank 0 alone writes, so it alone holds the run folder's lock.
-    lock = dist.launched_as_main()
-    with rundir.writing_outputs(run_dir, outputs if lock else [], "evaluate"):
-        return _evaluate_run(**args)
-
-
-def _evaluate_run(
-    run_dir,
-    split,
-    n,
-    iw,
-    mc_timesteps,
-    seed,
-    device,
-    max_batch,
-    out_dir,
-    progress,
-    clip,
-    per_example,
-    data,
-    samples,
-    classifier_dir,
-    ode,
-) -> EvalResult:
     from ddpm.data import load_dataset
     from ddpm.evaluate import check_request, example_terms, summarise
     from ddpm.report import save_array, save_per_timestep
@@ -282,62 +240,74 @@ def _evaluate_run(
         raise ConfigError(f"--samples must be >= 2 (got {samples})")
     if per_example is not None and Path(per_example).suffix != ".npy":
         raise ConfigError(f"--per-example {per_example}: give a path ending in .npy")
-    info, dev = dist.init_distributed(pick_device(device))
-    m = load_model(run_dir, device=dev)
-    if ode is not None and m.schedule_name is None:
-        raise ConfigError(
-            f"--ode: {m.path} is a {m.source} folder; the probability-flow likelihood needs "
-            "the continuous form of a ddpm run's linear or cosine schedule"
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1 (got {max_batch})")
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    outputs = [
+        out / f"eval_{split}{suffix}" for suffix in (".json", "_per_timestep.png", "_mse.png")
+    ]
+    outputs += [Path(per_example)] if per_example is not None else []
+    # Under torchrun rank 0 alone writes, so it alone holds the run folder's lock.
+    lock = dist.launched_as_main()
+    with rundir.writing_outputs(run_dir, outputs if lock else [], "evaluate"):
+        info, dev = dist.init_distributed(pick_device(device))
+        m = load_model(run_dir, device=dev)
+        if ode is not None and m.schedule_name is None:
+            raise ConfigError(
+                f"--ode: {m.path} is a {m.source} folder; the probability-flow likelihood needs "
+                "the continuous form of a ddpm run's linear or cosine schedule"
+            )
+        x0_range = clip_range(m, clip)
+        dataset = load_dataset(m.data_config(data))
+        m.check_data(dataset.spec)
+        x0 = getattr(dataset, split)[:n]
+        check_request(x0.shape[0], iw, mc_timesteps)
+        density = dataset.density.to(dev) if dataset.density is not None else None
+        start, stop = dist.shard(x0.shape[0], info)
+        t0 = time.perf_counter()
+        terms = example_terms(
+            m.diffusion, m.model, x0[start:stop].to(dev), dataset.spec.levels, iw, mc_timesteps,
+            density, None, KeyedNoise(seed, torch.arange(start, stop)), max_batch, x0_range,
+            progress and info.is_main, m.name,
+        )  # fmt: skip
+        terms = terms.map(lambda v: dist.gather_rows(v, info))
+        ev = summarise(
+            terms, dataset.spec, m.name, iw, mc_timesteps, x0_range, time.perf_counter() - t0
         )
-    x0_range = clip_range(m, clip)
-    dataset = load_dataset(m.data_config(data))
-    m.check_data(dataset.spec)
-    x0 = getattr(dataset, split)[:n]
-    check_request(x0.shape[0], iw, mc_timesteps)
-    density = dataset.density.to(dev) if dataset.density is not None else None
-    start, stop = dist.shard(x0.shape[0], info)
-    t0 = time.perf_counter()
-    terms = example_terms(
-        m.diffusion, m.model, x0[start:stop].to(dev), dataset.spec.levels, iw, mc_timesteps,
-        density, None, KeyedNoise(seed, torch.arange(start, stop)), max_batch, x0_range,
-        progress and info.is_main, m.name,
-    )  # fmt: skip
-    terms = terms.map(lambda v: dist.gather_rows(v, info))
-    ev = summarise(
-        terms, dataset.spec, m.name, iw, mc_timesteps, x0_range, time.perf_counter() - t0
-    )
-    if ode is not None and info.is_main:
-        flow = ProbabilityFlow.of(m.diffusion, m.schedule_name)
-        res = ode_likelihood(
-            flow, m.model, x0.to(dev), dataset.spec, ode, KeyedNoise(seed), max_batch, progress
-        )
-        ev = dataclasses.replace(ev, ode=res)
-    out = Path(out_dir) if out_dir is not None else m.path
-    json_path, png = out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"
-    mse = out / f"eval_{split}_mse.png"
-    npy = Path(per_example) if per_example is not None else None
-    quality = None
-    if info.is_main:
-        from ddpm.report.theory import save_mse_per_timestep
+        if ode is not None and info.is_main:
+            flow = ProbabilityFlow.of(m.diffusion, m.schedule_name)
+            res = ode_likelihood(
+                flow, m.model, x0.to(dev), dataset.spec, ode, KeyedNoise(seed), max_batch, progress
+            )
+            ev = dataclasses.replace(ev, ode=res)
+        out = Path(out_dir) if out_dir is not None else m.path
+        json_path, png = out / f"eval_{split}.json", out / f"eval_{split}_per_timestep.png"
+        mse = out / f"eval_{split}_mse.png"
+        npy = Path(per_example) if per_example is not None else None
+        quality = None
+        if info.is_main:
+            from ddpm.report.theory import save_mse_per_timestep
 
-        doc = ev.to_dict()
-        if samples is not None:
-            quality = _scored_samples(m, samples, seed, classifier_dir, dev, progress)
-            doc["sample_quality"] = quality.to_dict()
-        if npy is not None:
-            save_array(ev.per_example, npy)
-            doc["per_example_file"] = str(npy)
-        doc["processes"] = info.world_size
-        save_json(json_path, doc)
-        save_per_timestep(
-            {f"{m.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
-            png,
-            title=f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim",
-        )
-        save_mse_per_timestep([ev], mse, f"{m.name} ({split})")
-    dist.barrier(info)
-    dist.cleanup(info)
-    return EvalResult(ev, json_path, png, npy, info.is_main, mse, quality)
+            doc = ev.to_dict()
+            if samples is not None:
+                quality = _scored_samples(m, samples, seed, classifier_dir, dev, progress)
+                doc["sample_quality"] = quality.to_dict()
+            if npy is not None:
+                save_array(ev.per_example, npy)
+                doc["per_example_file"] = str(npy)
+            doc["processes"] = info.world_size
+            save_json(json_path, doc)
+            save_per_timestep(
+                {f"{m.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
+                png,
+                title=(
+                    f"-ELBO per timestep: {ev.neg_elbo:.2f} nats = {ev.bits_per_dim:.3f} bits/dim"
+                ),
+            )
+            save_mse_per_timestep([ev], mse, f"{m.name} ({split})")
+        dist.barrier(info)
+        dist.cleanup(info)
+        return EvalResult(ev, json_path, png, npy, info.is_main, mse, quality)
 
 
 def _scored_samples(run, n, seed, classifier_dir, device, progress):
@@ -398,34 +368,6 @@ def evaluate_steps_run(
     against K with the data entropy.
     samples: also draw this many samples with each of ``samplers`` and K, and write the
     quality-vs-K table quality_steps.json and figure quality_steps.png (``ddpm.quality``)."""
-    args = {k: v for k, v in locals().items() if k != "args"}
-    out = Path(out_dir) if out_dir is not None else Path(run_dir)
-    names = ["_steps.json", "_steps.png", "_steps_vs_oracle.png"]
-    outputs = [out / f"eval_{split}{name}" for name in names]
-    outputs += [out / "quality_steps.json", out / "quality_steps.png"] if samples else []
-    with rundir.writing_outputs(run_dir, outputs, "evaluate"):
-        return _evaluate_steps_run(**args)
-
-
-def _evaluate_steps_run(
-    run_dir,
-    steps,
-    split,
-    n,
-    iw,
-    mc_timesteps,
-    seed,
-    device,
-    max_batch,
-    out_dir,
-    progress,
-    clip,
-    data,
-    samples,
-    classifier_dir,
-    samplers,
-    eta,
-) -> StepsEvalResult:
     from ddpm.data import load_dataset
     from ddpm.evaluate import evaluate
     from ddpm.report import save_steps_curve
@@ -441,94 +383,76 @@ def _evaluate_steps_run(
         raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
-    dev = pick_device(device)
-    m = load_model(run_dir, device=dev)
-    x0_range = clip_range(m, clip)
-    dataset = load_dataset(m.data_config(data))
-    m.check_data(dataset.spec)
-    x0 = getattr(dataset, split)[:n].to(dev)
-    density = dataset.density.to(dev) if dataset.density is not None else None
-    ks = sorted(set(int(k) for k in steps))
-    diffusions = [respace(m.diffusion, k) for k in ks]  # check every K before evaluating
-    evaluations = [
-        evaluate(
-            d,
-            m.model,
-            x0,
-            dataset.spec,
-            name=f"{m.name} K={k}",
-            iw=iw,
-            mc_timesteps=mc_timesteps,
-            density=density,
-            generator=KeyedNoise(seed, torch.arange(x0.shape[0])),
-            max_batch=max_batch,
-            progress=progress,
-            clip=x0_range,
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    names = ["_steps.json", "_steps.png", "_steps_vs_oracle.png"]
+    outputs = [out / f"eval_{split}{name}" for name in names]
+    outputs += [out / "quality_steps.json", out / "quality_steps.png"] if samples else []
+    with rundir.writing_outputs(run_dir, outputs, "evaluate"):
+        dev = pick_device(device)
+        m = load_model(run_dir, device=dev)
+        x0_range = clip_range(m, clip)
+        dataset = load_dataset(m.data_config(data))
+        m.check_data(dataset.spec)
+        x0 = getattr(dataset, split)[:n].to(dev)
+        density = dataset.density.to(dev) if dataset.density is not None else None
+        ks = sorted(set(int(k) for k in steps))
+        diffusions = [respace(m.diffusion, k) for k in ks]  # check every K before evaluating
+        # Every K (and the Bayes-optimal model) is scored on the same examples and x_t draws.
+        score = partial(
+            evaluate, x0=x0, spec=dataset.spec, iw=iw, mc_timesteps=mc_timesteps,
+            density=density, generator=KeyedNoise(seed, torch.arange(x0.shape[0])),
+            max_batch=max_batch, progress=progress,
         )  # fmt: skip
-        for k, d in zip(ks, diffusions, strict=True)
-    ]
-    out = Path(out_dir) if out_dir is not None else m.path
-    doc = {
-        "run": str(m.path),
-        "split": split,
-        "T": m.diffusion.T,
-        "clip": list(x0_range) if x0_range is not None else None,
-        "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
-    }
-    oracles, oracle_png = None, None
-    if density is not None:  # known density: the Bayes-optimal model of each K-step process
-        oracles = _oracle_steps(x0, dataset.spec, density, diffusions, seed, iw, mc_timesteps,
-                                max_batch, progress)  # fmt: skip
-        doc["oracle_steps"] = [{"K": ev.T, **ev.to_dict()} for ev in oracles]
-        oracle_png = _save_steps_vs_oracle(
-            evaluations, oracles, out / f"eval_{split}_steps_vs_oracle.png", m.name
+        evaluations = [
+            score(d, m.model, name=f"{m.name} K={k}", clip=x0_range)
+            for k, d in zip(ks, diffusions, strict=True)
+        ]
+        out = Path(out_dir) if out_dir is not None else m.path
+        doc = {
+            "run": str(m.path),
+            "split": split,
+            "T": m.diffusion.T,
+            "clip": list(x0_range) if x0_range is not None else None,
+            "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
+        }
+        oracles, oracle_png = None, None
+        if density is not None:  # known density: the Bayes-optimal model of each K-step process
+            oracles = _oracle_steps(score, density, diffusions)
+            doc["oracle_steps"] = [{"K": ev.T, **ev.to_dict()} for ev in oracles]
+            oracle_png = _save_steps_vs_oracle(
+                evaluations, oracles, out / f"eval_{split}_steps_vs_oracle.png", m.name
+            )
+        json_path = save_json(out / f"eval_{split}_steps.json", doc)
+        png = save_steps_curve(
+            [ev.T for ev in evaluations],
+            [ev.bits_per_dim for ev in evaluations],
+            [ev.bits_per_dim_se for ev in evaluations],
+            out / f"eval_{split}_steps.png",
+            title=f"{m.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
         )
-    json_path = save_json(out / f"eval_{split}_steps.json", doc)
-    png = save_steps_curve(
-        [ev.T for ev in evaluations],
-        [ev.bits_per_dim for ev in evaluations],
-        [ev.bits_per_dim_se for ev in evaluations],
-        out / f"eval_{split}_steps.png",
-        title=f"{m.name} ({split}, n={x0.shape[0]}): -ELBO of the K-step model",
-    )
-    if samples is None:
-        return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png)
-    from ddpm.quality.run import run_quality_vs_steps, write_quality_steps
+        if samples is None:
+            return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png)
+        from ddpm.quality.run import run_quality_vs_steps, write_quality_steps
 
-    bpd = {ev.T: (ev.bits_per_dim, ev.bits_per_dim_se) for ev in evaluations}
-    rows = run_quality_vs_steps(
-        m, ks, samplers, samples, seed, eta, classifier_dir, x0.device, bits_per_dim=bpd
-    )
-    q_json, q_png = write_quality_steps(rows, out, f"{m.name}: {samples} samples")
-    return StepsEvalResult(evaluations, json_path, png, oracles, oracle_png, rows, q_json, q_png)
+        bpd = {ev.T: (ev.bits_per_dim, ev.bits_per_dim_se) for ev in evaluations}
+        rows = run_quality_vs_steps(
+            m, ks, samplers, samples, seed, eta, classifier_dir, x0.device, bits_per_dim=bpd
+        )
+        q_json, q_png = write_quality_steps(rows, out, f"{m.name}: {samples} samples")
+        return StepsEvalResult(
+            evaluations, json_path, png, oracles, oracle_png, rows, q_json, q_png
+        )
 
 
-def _oracle_steps(
-    x0, spec, density, diffusions, seed: int, iw, mc_timesteps, max_batch: int, progress: bool
-) -> list:
-    """``evaluate`` of the Bayes-optimal model (``theory.bayes_optimal``) in each process, on
-    the same examples and x_t draws as the run's network."""
-    from ddpm.evaluate import evaluate
+def _oracle_steps(score, density, diffusions) -> list:
+    """``score`` (``evaluate`` bound to the run's examples and x_t draws) of the Bayes-optimal
+    model (``theory.bayes_optimal``) of each process."""
     from ddpm.theory import bayes_optimal
 
     out = []
     for d in diffusions:
         od, oracle = bayes_optimal(d, density)
-        out.append(
-            evaluate(
-                od,
-                oracle,
-                x0,
-                spec,
-                name=f"bayes-optimal K={d.T}",
-                iw=iw,
-                mc_timesteps=mc_timesteps,
-                density=density,
-                generator=KeyedNoise(seed, torch.arange(x0.shape[0])),
-                max_batch=max_batch,
-                progress=progress,
-            )  # fmt: skip
-        )
+        out.append(score(od, oracle, name=f"bayes-optimal K={d.T}"))
     return out
 
 

@@ -186,9 +186,10 @@ def save_tensors(
 
 
 def load_tensors(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike, device: str | torch.device = "cpu", metadata_only: bool = False
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a safetensors file: (tensors by name, on ``device``; string metadata).
+    """Read a safetensors file: (tensors by name, on ``device``; string metadata). With
+    metadata_only, no tensor is read (the header alone) and the tensors dict is empty.
 
     A missing, truncated or corrupted file raises CheckpointError naming the file.
     """
@@ -200,7 +201,7 @@ def load_tensors(
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {} if metadata_only else {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error type, OSError, ValueError, ...
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -431,12 +432,15 @@ class Checkpoint:
         return self.part(SAMPLER)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read a file written by ``save_checkpoint``; tensors on device, metadata decoded."""
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", metadata_only: bool = False
+) -> Checkpoint:
+    """Read a file written by ``save_checkpoint``; tensors on device, metadata decoded.
+    metadata_only: read the header alone (step, config, ...), no tensors."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: missing; the run never saved a checkpoint, train it again")
-    tensors, meta = load_tensors(path, device=device)
+    tensors, meta = load_tensors(path, device=device, metadata_only=metadata_only)
     try:
         decoded = {k: json.loads(v) for k, v in meta.items()}
     except json.JSONDecodeError as e:

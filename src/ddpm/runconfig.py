@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ddpm.checkpoint import load_json
+from ddpm.checkpoint import load_checkpoint, load_json
 from ddpm.errors import CheckpointError, ConfigError
 
 
@@ -61,7 +61,7 @@ def saved_config(run_dir: str | Path):
             f"{run_dir}: no checkpoint, so no run here (it stopped before its first checkpoint);"
             " train it again without --resume"
         )
-    meta = read_checkpoint_metadata(ckpt)
+    meta = load_checkpoint(ckpt, metadata_only=True).meta
     doc = load_json(run_dir / runs.CONFIG)
     if "config" not in meta:  # written before checkpoints held their config
         return (*runs.load_config(run_dir), int(meta.get("step", 0)))
@@ -84,18 +84,3 @@ def saved_config(run_dir: str | Path):
     if not isinstance(step, int):
         raise CheckpointError(f"{ckpt}: step {step!r} is not an integer; train again")
     return cfg, spec, step
-
-
-def read_checkpoint_metadata(path: Path) -> dict:
-    """The JSON metadata of a checkpoint, without reading its tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = dict(f.metadata() or {})
-        return {k: json.loads(v) for k, v in raw.items()}
-    except Exception as e:  # safetensors' own error type, OSError, JSON errors
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({detail}); the file is truncated or corrupted"
-        ) from None
