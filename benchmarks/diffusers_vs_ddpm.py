@@ -15,6 +15,9 @@ EMA weights) and scored with ``ddpm evaluate --no-clip``: the exact T = 1000 -EL
 
     OMP_NUM_THREADS=1 python benchmarks/diffusers_vs_ddpm.py --minutes 3 --out runs/vs
     python benchmarks/diffusers_vs_ddpm.py --out runs/vs --eval-only      # score saved models
+
+With --only diffusers, only the diffusers model is trained (for comparing with a run of
+`ddpm train` given the same CPU time, e.g. the likelihood preset, in another process).
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ def train_both(args: argparse.Namespace, out: Path) -> dict:
     ddpm_trainer = Trainer(cfg, data, torch.device("cpu"))
     recipe = DiffusersRecipe(data.train, args.channels, cfg.train.seed)
     budget = 60.0 * args.minutes
-    names = ("diffusers", "ddpm")
+    names = ("diffusers", "ddpm") if args.only is None else (args.only,)
     steps = {"diffusers": recipe.train_step, "ddpm": lambda: ddpm_trainer.train_step()["loss"]}
     times = {k: [] for k in names}
     losses = {k: [] for k in names}
@@ -154,14 +157,18 @@ def train_both(args: argparse.Namespace, out: Path) -> dict:
             )
         done = {k: f"{sum(times[k]):.0f}/{budget:.0f} s" for k in names}
         print(f"CPU time used: {done}", flush=True)
-    recipe.save(out / "diffusers")
-    final = dataclasses.replace(cfg.train, steps=ddpm_trainer.step)
-    ddpm_trainer.cfg = dataclasses.replace(cfg, train=final)
-    (out / "ddpm").mkdir(parents=True, exist_ok=True)
-    runs.save_config(out / "ddpm", ddpm_trainer.cfg, data.spec)
-    ddpm_trainer.save(out / "ddpm")
+    if "diffusers" in names:
+        recipe.save(out / "diffusers")
+    if "ddpm" in names:
+        final = dataclasses.replace(cfg.train, steps=ddpm_trainer.step)
+        ddpm_trainer.cfg = dataclasses.replace(cfg, train=final)
+        (out / "ddpm").mkdir(parents=True, exist_ok=True)
+        runs.save_config(out / "ddpm", ddpm_trainer.cfg, data.spec)
+        ddpm_trainer.save(out / "ddpm")
     summary = {}
     for k, module in (("diffusers", recipe.unet), ("ddpm", ddpm_trainer.model)):
+        if k not in names:
+            continue
         t = times[k]
         summary[k] = {
             "params": n_params(module),
@@ -172,7 +179,8 @@ def train_both(args: argparse.Namespace, out: Path) -> dict:
             "cpu_ms_per_step_range": [1000 * min(t), 1000 * max(t)],
             "final_loss": statistics.fmean(losses[k][-100:]),
         }
-    summary["diffusers"]["lr_horizon_steps"] = recipe.horizon
+    if "diffusers" in names:
+        summary["diffusers"]["lr_horizon_steps"] = recipe.horizon
     return summary
 
 
@@ -195,9 +203,8 @@ def evaluate_one(folder: Path, n: int | None) -> dict:
     }
 
 
-def evaluate_both(out: Path, n: int | None) -> dict:
-    """Score both saved models, one process each (the scores do not depend on timing)."""
-    names = ("diffusers", "ddpm")
+def evaluate_both(out: Path, n: int | None, names: tuple[str, ...]) -> dict:
+    """Score the saved models, one process each (the scores do not depend on timing)."""
     with ProcessPoolExecutor(max_workers=2) as pool:
         jobs = {k: pool.submit(evaluate_one, out / k, n) for k in names}
         return {k: jobs[k].result() for k in names}
@@ -213,6 +220,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/diffusers_vs_ddpm"))
     p.add_argument("--eval-only", action="store_true", help="score the models saved in --out")
     p.add_argument("--train-only", action="store_true", help="train and save, do not score")
+    p.add_argument("--only", choices=("diffusers", "ddpm"), help="train and score one model")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -224,13 +232,14 @@ def main() -> None:
         summary_path.write_text(json.dumps(summary, indent=2))
     if args.train_only:
         return
-    for k, v in evaluate_both(args.out, args.n).items():
+    names = tuple(k for k in ("diffusers", "ddpm") if k in summary)
+    for k, v in evaluate_both(args.out, args.n, names).items():
         summary[k].update(v)
     summary_path.write_text(json.dumps(summary, indent=2))
     print(f"\n{summary['minutes']:g} CPU minutes each, {summary['threads']} thread(s)")
     print("| model | params | batch | steps | CPU ms/step (median, range) | test bits/dim ± SE |")
     print("|---|---:|---:|---:|---|---|")
-    for k in ("diffusers", "ddpm"):
+    for k in names:
         s = summary[k]
         lo, hi = s["cpu_ms_per_step_range"]
         print(

@@ -225,17 +225,23 @@ def test_perfect_denoiser_has_zero_kl_terms(name, prediction):
 
 
 @pytest.mark.parametrize("levels", (None, 256))
-def test_elbo_mc_agrees_with_elbo_terms(levels):
-    # Both are unbiased for E_noise[-ELBO(x_0)]: elbo_mc over t and x_t, elbo_terms over x_t.
-    T, D, n = 10, 2, 4000
+@pytest.mark.parametrize("stratified", (False, True))
+def test_elbo_mc_agrees_with_elbo_terms(levels, stratified):
+    # Both are unbiased for E_noise[-ELBO(x_0)]: elbo_mc over t and x_t, elbo_terms over x_t;
+    # with strata, one t per stratum of log_strata(T, 4), weighted by the stratum's width.
+    from ddpm.elbo import log_strata
+
+    T, D, n = 30 if stratified else 10, 2, 4000
     s = NoiseSchedule.linear(T)
     param = Parameterisation(prediction="eps", variance="learned")
     model = LinearDenoiser(D, 2, T, seed=22)
     x_one = data(1, D, levels, seed=23)
     x0 = x_one.expand(n, D)
+    strata = log_strata(T, 4) if stratified else None
     mc = elbo_mc(
-        Diffusion(s, param), model, x0, levels, K=1, generator=torch.Generator().manual_seed(24)
-    )
+        Diffusion(s, param), model, x0, levels, K=1, generator=torch.Generator().manual_seed(24),
+        strata=strata,
+    )  # fmt: skip
     full = elbo_terms(
         Diffusion(s, param), model, x0, levels, generator=torch.Generator().manual_seed(25)
     )
@@ -282,3 +288,44 @@ def test_vb_term_uses_the_given_noise():
     eps = torch.randn(B, D, generator=torch.Generator().manual_seed(28), dtype=f64)
     vb_term(Diffusion(s, param), model, x0, t, 256, noise=eps)
     torch.testing.assert_close(seen["xt"], q_sample(s, x0, t, noise=eps), rtol=0, atol=0)
+
+
+# --- stratified Monte Carlo --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T,K", [(1, 4), (10, 16), (1000, 16), (1000, 64), (4000, 3)])
+def test_log_strata_partition_one_to_T(T, K):
+    from ddpm.elbo import log_strata
+
+    e = log_strata(T, K).tolist()
+    assert e[0] == 1 and e[-1] == T + 1 and 1 <= len(e) - 1 <= K
+    assert all(a < b for a, b in zip(e, e[1:], strict=False))  # strata are disjoint, non-empty
+    widths = [b - a for a, b in zip(e, e[1:], strict=False)]
+    # small t get the narrow strata (geometric widths, up to rounding of the edges)
+    assert all(w <= v + 1 for i, w in enumerate(widths) for v in widths[i + 1 :])
+
+
+def test_stratified_timesteps_are_uniform_within_each_stratum():
+    # Each t in stratum k has probability 1 / width_k: counts over many keyed draws.
+    from ddpm.elbo import log_strata
+    from ddpm.rng import KeyedNoise
+
+    T, K, n = 100, 6, 20_000
+    strata = log_strata(T, K)
+    seen = []
+
+    def record(xt, t):
+        seen.append(t.clone())
+        return torch.zeros_like(xt)
+
+    diffusion = Diffusion(NoiseSchedule.linear(T), Parameterisation("eps", "small"))
+    elbo_mc(diffusion, record, torch.zeros(n, 1, dtype=f64), None, K, KeyedNoise(3),
+            strata=strata)  # fmt: skip
+    t = torch.cat(seen)
+    for lo, hi in zip(strata[:-1].tolist(), strata[1:].tolist(), strict=True):
+        inside = t[(t >= lo) & (t < hi)]
+        assert inside.numel() == n  # one draw per example in every stratum
+        counts = torch.bincount(inside - lo, minlength=hi - lo).double()
+        p = 1.0 / (hi - lo)
+        se = math.sqrt(n * p * (1 - p)) if hi - lo > 1 else 0.0
+        assert float((counts - n * p).abs().max()) <= 4.5 * se + 1e-9

@@ -3,9 +3,11 @@
 A run folder (see ``ddpm.runs``) holds these files, named here and nowhere else:
 
     config.json              RunConfig + DataSpec + package version (JSON)
-    checkpoint.safetensors   tensors model.*, ema.* (weights), optim.* (optimizer moments),
+    checkpoint.safetensors   tensors model.*, ema.* (weights), best.* (the EMA weights of the
+                             best validation, when validating), optim.* (optimizer moments),
                              sampler.* (timestep-sampler state); metadata, each value JSON:
-                             step, optimizer (JSON of the rest of its state_dict), config
+                             step, optimizer (JSON of the rest of its state_dict), config,
+                             validation (ddpm.validation.ValidationState, when validating)
     log.jsonl                one JSON line per logged step
     samples.png / .npy       the sample grid written at the end of training
 
@@ -350,7 +352,7 @@ CHECKPOINT = "checkpoint.safetensors"
 LOG = "log.jsonl"
 SAMPLES = "samples.png"
 SAMPLES_ARRAY = "samples.npy"
-MODEL, EMA, OPTIM, SAMPLER = "model", "ema", "optim", "sampler"  # tensor name prefixes
+MODEL, EMA, BEST, OPTIM, SAMPLER = "model", "ema", "best", "optim", "sampler"  # name prefixes
 
 
 def _prefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -366,14 +368,17 @@ def save_checkpoint(
     step: int = 0,
     config: Mapping[str, Any] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
+    best: nn.Module | None = None,
 ) -> Path:
-    """Write a training state (weights, EMA weights, optimizer, timestep sampler, step, the
-    run's config as a dict, any ``extra_meta`` JSON values) to one safetensors file,
-    atomically; parts given as None are left out."""
+    """Write a training state (weights, EMA weights, the best EMA weights by validation,
+    optimizer, timestep sampler, step, the run's config as a dict, any ``extra_meta`` JSON
+    values) to one safetensors file, atomically; parts given as None are left out."""
     tensors = _prefixed(MODEL, model.state_dict())
     meta: dict[str, Any] = {**(extra_meta or {}), "step": int(step)}
     if ema is not None:
         tensors |= _prefixed(EMA, ema.state_dict())
+    if best is not None:
+        tensors |= _prefixed(BEST, best.state_dict())
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = optimizer_to_tensors(optimizer.state_dict())
         tensors |= _prefixed(OPTIM, opt_tensors)
@@ -406,9 +411,15 @@ class Checkpoint:
         n = len(prefix) + 1
         return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
 
-    def load_weights(self, module: nn.Module, ema: bool = False) -> None:
-        """Load the model (or, with ema, the EMA) weights into module; mismatches are named."""
-        prefix = EMA if ema else MODEL
+    @property
+    def has_best(self) -> bool:
+        """True when training kept the best EMA weights by held-out validation."""
+        return any(k.startswith(BEST + ".") for k in self.tensors)
+
+    def load_weights(self, module: nn.Module, ema: bool = False, best: bool = False) -> None:
+        """Load the model (with ema, the EMA; with best, the best-by-validation EMA) weights
+        into module; mismatches are named."""
+        prefix = BEST if best else EMA if ema else MODEL
         load_module_tensors(module, self.part(prefix), f"{self.path} ({prefix} weights)")
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:

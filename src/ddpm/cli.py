@@ -39,6 +39,12 @@ _HELP = {
     "steps": "optimisation steps",
     "batch_size": "examples per step",
     "seed": "seed for weights, batches and noise",
+    "val_every": "steps between validation -ELBO estimates on held-out training examples; "
+    "the best weights by it are kept (0: off)",
+    "val_fraction": "share of the training examples held out for validation",
+    "val_timesteps": "random timesteps per validation example in the -ELBO estimate",
+    "lr_schedule": "learning rate after warm-up: constant | cosine (to 0 at --steps)",
+    "patience": "stop after this many validations without improvement (0: never)",
 }
 
 EXAMPLES = {
@@ -150,6 +156,12 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--preset",
+        default=None,
+        help="a named recipe applied before the other flags: likelihood (the best held-out "
+        "-ELBO per CPU-minute: L_vlb, learned variances, validation; see the README)",
+    )
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -276,10 +288,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from ddpm import runconfig, runs
+    from ddpm.presets import apply_preset
     from ddpm.train import train
 
     out = args.out or Path("runs") / Path(args.data or DataConfig().name).stem
     base = runconfig.saved_config(out)[0] if args.resume and runs.holds_run(out) else None
+    if args.preset is not None:  # on resume, compared with the saved run like any flag
+        base = apply_preset(args.preset, base)
     cfg = config_from_args(args, base)  # a resumed run keeps its settings unless flags differ
     n = torch.get_num_threads()
     threads = f"{n} thread{'s' * (n != 1)}"
@@ -305,6 +320,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         done = f"after {result.steps} steps ({result.seconds:.0f} s)"
         print(f"final loss {result.final_loss:.4f} {done}")
+    if result.validation is not None:
+        v = result.validation
+        stop = f"; stopped early at step {result.steps} (--patience)" if v.stopped_early else ""
+        print(
+            f"validation: best -ELBO {v.best:.4f} ± {v.best_se:.4f} nats "
+            f"({v.best_bpd:.4f} bits/dim) at step {v.best_step}: the run's model{stop}"
+        )
     print(f"report:     ddpm report {result.run_dir}  ->  {result.run_dir / 'report.html'}")
     return 0
 

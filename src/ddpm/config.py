@@ -20,6 +20,7 @@ Prediction = Literal["eps", "x0", "v"]
 Variance = Literal["small", "large", "learned"]
 LossName = Literal["simple", "vlb", "hybrid"]
 TimestepSampler = Literal["uniform", "importance"]
+LrSchedule = Literal["constant", "cosine"]
 ModelKind = Literal["auto", "mlp", "unet"]
 
 
@@ -177,6 +178,7 @@ class TrainConfig(_Serialisable):
     steps: int = 3000
     batch_size: int = 128
     lr: float = 2e-3
+    lr_schedule: LrSchedule = "constant"  # cosine: decays to 0 at `steps` (fixed by the run)
     weight_decay: float = 0.0
     warmup: int = 200
     grad_clip: float = 1.0
@@ -186,10 +188,25 @@ class TrainConfig(_Serialisable):
     sample_every: int = 0  # 0: sample grid only at the end
     checkpoint_every: int = 1000
     num_samples: int = 64
+    # Validation (ddpm.validation): every val_every steps (0: off, all training examples are
+    # trained on) a val_timesteps-timestep -ELBO estimate on the held-out val_fraction of the
+    # training examples; the best weights by it are kept, and training stops after `patience`
+    # validations without improvement (0: never).
+    val_every: int = 0
+    val_fraction: float = 0.1
+    val_timesteps: int = 16
+    patience: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "lr", "log_every", "num_samples"):
+        for name in ("steps", "batch_size", "lr", "log_every", "num_samples", "val_timesteps"):
             _positive(name, getattr(self, name), "train")
+        require_choice("lr schedule", self.lr_schedule, get_args(LrSchedule))
+        if self.val_every < 0 or self.patience < 0:
+            raise ConfigError("val_every and patience must be >= 0 (0 turns them off)")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1) (got {self.val_fraction})")
+        if self.patience and not self.val_every:
+            raise ConfigError("--patience counts validations: add --val-every N (e.g. 500)")
         if self.warmup < 0 or self.sample_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("warmup, sample_every and checkpoint_every must be >= 0")
         if self.seed < 0:

@@ -211,6 +211,16 @@ def _scaled(fn: Callable[[float], None], factor: float) -> Callable[[float], Non
     return lambda n: fn(n * factor)
 
 
+def log_strata(T: int, K: int) -> Tensor:
+    """Edges 1 = e_0 < e_1 < ... < e_S = T + 1 of S <= K strata [e_j, e_{j+1}) of 1..T whose
+    widths grow geometrically (rounded edges of geomspace(1, T + 1, K + 1), duplicates
+    dropped), so the small t, where the terms are largest and change fastest, get strata of
+    their own (int64 [S + 1])."""
+    edges = torch.tensor([1.0, T + 1.0], dtype=torch.float64).log()
+    grid = torch.linspace(float(edges[0]), float(edges[1]), K + 1, dtype=torch.float64).exp()
+    return torch.unique(grid.round().long().clamp(1, T + 1))
+
+
 def elbo_mc(
     diffusion: Diffusion,
     model: Denoiser,
@@ -220,18 +230,28 @@ def elbo_mc(
     generator: Noise = None,
     clip: tuple[float, float] | None = None,
     max_batch: int = 4096,
+    strata: Tensor | None = None,
 ) -> Tensor:
-    """Unbiased estimate of -ELBO per example [B] from K uniform timesteps per example:
-    L_T + (T / K) sum_k term(t_k), t_k ~ U{1..T}. Its expectation is ``elbo_terms(...).total()``.
+    """Unbiased estimate of -ELBO per example [B] from K random timesteps per example. Its
+    expectation is ``elbo_terms(...).total()``.
+
+    strata None: L_T + (T / K) sum_k term(t_k), t_k ~ U{1..T}. strata (edges e_0..e_K of K
+    strata of 1..T, e.g. ``log_strata``): one t_k ~ U[e_k, e_{k+1}) per stratum,
+    L_T + sum_k (e_{k+1} - e_k) term(t_k) (stratified sampling: much less variance when the
+    terms vary over orders of magnitude, as they do at small t; K is then the number of strata).
 
     Network calls see at most max_batch inputs (groups of max_batch // B draws per example;
     examples in slices of max_batch). With a ``KeyedNoise`` the k-th timestep of an example
     and its x_t are keyed by (seed, example index, k), independent of the batching."""
     B, T = x0.shape[0], diffusion.T
+    if strata is not None:
+        strata = strata.to(x0.device)
+        K = len(strata) - 1
+        assert int(strata[0]) == 1 and int(strata[-1]) == T + 1, "strata must cover 1..T"
     if B > max_batch:
         parts = [
             elbo_mc(diffusion, model, x0[i : i + max_batch], levels, K,
-                    rows(generator, i, i + max_batch), clip, max_batch)
+                    rows(generator, i, i + max_batch), clip, max_batch, strata)
             for i in range(0, B, max_batch)
         ]  # fmt: skip
         return torch.cat(parts)
@@ -241,9 +261,16 @@ def elbo_mc(
         k = min(group, K - start)
         example = torch.arange(B, device=x0.device).repeat(k)
         chain = torch.arange(start, start + k, device=x0.device).repeat_interleave(B)
-        t = uniform_t(generator, T, example, chain)
+        if strata is None:
+            t, weight = uniform_t(generator, T, example, chain), T / K
+        else:
+            lo, width = strata[chain], (strata[chain + 1] - strata[chain])
+            # r uniform on 0..2^53-1 (keyed like t); floor(r * width / 2^53) is uniform on
+            # 0..width-1 to within 2^-53 (r * width < 2^63: exact in int64)
+            r = uniform_t(generator, 1 << 53, example, chain) - 1
+            t, weight = lo + ((r * width) >> 53), width.double()
         x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))
         eps = normal(generator, x0_rep, example, t, chain, stream=STREAM_MC)
         terms = vb_term(diffusion, model, x0_rep, t, levels, noise=eps, clip=clip)
-        total += terms.reshape(k, B).sum(dim=0)
-    return prior_kl(diffusion.schedule, x0) + T * total / K
+        total += (weight * terms).reshape(k, B).sum(dim=0)
+    return prior_kl(diffusion.schedule, x0) + total

@@ -34,7 +34,7 @@ from ddpm.nets import build_model
 __all__ = ["CHECKPOINT", "CONFIG", "LOG", "SAMPLES", "Run", "load_run"]
 
 # train.* fields a resume may change; everything else must match the saved run
-RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "num_samples")
+RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "num_samples", "patience")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Run:
     diffusion: Diffusion
     model: nn.Module
     step: int
+    best_step: int | None = None  # the loaded weights are the best by validation, from this step
 
     @property
     def clip(self) -> tuple[float, float] | None:
@@ -88,14 +89,17 @@ def build(cfg: RunConfig, spec: DataSpec) -> tuple[Diffusion, nn.Module]:
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> Run:
-    """Load a trained model (EMA weights by default) from a run folder."""
+    """Load a trained model from a run folder: the EMA weights by default, and of those the
+    best by held-out validation when the run validated (``ddpm.validation``)."""
     run_dir = Path(run_dir)
     cfg, spec, _ = runconfig.saved_config(run_dir)  # from the checkpoint; config.json agrees
     diffusion, model = build(cfg, spec)
     ckpt = load_checkpoint(run_dir / CHECKPOINT, device)
-    ckpt.load_weights(model, ema=ema)
+    best = ema and ckpt.has_best
+    ckpt.load_weights(model, ema=ema, best=best)
     model.to(device).eval()
-    return Run(run_dir, cfg, spec, diffusion, model, ckpt.step)
+    best_step = int(ckpt.meta["validation"]["best_step"]) if best else None
+    return Run(run_dir, cfg, spec, diffusion, model, ckpt.step, best_step)
 
 
 def _first_difference(a: RunConfig, b: RunConfig) -> str:
@@ -112,7 +116,10 @@ def config_difference(saved: RunConfig, requested: RunConfig) -> str | None:
 
     Only the length of training and how often it logs, samples and saves may change on resume.
     """
-    keep = {f: getattr(saved.train, f) for f in RESUMABLE}
+    resumable = RESUMABLE
+    if saved.train.lr_schedule != "constant":  # the schedule's horizon is --steps
+        resumable = tuple(f for f in RESUMABLE if f != "steps")
+    keep = {f: getattr(saved.train, f) for f in resumable}
     aligned = dataclasses.replace(requested, train=dataclasses.replace(requested.train, **keep))
     if aligned == saved:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -30,6 +31,12 @@ from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import make_sampler, training_loss
 from ddpm.rng import seeded_generator, step_generator, step_seed
 from ddpm.sampling import sample
+from ddpm.validation import (
+    ValidationEstimate,
+    ValidationState,
+    estimate_neg_elbo,
+    validation_split,
+)
 
 if TYPE_CHECKING:
     from ddpm.vae import VaeRunConfig
@@ -47,11 +54,17 @@ class TrainResult:
     final_loss: float
     seconds: float
     start_step: int = 0  # the step it resumed from; == steps when there was nothing to do
+    validation: ValidationState | None = None  # best held-out -ELBO, when validating
 
 
-def lr_at(step: int, lr: float, warmup: int) -> float:
-    """Linear warm-up over the first ``warmup`` steps, then constant."""
-    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+def lr_at(step: int, lr: float, warmup: int, schedule: str = "constant", steps: int = 0) -> float:
+    """Linear warm-up over the first ``warmup`` steps, then constant, or (schedule "cosine")
+    lr * (1 + cos(pi * (k - warmup) / (steps - warmup))) / 2, which reaches 0 at k = steps."""
+    ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant" or steps <= warmup:
+        return lr * ramp
+    progress = min(1.0, max(0.0, (step - warmup) / (steps - warmup)))
+    return lr * ramp * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -114,10 +127,17 @@ class Trainer:
     def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device, info=None) -> None:
         self.cfg, self.data, self.device = cfg, data, device
         self.info = info or dist.DistInfo()
-        if cfg.train.batch_size > data.train.shape[0]:
+        self.train_x, self.val_x = data.train.to(device), None
+        if cfg.train.val_every:
+            keep, held = validation_split(data.train.shape[0], cfg.train.val_fraction)
+            self.train_x, self.val_x = self.train_x[keep], self.train_x[held]
+        if cfg.train.batch_size > self.train_x.shape[0]:
+            held_out = ""
+            if self.val_x is not None:
+                held_out = f" (after holding out {self.val_x.shape[0]} for validation)"
             raise ConfigError(
-                f"batch size {cfg.train.batch_size} is larger than the {data.train.shape[0]} "
-                f"training examples of {data.spec.name!r}: pass a smaller --batch-size"
+                f"batch size {cfg.train.batch_size} is larger than the {self.train_x.shape[0]} "
+                f"training examples of {data.spec.name!r}{held_out}: pass a smaller --batch-size"
             )
         if cfg.train.batch_size % self.info.world_size:
             raise ConfigError(
@@ -137,9 +157,20 @@ class Trainer:
         t = cfg.train
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.sampler = make_sampler(cfg.diffusion)
-        self.train_x = data.train.to(device)
         self.levels = data.spec.levels
         self.step = 0
+        self.validation = ValidationState()
+        self.best: nn.Module | None = None  # the EMA weights of the best validation
+
+    @property
+    def clip(self) -> tuple[float, float] | None:
+        """The range x0_hat is clipped to in the p_theta that is sampled and validated."""
+        return (-1.0, 1.0) if self.data.spec.discrete and self.cfg.diffusion.clip_x0 else None
+
+    @property
+    def selected(self) -> nn.Module:
+        """The weights the run stands for: the best by validation if validating, else the EMA."""
+        return self.best if self.best is not None else self.ema
 
     # --- one optimisation step ---------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -158,7 +189,8 @@ class Trainer:
                 self.diffusion, cfg.diffusion, self.ddp, x0, t, p_t, self.levels, generator=g
             )
         loss = out.loss.mean()
-        lr = lr_at(self.step, cfg.train.lr, cfg.train.warmup)
+        t_cfg = cfg.train
+        lr = lr_at(self.step, t_cfg.lr, t_cfg.warmup, t_cfg.lr_schedule, t_cfg.steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -173,9 +205,26 @@ class Trainer:
         loss_value = float(dist.all_gather_cat(loss.detach()[None], info).mean())
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
 
+    # --- validation -------------------------------------------------------------------------
+    def validate(self) -> tuple[ValidationEstimate, bool]:
+        """Estimate -ELBO of the EMA weights on the held-out examples; keep them if best."""
+        est = estimate_neg_elbo(
+            self.diffusion, self.ema, self.val_x, self.data.spec, self.cfg.train.val_timesteps,
+            self.step, self.clip, self.info,
+        )  # fmt: skip
+        self.validation = self.validation.after(est)
+        improved = self.validation.best_step == self.step
+        if improved:
+            if self.best is None:
+                self.best = copy.deepcopy(self.ema)
+            else:
+                self.best.load_state_dict(self.ema.state_dict())
+        return est, improved
+
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
         rundir.record(run_dir, [run_dir / runs.CHECKPOINT])
+        validating = bool(self.cfg.train.val_every)
         save_checkpoint(
             run_dir / runs.CHECKPOINT,
             self.model,
@@ -184,6 +233,8 @@ class Trainer:
             sampler_state=self.sampler.state_dict(),
             step=self.step,
             config=self.cfg.to_dict(),
+            extra_meta={"validation": self.validation.to_dict()} if validating else None,
+            best=self.best,
         )
         rundir.commit(run_dir)  # a run it replaces (--overwrite) is no longer needed
 
@@ -194,19 +245,23 @@ class Trainer:
         ckpt.load_optimizer(self.opt)
         self.sampler.load_state_dict(ckpt.sampler_state())
         self.step = ckpt.step
+        if "validation" in ckpt.meta:
+            self.validation = ValidationState.from_dict(ckpt.meta["validation"])
+        if ckpt.has_best:
+            self.best = copy.deepcopy(self.ema)
+            ckpt.load_weights(self.best, best=True)
 
     # --- samples ----------------------------------------------------------------------------
     def write_samples(self, path: Path, n: int, progress: bool = False) -> Path:
         from ddpm.report.samples import save_samples
 
         g = seeded_generator(self.cfg.train.seed, self.device)
-        clip = (-1.0, 1.0) if self.data.spec.discrete and self.cfg.diffusion.clip_x0 else None
-        self.ema.eval()
+        model = self.selected.eval()
         spec = self.data.spec
         bar = tqdm(total=self.diffusion.T, desc="sample", unit="t", disable=not progress)
         with bar:
             out = sample(
-                self.diffusion, self.ema, spec.shape, n, g, self.device, clip,
+                self.diffusion, model, spec.shape, n, g, self.device, self.clip,
                 on_step=lambda _: bar.update(1),
             )  # fmt: skip
         return save_samples(out.x0, path, self.data.spec, reference=self.data.test)
@@ -254,7 +309,9 @@ def _train(
                 f"{cfg.train.steps}; pass a larger --steps to train further"
             )
     start = trainer.step
-    if start == cfg.train.steps:  # resumed at its last step: nothing to train
+    stopped = trainer.validation.out_of_patience(cfg.train.patience)
+    trainer.validation = dataclasses.replace(trainer.validation, stopped_early=stopped)
+    if start == cfg.train.steps or stopped:  # resumed at its end: nothing to train
         samples = out / runs.SAMPLES
         if info.is_main and not (samples.exists() and samples.with_suffix(".npy").exists()):
             # killed while drawing its final samples: draw them (the same ones) again
@@ -263,8 +320,9 @@ def _train(
         dist.barrier(info)
         dist.cleanup(info)
         return TrainResult(
-            out, out / runs.CHECKPOINT, samples, out / runs.LOG, start, math.nan, 0.0, start
-        )
+            out, out / runs.CHECKPOINT, samples, out / runs.LOG, start, math.nan, 0.0, start,
+            trainer.validation if cfg.train.val_every else None,
+        )  # fmt: skip
     guard = contextlib.nullcontext()
     if info.is_main:
         # Only now, with data and model set up, is an old run moved aside (kept until the
@@ -304,6 +362,11 @@ def _train(
                     rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
                     logf.write(json.dumps(rec) + "\n")
                     logf.flush()
+            if cfg.train.val_every and (k % cfg.train.val_every == 0 or k == cfg.train.steps):
+                _validate(trainer, bar, logf, t0, cpu0)
+                if trainer.validation.out_of_patience(cfg.train.patience):
+                    trainer.validation = dataclasses.replace(trainer.validation, stopped_early=True)
+                    break
             if info.is_main and cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0:
                 trainer.save(out)
             if info.is_main and cfg.train.sample_every and k % cfg.train.sample_every == 0:
@@ -326,7 +389,19 @@ def _train(
         final_loss=loss,
         seconds=time.perf_counter() - t0,
         start_step=start,
+        validation=trainer.validation if cfg.train.val_every else None,
     )
+
+
+def _validate(trainer: Trainer, bar, logf, t0: float, cpu0: float) -> None:
+    """One validation (every rank takes part); log it and show it on the progress bar."""
+    est, improved = trainer.validate()
+    v = trainer.validation
+    bar.set_postfix(val_bpd=f"{est.bits_per_dim:.4f}", best=f"{v.best_bpd:.4f}")
+    rec = est.to_log(improved) | {"seconds": round(time.perf_counter() - t0, 3)}
+    rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
+    logf.write(json.dumps(rec) + "\n")
+    logf.flush()
 
 
 @contextlib.contextmanager
