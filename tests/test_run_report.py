@@ -14,11 +14,17 @@ import pytest
 
 from ddpm import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, train
 from ddpm.cli import main
-from ddpm.report.run_report import read_loss_log, write_run_report
+from ddpm.report.run_report import (
+    read_loss_log,
+    read_validation_log,
+    run_best_step,
+    write_run_report,
+)
 
 SECTIONS = [
     "Summary",
     "Training loss",
+    "Held-out validation",
     "Samples",
     "Forward process",
     "Reverse process",
@@ -82,6 +88,29 @@ def test_loss_log_skips_a_line_cut_short(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "lo')
     assert read_loss_log(log) == ([1, 2], [0.5, 0.25])
+
+
+def test_report_of_a_validating_run_plots_the_validation_curve_and_the_kept_step(tmp_path):
+    from ddpm.report.plots import validation_figure
+
+    out = tmp_path / "val"
+    cfg = RunConfig(
+        diffusion=DiffusionConfig(T=5),
+        model=ModelConfig(channels=8, attn_resolutions=()),
+        data=DataConfig(name="digits"),
+        train=TrainConfig(steps=9, batch_size=16, log_every=3, num_samples=4, val_every=3,
+                          val_timesteps=2),
+    )  # fmt: skip
+    res = train(cfg, out, progress=False)
+    steps, bpd, se = read_validation_log(out / "log.jsonl")
+    assert steps == [3, 6, 9] and len(bpd) == len(se) == 3
+    assert run_best_step(out) == res.validation.best_step == steps[bpd.index(min(bpd))]
+    fig = validation_figure(steps, bpd, se, run_best_step(out))
+    line, kept = fig.axes[0].lines
+    assert list(line.get_xdata()) == steps and list(line.get_ydata()) == bpd
+    assert list(kept.get_xdata()) == [res.validation.best_step] and kept.get_ydata()[0] == min(bpd)
+    rep = write_run_report(out, n=4)
+    assert len(_images(rep.path.read_text())) == 6  # the validation curve beside the five
 
 
 def test_report_of_a_folder_without_a_run_is_one_line(tmp_path, capsys):

@@ -180,14 +180,28 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
         "--standalone", "-m", "ddpm", "train", "--data", "gmm8", "--T", "10",
         "--steps", "6", "--batch-size", "32", "--n-train", "200", "--n-test", "50",
         "--num-samples", "8", "--out", str(out), "--device", "cpu", "--quiet",
+        "--val-every", "3", "--val-timesteps", "4",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = [json.loads(x) for x in (out / runs.LOG).read_text().splitlines()]
-    assert log[-1]["step"] == 6 and math.isfinite(log[-1]["loss"])
+    losses = [r for r in log if "loss" in r]
+    assert losses[-1]["step"] == 6 and math.isfinite(losses[-1]["loss"])
     run = runs.load_run(out)
     assert run.step == 6
+    # validation is sharded over the two processes and gathered: one process re-estimating the
+    # kept (best) weights on the same held-out examples gets the logged value
+    from ddpm.validation import estimate_neg_elbo, validation_split
+
+    vals = [r for r in log if "val_neg_elbo" in r]
+    assert [r["step"] for r in vals] == [3, 6]
+    best = min(vals, key=lambda r: r["val_neg_elbo"])
+    assert run.best_step == best["step"]
+    x = load_dataset(run.config.data).train
+    x_val = x[validation_split(x.shape[0], 0.1)[1]]
+    est = estimate_neg_elbo(run.diffusion, run.model, x_val, run.spec, 4, 0)
+    assert est.neg_elbo == pytest.approx(best["val_neg_elbo"], abs=1e-5)
 
 
 def test_evaluate_run_reports_the_kl_chain_on_known_density(gmm8_run, tmp_path):

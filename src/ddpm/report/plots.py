@@ -281,3 +281,22 @@ def save_loss_curve(steps: list[int], losses: list[float], path: str | os.PathLi
     ax.set_ylabel("training loss")
     ax.grid(True, which="major", alpha=0.3)
     return save_figure(fig, path)
+
+
+def validation_figure(steps: list[int], bpd: list[float], se: list[float], best_step: int):
+    """Held-out -ELBO (bits/dim ± SE band) against the step, the kept (best) step marked."""
+    if not steps or not len(steps) == len(bpd) == len(se):
+        raise DataError(f"validation curve: {len(steps)} steps, {len(bpd)} values, {len(se)} SEs")
+    x, y, e = (np.asarray(v, dtype=np.float64) for v in (steps, bpd, se))
+    fig = new_figure(7.0, 3.2)
+    ax = fig.add_subplot()
+    ax.plot(x, y, lw=1.2, color="C1", marker=".", label="validation -ELBO")
+    ax.fill_between(x, y - e, y + e, color="C1", alpha=0.2, lw=0, label="± 1 SE")
+    if best_step in steps:
+        i = steps.index(best_step)
+        ax.plot([x[i]], [y[i]], "o", color="C3", label=f"kept: step {best_step}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits/dim")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(frameon=False)
+    return fig

@@ -45,11 +45,28 @@ def read_loss_log(path: Path) -> tuple[list[int], list[float]]:
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-            steps.append(int(rec["step"]))
-            losses.append(float(rec["loss"]))
+            step, loss = int(rec["step"]), float(rec["loss"])  # validation lines have no loss
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
+        steps.append(step)
+        losses.append(loss)
     return steps, losses
+
+
+def read_validation_log(path: Path) -> tuple[list[int], list[float], list[float]]:
+    """(steps, bits/dim, SE) of the validation records of a run's log.jsonl (none: empty)."""
+    steps, bpd, se = [], [], []
+    if not path.exists():
+        return steps, bpd, se
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            value = (int(rec["step"]), float(rec["val_bpd"]), float(rec["val_bpd_se"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        for dest, v in zip((steps, bpd, se), value, strict=True):
+            dest.append(v)
+    return steps, bpd, se
 
 
 def _fresh_evaluation(run_dir: Path, checkpoint: Path) -> Evaluation | None:
@@ -195,6 +212,14 @@ def write_run_report(
             if steps
             else _p("The log holds no loss yet.")
         )
+        val_steps, val_bpd, val_se = read_validation_log(run_dir / runs.LOG)
+        validation = _p("The run did not validate (ddpm train --val-every N).")
+        if val_steps:
+            from ddpm.report.plots import save_figure, validation_figure
+
+            kept = run_best_step(run_dir)
+            fig = validation_figure(val_steps, val_bpd, val_se, kept)
+            validation = save_figure(fig, figures / "validation.png")
         per_t = save_per_timestep(
             {f"test split, n = {ev.n}": torch.tensor(ev.per_timestep)},
             figures / "per_timestep.png",
@@ -214,6 +239,7 @@ def write_run_report(
         sections = [
             ("Summary", html_table([{"": k, "value": v} for k, v in summary.items()])),
             ("Training loss", loss),
+            ("Held-out validation -ELBO (the kept weights marked)", validation),
             ("Samples (ancestral sampling, EMA weights)", samples),
             ("Forward process q(x_t | x_0)", _forward_figure(cfg, run_dir, figures, seed)),
             ("Reverse process: x_t and the predicted x_0 along the chain", drawn.trajectory_path),
@@ -226,6 +252,14 @@ def write_run_report(
         with rundir.writing_outputs(run_dir, [run_dir / REPORT], "report"):
             path = write_html(run_dir / REPORT, f"ddpm run report: {run_dir.name}", sections)
     return RunReport(path, ev, reused, time.perf_counter() - start)
+
+
+def run_best_step(run_dir: Path) -> int:
+    """The step whose weights a validating run kept (-1 when there are none)."""
+    from ddpm.checkpoint import CHECKPOINT, load_checkpoint
+
+    meta = load_checkpoint(run_dir / CHECKPOINT, metadata_only=True).meta
+    return int(meta.get("validation", {}).get("best_step", -1))
 
 
 def _forward_figure(cfg, run_dir: Path, figures: Path, seed: int) -> Path:
