@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ddpm import dist, runconfig, rundir, runs
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
-from ddpm.config import RunConfig
+from ddpm.config import RunConfig, TrainConfig
 from ddpm.data import Dataset, load_dataset
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import make_sampler, training_loss
@@ -66,6 +66,11 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         pe.lerp_(pm.detach(), 1 - decay)
     for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
+
+
+def adamw(params, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with cfg's learning rate and weight decay (the rate is reset every step)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def check_run_dir(
@@ -114,9 +119,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device, info=None) -> None:
         self.cfg, self.data, self.device = cfg, data, device
         self.info = info or dist.DistInfo()
-        if cfg.train.batch_size > data.train.shape[0]:
+        if cfg.train.batch_size > len(data.train_examples):
             raise ConfigError(
-                f"batch size {cfg.train.batch_size} is larger than the {data.train.shape[0]} "
+                f"batch size {cfg.train.batch_size} is larger than the {len(data.train_examples)} "
                 f"training examples of {data.spec.name!r}: pass a smaller --batch-size"
             )
         if cfg.train.batch_size % self.info.world_size:
@@ -134,10 +139,9 @@ class Trainer:
         if self.info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        t = cfg.train
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.opt = adamw(self.model.parameters(), cfg.train)
         self.sampler = make_sampler(cfg.diffusion)
-        self.train_x = data.train.to(device)
+        self.train_x = data.train_examples.to(device)  # raw levels: batches are mapped per step
         self.levels = data.spec.levels
         self.step = 0
 
@@ -147,7 +151,7 @@ class Trainer:
         g = step_generator(cfg.train.seed, info.rank, self.step, self.device)
         n = cfg.train.batch_size // info.world_size
         idx = torch.randint(0, self.train_x.shape[0], (n,), generator=g, device=self.device)
-        x0 = self.train_x[idx]
+        x0 = self.train_x[idx].to(self.device)  # a memory-mapped file gives host tensors
         t, p_t = self.sampler.sample(n, g, self.device)
         # Layers that draw from the global RNG (dropout) get a state fixed by (seed, rank,
         # step) too, inside a fork so that the caller's RNG state is left as it was.
