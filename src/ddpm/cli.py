@@ -39,6 +39,8 @@ _HELP = {
     "steps": "optimisation steps",
     "batch_size": "examples per step",
     "seed": "seed for weights, batches and noise",
+    "autocast": "training forward pass in reduced precision: off | bf16",
+    "compile": "torch.compile the network for training (slow start, faster steps)",
 }
 
 EXAMPLES = {

@@ -21,6 +21,7 @@ Variance = Literal["small", "large", "learned"]
 LossName = Literal["simple", "vlb", "hybrid"]
 TimestepSampler = Literal["uniform", "importance"]
 ModelKind = Literal["auto", "mlp", "unet"]
+Autocast = Literal["off", "bf16"]
 
 
 class _Serialisable:
@@ -186,8 +187,13 @@ class TrainConfig(_Serialisable):
     sample_every: int = 0  # 0: sample grid only at the end
     checkpoint_every: int = 1000
     num_samples: int = 64
+    # bf16: the training forward pass under bfloat16 autocast (weights, gradients, the optimizer
+    # and sampling stay float32)
+    autocast: Autocast = "off"
+    compile: bool = False  # torch.compile the network for training: compile time vs step time
 
     def __post_init__(self) -> None:
+        require_choice("autocast", self.autocast, get_args(Autocast))
         for name in ("steps", "batch_size", "lr", "log_every", "num_samples"):
             _positive(name, getattr(self, name), "train")
         if self.warmup < 0 or self.sample_every < 0 or self.checkpoint_every < 0:
