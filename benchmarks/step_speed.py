@@ -2,9 +2,10 @@
 
 All timings run in one process, alternating the contenders within each repeat (A B A B ...),
 so a load that comes and goes on a shared machine hits both alike. Each repeat times N
-iterations after a warm-up (N chosen so that one repeat lasts about --seconds); reported are
-the median time per iteration over the repeats and its range (min, max), and the ratio of the
-two contenders per repeat (median and range).
+iterations after a warm-up (N chosen so that one repeat uses about --seconds of CPU); reported
+are the median time per iteration over the repeats and its range (min, max), and the ratio of
+the two contenders per repeat (median and range), by two clocks: CPU time of the process (the
+work done; robust to other processes on a busy machine) and wall time.
 
   (a) train step  forward + MSE on eps + backward + AdamW, at matched parameter counts
   (b) forward     one no-grad forward pass
@@ -95,43 +96,48 @@ def n_params(module: torch.nn.Module) -> int:
 
 def alternate(
     fns: dict[str, Callable[[], object]], repeats: int, seconds: float, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Seconds per call of each fn, one value per repeat; the fns alternate within a repeat."""
+) -> dict[str, dict[str, list[float]]]:
+    """{clock: {name: seconds per call, one value per repeat}}; the fns alternate within a
+    repeat. Clocks: 'cpu' (time.process_time, the work done: robust to other processes on a
+    shared machine) and 'wall' (time.perf_counter)."""
     iters = {}
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        iters[name] = max(1, round(seconds / max(time.perf_counter() - t0, 1e-9)))
+        iters[name] = max(1, round(seconds / max(time.process_time() - t0, 1e-9)))
     n = min(iters.values())  # the same N for all, so each repeat does equal work per contender
-    out: dict[str, list[float]] = {name: [] for name in fns}
+    out: dict[str, dict[str, list[float]]] = {"cpu": {}, "wall": {}}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(n):
                 fn()
-            out[name].append((time.perf_counter() - t0) / n)
+            out["cpu"].setdefault(name, []).append((time.process_time() - c0) / n)
+            out["wall"].setdefault(name, []).append((time.perf_counter() - t0) / n)
     return out
 
 
-def summary(times: dict[str, list[float]], base: str, other: str) -> dict:
-    """Median and range (ms) of each, and the per-repeat ratio other / base (median, range)."""
-    ratios = [o / b for b, o in zip(times[base], times[other], strict=True)]
-    res = {
-        name: {
-            "median_ms": 1e3 * statistics.median(v),
-            "min_ms": 1e3 * min(v),
-            "max_ms": 1e3 * max(v),
+def summary(times: dict[str, dict[str, list[float]]], base: str, other: str) -> dict:
+    """Per clock: median and range (ms) of each, and the per-repeat ratio other / base."""
+    res = {}
+    for clock, by_name in times.items():
+        ratios = [o / b for b, o in zip(by_name[base], by_name[other], strict=True)]
+        res[clock] = {
+            name: {
+                "median_ms": 1e3 * statistics.median(v),
+                "min_ms": 1e3 * min(v),
+                "max_ms": 1e3 * max(v),
+            }
+            for name, v in by_name.items()
         }
-        for name, v in times.items()
-    }
-    res["ratio"] = {
-        "what": f"{other} / {base} time",
-        "median": statistics.median(ratios),
-        "min": min(ratios),
-        "max": max(ratios),
-    }
+        res[clock]["ratio"] = {
+            "what": f"{other} / {base} time",
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+        }
     return res
 
 
@@ -251,8 +257,11 @@ def sampling_vs_bare(args: argparse.Namespace) -> dict:
     return {"T": T, "n": n, **summary(times, "bare", "sample")}
 
 
-def table(res: dict) -> str:
+def table(res: dict, clock: str = "cpu") -> str:
     rows = [
+        f"{clock} time per step, median (range) over {res['repeats']} repeats, "
+        f"{res['threads']} thread(s), torch {res['torch']}",
+        "",
         "| what | ddpm / base ms (range) | other ms (range) | other / base time (range) |",
         "|---|---|---|---|",
     ]
@@ -266,20 +275,21 @@ def table(res: dict) -> str:
     for size, r in res["nets"].items():
         p = r["params"]
         for part in ("train_step", "forward"):
-            s = r[part]
+            s = r[part][clock]
             rows.append(
                 f"| {size}x{size} {part}, ddpm {p['ddpm'] / 1e6:.3f}M vs diffusers "
                 f"{p['diffusers'] / 1e6:.3f}M | {cell(s['ddpm'])} | {cell(s['diffusers'])} | "
                 f"{ratio(s['ratio'])} |"
             )
-    lv = res["loop_vs_bare"]
+    lv = res["loop_vs_bare"][clock]
     rows.append(
         f"| Trainer.train_step vs bare step (digits) | {cell(lv['bare'])} | {cell(lv['loop'])} | "
         f"{ratio(lv['ratio'])} |"
     )
-    sv = res["sampling_vs_bare"]
+    sv = res["sampling_vs_bare"][clock]
+    T, n = res["sampling_vs_bare"]["T"], res["sampling_vs_bare"]["n"]
     rows.append(
-        f"| sample T={sv['T']} vs {sv['T']} forwards (n={sv['n']}) | {cell(sv['bare'])} | "
+        f"| sample T={T} vs {T} forwards (n={n}) | {cell(sv['bare'])} | "
         f"{cell(sv['sample'])} | {ratio(sv['ratio'])} |"
     )
     return "\n".join(rows)
@@ -314,7 +324,9 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(table(res))
+    print(table(res, "cpu"))
+    print()
+    print(table(res, "wall"))
     print(f"\n{args.out}")
 
 
