@@ -143,7 +143,10 @@ def train_both(args: argparse.Namespace, out: Path) -> dict:
     recipe = DiffusersRecipe(data.train, args.channels, cfg.train.seed)
     budget = 60.0 * args.minutes
     names = ("diffusers", "ddpm") if args.only is None else (args.only,)
-    steps = {"diffusers": recipe.train_step, "ddpm": lambda: ddpm_trainer.train_step()["loss"]}
+    steps = {
+        "diffusers": recipe.train_step,
+        "ddpm": lambda: float(ddpm_trainer.train_step()["loss"]),
+    }
     times = {k: [] for k in names}
     losses = {k: [] for k in names}
     while any(sum(times[k]) < budget for k in names):

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from ddpm.cli import main
+from ddpm.config import TrainConfig
 
 TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
 
@@ -236,3 +237,12 @@ def test_resume_from_the_cli_keeps_the_runs_settings(tmp_path, capsys):
     assert log[-1]["step"] == 5
     assert run_cli("train", "--out", out, "--resume", "--steps", "6", "--T", "7") == 2
     assert "does not match the saved run (diffusion.T: 5 vs 7)" in capsys.readouterr().err
+
+
+def test_speed_flags_map_onto_the_train_config():
+    from ddpm.cli import _parser, config_from_args
+
+    args = _parser().parse_args(["train", "--autocast", "bf16", "--compile"])
+    assert config_from_args(args).train == TrainConfig(autocast="bf16", compile=True)
+    args = _parser().parse_args(["train", "--no-compile"])
+    assert config_from_args(args).train == TrainConfig()

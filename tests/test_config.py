@@ -33,7 +33,16 @@ NON_DEFAULT = RunConfig(
     data=DataConfig(
         name="mnist", root="/data/mnist", image_size=16, grayscale=True, test_fraction=0.2
     ),
-    train=TrainConfig(steps=10, batch_size=8, lr=1e-4, ema_decay=0.9, seed=3, sample_every=5),
+    train=TrainConfig(
+        steps=10,
+        batch_size=8,
+        lr=1e-4,
+        ema_decay=0.9,
+        seed=3,
+        sample_every=5,
+        autocast="bf16",
+        compile=True,
+    ),
 )
 
 
@@ -146,6 +155,7 @@ def test_bad_diffusion_values_rejected(kwargs, message):
         (TrainConfig, {"ema_decay": 1.0}, "ema_decay must be in [0, 1) (got 1.0)"),
         (TrainConfig, {"warmup": -1}, "warmup, sample_every and checkpoint_every must be >= 0"),
         (TrainConfig, {"grad_clip": -1.0}, "grad_clip must be >= 0, 0 turns it off (got -1.0)"),
+        (TrainConfig, {"autocast": "fp16"}, "unknown autocast 'fp16'"),
     ],
 )
 def test_bad_component_values_rejected(cls, kwargs, message):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.config import DataConfig
+from ddpm.config import DataConfig, RunConfig, TrainConfig
 from ddpm.data import BUILTIN_NAMES, DataSpec, GaussianMixture, load_dataset
 from ddpm.errors import DataError
 
@@ -396,3 +396,54 @@ def test_mnist_errors(tmp_path):
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
         f.write(idx_bytes(np.zeros((2, 14, 14))))
     raise_one_line("mnist", "use files from one data set", root=str(tmp_path))
+
+
+# -- raw storage: discrete data stay integers until a batch is drawn --------------------------
+
+
+def test_digits_are_stored_as_levels_and_give_the_float_values_of_before():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from ddpm.data.spec import discrete_to_model, split_indices
+
+    data = load("digits")
+    assert data.train_examples.values.dtype == torch.uint8 or (
+        data.train_examples.values.dtype == np.uint8
+    )
+    raw = np.rint(sklearn_digits().images).astype(np.int64)[:, None]
+    train_idx, test_idx = split_indices(len(raw), 297)
+    before = discrete_to_model(raw[train_idx], 17)  # how the splits were stored before
+    assert torch.equal(data.train, before)
+    assert torch.equal(data.test, discrete_to_model(raw[test_idx], 17))
+    idx = torch.randint(0, len(before), (64,), generator=torch.Generator().manual_seed(0))
+    for examples in (data.train_examples, data.train_examples.to("cpu")):
+        batch = examples[idx]
+        assert batch.dtype == torch.float32 and torch.equal(batch, before[idx])
+
+
+def test_npy_is_memory_mapped_and_batches_match_the_in_memory_values(tmp_path):
+    from ddpm.train import Trainer
+
+    values = np.random.default_rng(0).integers(0, 256, (4000, 1, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "big.npy", values)  # 3 MB
+    data = load(tmp_path / "big.npy")
+    for examples in (data.train_examples, data.test_examples):
+        assert isinstance(examples.values, np.memmap) and examples.memory_mapped
+    train_idx, _ = np.random.default_rng(0).permutation(4000)[:3600], None
+    idx = torch.tensor([5, 0, 3599, 5, 17])
+    assert torch.equal(data.train_examples[idx], model(values[train_idx][idx.numpy()]))
+    assert torch.equal(data.train_examples[:3], model(values[train_idx[:3]]))
+    # the trainer gathers its batches from the file rather than copying it into memory
+    trainer = Trainer(RunConfig(train=TrainConfig(batch_size=8)), data, torch.device("cpu"))
+    assert trainer.train_x.memory_mapped
+
+
+def test_channels_last_uint8_npy_is_gathered_channels_first(tmp_path):
+    values = np.random.default_rng(1).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "c.npy", values)
+    data = load(tmp_path / "c.npy", test_fraction=0.2)
+    perm = np.random.default_rng(0).permutation(10)
+    batch = data.train_examples[torch.tensor([1, 0])]
+    assert batch.is_contiguous()
+    assert torch.equal(batch, model(values.transpose(0, 3, 1, 2)[perm[[1, 0]]]))
+    assert torch.equal(data.test, model(values.transpose(0, 3, 1, 2)[perm[8:]]))

@@ -82,13 +82,22 @@ def test_trained_gmm8_model_against_the_bayes_optimal_one(gmm8_run):
     assert res.to_dict()["gap_to_oracle"] == gap
 
 
-def _tiny_digits(steps: int, dropout: float = 0.0, **kw) -> RunConfig:
+def _tiny_digits(
+    steps: int, dropout: float = 0.0, autocast: str = "off", lr: float = 2e-3, **kw
+) -> RunConfig:
     return RunConfig(
         diffusion=DiffusionConfig(T=5, **kw),
         model=ModelConfig(channels=8, attn_resolutions=(), dropout=dropout),
         data=DataConfig(name="digits"),
         train=TrainConfig(
-            steps=steps, batch_size=16, warmup=3, log_every=2, checkpoint_every=0, num_samples=4
+            steps=steps,
+            batch_size=16,
+            lr=lr,
+            warmup=3,
+            log_every=2,
+            checkpoint_every=0,
+            num_samples=4,
+            autocast=autocast,
         ),
     )
 
@@ -100,8 +109,9 @@ def _tiny_digits(steps: int, dropout: float = 0.0, **kw) -> RunConfig:
         {"loss": "vlb", "timestep_sampler": "importance"},
         {"loss": "hybrid", "variance": "learned"},
         {"dropout": 0.3},
+        {"autocast": "bf16"},
     ],
-    ids=["simple", "vlb-importance", "hybrid-learned", "dropout"],
+    ids=["simple", "vlb-importance", "hybrid-learned", "dropout", "bf16-autocast"],
 )
 def test_resume_equals_training_in_one_go(tmp_path, diffusion):
     straight = tmp_path / "straight"
@@ -123,6 +133,22 @@ def test_resume_equals_training_in_one_go(tmp_path, diffusion):
     assert sorted(log_a) == [2, 4, 6, 8, 10, 12]
     assert sorted(log_b) == [2, 4, 5, 6, 8, 10, 12]  # the first part also logged its last step
     assert all(log_a[k] == log_b[k] for k in log_a)
+
+
+def test_ema_update_is_the_per_parameter_lerp():
+    from ddpm.train import ema_update
+
+    torch.manual_seed(0)
+    model, ema = (runs.build(_tiny_digits(1), load_dataset(DataConfig()).spec)[1] for _ in "ab")
+    expected = [pe.detach().lerp(pm.detach(), 1 - 0.99) for pe, pm in
+                zip(ema.parameters(), model.parameters(), strict=True)]  # fmt: skip
+    ema_update(ema, model, 0.99)
+    assert all(torch.equal(p, e) for p, e in zip(ema.parameters(), expected, strict=True))
+
+
+def test_divergence_stops_training_at_a_logged_step(tmp_path):
+    with pytest.raises(ConfigError, match="training diverged by step 2"):
+        train(_tiny_digits(6, lr=1e30), tmp_path / "run", progress=False)
 
 
 def test_existing_run_is_never_overwritten_without_being_asked(tmp_path):

@@ -59,7 +59,7 @@ def test_trainer_trains_only_on_the_kept_examples():
     data = load_dataset(cfg.data)
     trainer = Trainer(cfg, data, torch.device("cpu"))
     keep, held = validation_split(data.train.shape[0], cfg.train.val_fraction)
-    assert torch.equal(trainer.train_x, data.train[keep])
+    assert torch.equal(trainer.train_x[torch.arange(len(keep))], data.train[keep])
     assert torch.equal(trainer.val_x, data.train[held])
     assert len(held) == 150  # 10% of the 1500 digits training examples
 

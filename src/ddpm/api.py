@@ -260,7 +260,7 @@ def evaluate_run(
         x0_range = clip_range(m, clip)
         dataset = load_dataset(m.data_config(data))
         m.check_data(dataset.spec)
-        x0 = getattr(dataset, split)[:n]
+        x0 = getattr(dataset, f"{split}_examples")[:n]
         check_request(x0.shape[0], iw, mc_timesteps)
         density = dataset.density.to(dev) if dataset.density is not None else None
         start, stop = dist.shard(x0.shape[0], info)
@@ -393,7 +393,7 @@ def evaluate_steps_run(
         x0_range = clip_range(m, clip)
         dataset = load_dataset(m.data_config(data))
         m.check_data(dataset.spec)
-        x0 = getattr(dataset, split)[:n].to(dev)
+        x0 = getattr(dataset, f"{split}_examples")[:n].to(dev)
         density = dataset.density.to(dev) if dataset.density is not None else None
         ks = sorted(set(int(k) for k in steps))
         diffusions = [respace(m.diffusion, k) for k in ks]  # check every K before evaluating

@@ -45,6 +45,8 @@ _HELP = {
     "val_timesteps": "random timesteps per validation example in the -ELBO estimate",
     "lr_schedule": "learning rate after warm-up: constant | cosine (to 0 at --steps)",
     "patience": "stop after this many validations without improvement (0: never)",
+    "autocast": "training forward pass in reduced precision: off | bf16",
+    "compile": "torch.compile the network for training (slow start, faster steps)",
 }
 
 EXAMPLES = {

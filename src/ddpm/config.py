@@ -22,6 +22,7 @@ LossName = Literal["simple", "vlb", "hybrid"]
 TimestepSampler = Literal["uniform", "importance"]
 LrSchedule = Literal["constant", "cosine"]
 ModelKind = Literal["auto", "mlp", "unet"]
+Autocast = Literal["off", "bf16"]
 
 
 class _Serialisable:
@@ -196,8 +197,13 @@ class TrainConfig(_Serialisable):
     val_fraction: float = 0.1
     val_timesteps: int = 16
     patience: int = 0
+    # bf16: the training forward pass under bfloat16 autocast (weights, gradients, the optimizer
+    # and sampling stay float32)
+    autocast: Autocast = "off"
+    compile: bool = False  # torch.compile the network for training: compile time vs step time
 
     def __post_init__(self) -> None:
+        require_choice("autocast", self.autocast, get_args(Autocast))
         for name in ("steps", "batch_size", "lr", "log_every", "num_samples", "val_timesteps"):
             _positive(name, getattr(self, name), "train")
         require_choice("lr schedule", self.lr_schedule, get_args(LrSchedule))

@@ -334,7 +334,7 @@ def theory_run(
             f"{run_dir}: trained on {run.config.data.name!r}, whose density is unknown; "
             "`ddpm theory DIR` needs a run on gmm8 or a Gaussian-mixture .json"
         )
-    x0 = data.test[:n].to(device)
+    x0 = data.test_examples[:n].to(device)
     # Both models see the same keyed x_t draws, so their difference is paired; the trained
     # model's numbers are those of `ddpm evaluate` with the same seed.
     noise = KeyedNoise(seed)

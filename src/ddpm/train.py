@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ddpm import dist, runconfig, rundir, runs
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
-from ddpm.config import RunConfig
-from ddpm.data import Dataset, load_dataset
+from ddpm.config import RunConfig, TrainConfig
+from ddpm.data import Dataset, Examples, load_dataset
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import make_sampler, training_loss
 from ddpm.rng import seeded_generator, step_generator, step_seed
@@ -74,11 +74,32 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.lerp_(pm.detach(), 1 - decay)
+    """ema <- decay * ema + (1 - decay) * model for every parameter (buffers copied).
+
+    One multi-tensor call instead of a Python loop; each tensor gets the same lerp as
+    ``Tensor.lerp_`` would give it.
+    """
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    assert len(ema_params) == len(params)
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
     for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
+
+
+def adamw(params, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with cfg's learning rate and weight decay (the rate is reset every step).
+
+    The fused kernel where torch has one (CPU, CUDA): one pass per tensor instead of a dozen
+    elementwise ops, about 5x faster on CPU; it differs from the loop only by float rounding.
+    """
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def autocast(mode: str, device: torch.device) -> torch.autocast:
+    """The context of a training forward pass: bfloat16 autocast for mode 'bf16', else off."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
 
 
 def check_run_dir(
@@ -127,16 +148,18 @@ class Trainer:
     def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device, info=None) -> None:
         self.cfg, self.data, self.device = cfg, data, device
         self.info = info or dist.DistInfo()
-        self.train_x, self.val_x = data.train.to(device), None
+        examples, self.val_x = data.train_examples, None
         if cfg.train.val_every:
-            keep, held = validation_split(data.train.shape[0], cfg.train.val_fraction)
-            self.train_x, self.val_x = self.train_x[keep], self.train_x[held]
-        if cfg.train.batch_size > self.train_x.shape[0]:
+            keep, held = validation_split(len(examples), cfg.train.val_fraction)
+            self.val_x = examples[held].to(device)  # float32 model space
+            rows = keep if examples.rows is None else examples.rows[keep]
+            examples = Examples(examples.values, examples.levels, rows)
+        if cfg.train.batch_size > len(examples):
             held_out = ""
             if self.val_x is not None:
                 held_out = f" (after holding out {self.val_x.shape[0]} for validation)"
             raise ConfigError(
-                f"batch size {cfg.train.batch_size} is larger than the {self.train_x.shape[0]} "
+                f"batch size {cfg.train.batch_size} is larger than the {len(examples)} "
                 f"training examples of {data.spec.name!r}{held_out}: pass a smaller --batch-size"
             )
         if cfg.train.batch_size % self.info.world_size:
@@ -154,9 +177,11 @@ class Trainer:
         if self.info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        t = cfg.train
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        if cfg.train.compile:  # compiled lazily, at the first step; weights stay self.model's
+            self.ddp = torch.compile(self.ddp)
+        self.opt = adamw(self.model.parameters(), cfg.train)
         self.sampler = make_sampler(cfg.diffusion)
+        self.train_x = examples.to(device)  # raw levels: batches are mapped per step
         self.levels = data.spec.levels
         self.step = 0
         self.validation = ValidationState()
@@ -173,17 +198,19 @@ class Trainer:
         return self.best if self.best is not None else self.ema
 
     # --- one optimisation step ---------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Tensor | float]:
+        """One optimisation step. loss and grad_norm stay tensors on the device (this rank's
+        loss), so a step never waits for the device; ``logged_stats`` turns them into numbers."""
         cfg, info = self.cfg, self.info
         g = step_generator(cfg.train.seed, info.rank, self.step, self.device)
         n = cfg.train.batch_size // info.world_size
         idx = torch.randint(0, self.train_x.shape[0], (n,), generator=g, device=self.device)
-        x0 = self.train_x[idx]
+        x0 = self.train_x[idx].to(self.device)  # a memory-mapped file gives host tensors
         t, p_t = self.sampler.sample(n, g, self.device)
         # Layers that draw from the global RNG (dropout) get a state fixed by (seed, rank,
         # step) too, inside a fork so that the caller's RNG state is left as it was.
         cuda = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), autocast(cfg.train.autocast, self.device):
             torch.manual_seed(step_seed(cfg.train.seed, info.rank, self.step, stream=1))
             out = training_loss(
                 self.diffusion, cfg.diffusion, self.ddp, x0, t, p_t, self.levels, generator=g
@@ -196,14 +223,19 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.opt.step()
         ema_update(self.ema, self.model, ema_decay_at(self.step, cfg.train.ema_decay))
         if out.vb is not None:
             self.sampler.update(dist.all_gather_cat(t, info), dist.all_gather_cat(out.vb, info))
         self.step += 1
-        loss_value = float(dist.all_gather_cat(loss.detach()[None], info).mean())
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+        return {"loss": loss.detach(), "lr": lr, "grad_norm": grad_norm.detach()}
+
+    def logged_stats(self, stats: dict[str, Tensor | float]) -> dict[str, float]:
+        """stats of train_step as numbers, the loss averaged over all ranks (every rank calls
+        this at the same steps)."""
+        loss = dist.all_gather_cat(stats["loss"][None], self.info).mean()
+        return {**{k: float(v) for k, v in stats.items()}, "loss": float(loss)}
 
     # --- validation -------------------------------------------------------------------------
     def validate(self) -> tuple[ValidationEstimate, bool]:
@@ -347,15 +379,20 @@ def _train(
     with guard, bar, open(out / runs.LOG, "a") if info.is_main else _Null() as logf:
         while trainer.step < cfg.train.steps:
             stats = trainer.train_step()
-            loss = stats["loss"]
-            if not math.isfinite(loss):
-                raise ConfigError(
-                    f"training diverged at step {trainer.step} (loss {loss}); "
-                    "lower --lr or raise --warmup"
-                )
             bar.update(1)
             k = trainer.step
-            if k % cfg.train.log_every == 0 or k == cfg.train.steps:
+            log_now = k % cfg.train.log_every == 0 or k == cfg.train.steps
+            save_now = bool(cfg.train.checkpoint_every) and k % cfg.train.checkpoint_every == 0
+            # Numbers (a wait for the device) only where they are logged or a checkpoint is
+            # written, so that a diverged run is never saved; the last step is logged.
+            if log_now or save_now:
+                stats = trainer.logged_stats(stats)
+                loss = stats["loss"]
+                if not math.isfinite(loss):
+                    raise ConfigError(
+                        f"training diverged by step {k} (loss {loss}); lower --lr or raise --warmup"
+                    )
+            if log_now:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if info.is_main:
                     rec = {"step": k, **stats, "seconds": round(time.perf_counter() - t0, 3)}
@@ -367,7 +404,7 @@ def _train(
                 if trainer.validation.out_of_patience(cfg.train.patience):
                     trainer.validation = dataclasses.replace(trainer.validation, stopped_early=True)
                     break
-            if info.is_main and cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0:
+            if info.is_main and save_now:
                 trainer.save(out)
             if info.is_main and cfg.train.sample_every and k % cfg.train.sample_every == 0:
                 path = out / "progress" / f"samples_{k:07d}.png"

@@ -186,7 +186,7 @@ def compare_runs(
             f"{vrun.config.data.name!r} (or other data settings); compare runs on the same data"
         )
     data = load_dataset(run.config.data)
-    x0 = data.test[:n].to(device)
+    x0 = data.test_examples[:n].to(device)
     density = data.density.to(device) if data.density is not None else None
     ddpm_ev = evaluate(
         run.diffusion, run.model, x0, data.spec, name=f"DDPM ({run.run_dir.name})",

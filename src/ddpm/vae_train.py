@@ -105,9 +105,9 @@ class VaeTrainer:
     """State of one VAE training run: model, EMA, optimizer, step, CPU time used."""
 
     def __init__(self, cfg: VaeRunConfig, data: Dataset, device: torch.device) -> None:
-        if cfg.train.batch_size > data.train.shape[0]:
+        if cfg.train.batch_size > len(data.train_examples):
             raise ConfigError(
-                f"batch size {cfg.train.batch_size} is larger than the {data.train.shape[0]} "
+                f"batch size {cfg.train.batch_size} is larger than the {len(data.train_examples)} "
                 f"training examples of {data.spec.name!r}: pass a smaller --batch-size"
             )
         self.cfg, self.spec, self.device = cfg, data.spec, device
@@ -117,7 +117,7 @@ class VaeTrainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         t = cfg.train
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        self.train_x = data.train.to(device)
+        self.train_x = data.train_examples.to(device)
         self.step, self.cpu_seconds = 0, 0.0
 
     def train_step(self) -> dict[str, float]:
@@ -126,7 +126,8 @@ class VaeTrainer:
         g = step_generator(cfg.seed, 0, self.step, self.device)
         idx = torch.randint(0, self.train_x.shape[0], (cfg.batch_size,), generator=g,
                             device=self.device)  # fmt: skip
-        terms = vae_elbo_terms(self.model, self.train_x[idx], self.spec.levels, 1, g)
+        x0 = self.train_x[idx].to(self.device)
+        terms = vae_elbo_terms(self.model, x0, self.spec.levels, 1, g)
         loss = terms.total().mean()
         lr = lr_at(self.step, cfg.lr, cfg.warmup)
         for group in self.opt.param_groups:

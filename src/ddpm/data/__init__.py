@@ -2,12 +2,13 @@
 
 from ddpm.data.load import BUILTIN_NAMES, load_dataset
 from ddpm.data.mixture import GaussianMixture, MonteCarloEstimate
-from ddpm.data.spec import Dataset, DataSpec
+from ddpm.data.spec import Dataset, DataSpec, Examples
 
 __all__ = [
     "BUILTIN_NAMES",
     "DataSpec",
     "Dataset",
+    "Examples",
     "GaussianMixture",
     "MonteCarloEstimate",
     "load_dataset",

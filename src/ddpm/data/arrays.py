@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.data.spec import Dataset, DataSpec, discrete_to_model, split_by_fraction
+from ddpm.data.spec import (
+    Dataset,
+    DataSpec,
+    Examples,
+    num_test,
+    split_by_fraction,
+    split_indices,
+)
 from ddpm.errors import DataError
 
 ARRAY_LEVELS = 256
@@ -24,38 +31,51 @@ _RANKS = "[N, D] vectors, [N, H, W] or [N, C, H, W] / [N, H, W, C] images with C
 
 
 def load_array_file(path: str | Path, test_fraction: float) -> Dataset:
-    """A .npy/.npz file as a Dataset named after the file stem."""
+    """A .npy/.npz file as a Dataset named after the file stem.
+
+    Integer data stay as stored (uint8 in memory; a .npy file memory-mapped) and are mapped to
+    [-1, 1] a batch at a time; float data are standardised and loaded into memory.
+    """
     path = Path(path)
     train, test = _read_arrays(path)
     train = _as_examples(train, path, "train")
-    if test is None:
-        if len(train) < 2:
-            raise DataError(
-                f"{path}: 1 example cannot be split into train and test; add more or a 'test' array"
-            )
-        train, test = split_by_fraction(train, test_fraction)
-    else:
+    if test is not None:
         test = _as_examples(test, path, "test")
         if test.shape[1:] != train.shape[1:] or test.dtype.kind != train.dtype.kind:
             raise DataError(
                 f"{path}: 'test' has shape {test.shape[1:]} ({test.dtype}) per example but "
                 f"'train' has {train.shape[1:]} ({train.dtype}); make them match"
             )
+    elif len(train) < 2:
+        raise DataError(
+            f"{path}: 1 example cannot be split into train and test; add more or a 'test' array"
+        )
     shape = tuple(int(n) for n in train.shape[1:])
     if train.dtype.kind in "iu":
         spec = DataSpec.from_levels(path.stem, shape, ARRAY_LEVELS)
-        to_model = discrete_to_model(train, ARRAY_LEVELS), discrete_to_model(test, ARRAY_LEVELS)
-        return Dataset(spec=spec, train=to_model[0], test=to_model[1], density=None)
-    raw = train.astype(np.float64)
+        if test is None:  # split by row indices, so a memory-mapped file is never copied
+            rows = split_indices(len(train), num_test(len(train), test_fraction))
+            train, test = (Examples(_compact(train), ARRAY_LEVELS, r) for r in rows)
+        return Dataset(spec=spec, train=_compact(train), test=_compact(test), density=None)
+    if test is None:
+        train, test = split_by_fraction(np.asarray(train), test_fraction)
+    raw = np.asarray(train).astype(np.float64)
     scale = float(raw.std())
     if not scale > 0:
         raise DataError(f"{path}: every value is {raw.flat[0]}; constant data cannot be scaled")
     spec = DataSpec(name=path.stem, shape=shape, levels=None, shift=float(raw.mean()), scale=scale)
     train_x, test_x = (
-        spec.to_model(torch.from_numpy(a.astype(np.float64))).to(torch.float32)
+        spec.to_model(torch.from_numpy(np.asarray(a, dtype=np.float64))).to(torch.float32)
         for a in (train, test)
     )
     return Dataset(spec=spec, train=train_x, test=test_x, density=None)
+
+
+def _compact(values: np.ndarray | Examples) -> np.ndarray | Examples:
+    """Integers 0..255 as uint8 in memory; a memory-mapped file is left as it is."""
+    if isinstance(values, Examples | np.memmap):
+        return values
+    return values.astype(np.uint8, copy=False)
 
 
 def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -71,7 +91,9 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             )
     try:
         if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False), None
+            # Memory-mapped: rows are read when a batch gathers them, so a file larger than
+            # the free memory can be trained on.
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
         with np.load(path, allow_pickle=False) as f:
             return _pick_npz_arrays(path, {k: f[k] for k in f.files})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -131,7 +153,7 @@ def _channels_first(a: np.ndarray, path: Path, key: str) -> np.ndarray:
     if a.ndim == 4 and a.shape[1] in (1, 3):
         return a
     if a.ndim == 4 and a.shape[3] in (1, 3):
-        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+        return a.transpose(0, 3, 1, 2)  # a view: batches gathered from it come out contiguous
     raise DataError(
         f"{path}: wrong array rank or channel count for '{key}': shape {a.shape}; expected {_RANKS}"
     )

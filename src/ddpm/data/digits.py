@@ -10,25 +10,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddpm.data.spec import Dataset, DataSpec, discrete_to_model, split_indices
+from ddpm.data.spec import Dataset, DataSpec, split_indices
 
 DIGITS_LEVELS = 17
 DIGITS_TEST = 297
 
 
 def load_digits() -> Dataset:
-    """The sklearn digits: train [1500, 1, 8, 8], test [297, 1, 8, 8] in [-1, 1], with labels."""
+    """The sklearn digits: train [1500, 1, 8, 8], test [297, 1, 8, 8] (levels 0..16), labelled."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
-    values = np.rint(bunch.images).astype(np.int64)[:, None]  # [1797, 1, 8, 8]
+    values = np.rint(bunch.images).astype(np.uint8)[:, None]  # [1797, 1, 8, 8] in 0..16
     labels = torch.from_numpy(bunch.target.astype(np.int64))  # [1797] digit classes 0..9
     train_idx, test_idx = split_indices(len(values), DIGITS_TEST)
     spec = DataSpec.from_levels("digits", (1, 8, 8), DIGITS_LEVELS)
     return Dataset(
         spec=spec,
-        train=discrete_to_model(values[train_idx], DIGITS_LEVELS),
-        test=discrete_to_model(values[test_idx], DIGITS_LEVELS),
+        train=values[train_idx],  # raw levels, mapped to [-1, 1] a batch at a time
+        test=values[test_idx],
         density=None,
         train_labels=labels[train_idx],
         test_labels=labels[test_idx],

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm.data.spec import Dataset, DataSpec, discrete_to_model, split_by_fraction
+from ddpm.data.spec import Dataset, DataSpec, split_by_fraction
 from ddpm.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -89,8 +89,8 @@ def load_image_folder(
     spec = DataSpec.from_levels(folder.resolve().name, tuple(values.shape[1:]), IMAGE_LEVELS)
     return Dataset(
         spec=spec,
-        train=discrete_to_model(train, IMAGE_LEVELS),
-        test=discrete_to_model(test, IMAGE_LEVELS),
+        train=train,  # uint8, mapped to [-1, 1] a batch at a time
+        test=test,
         density=None,
     )
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpm.data.spec import Dataset, DataSpec, discrete_to_model
+from ddpm.data.spec import Dataset, DataSpec
 from ddpm.errors import DataError
 
 MNIST_LEVELS = 256
@@ -112,8 +112,8 @@ def load_mnist(root: str | Path | None) -> Dataset:
     train_labels, test_labels = _labels(root, len(train), len(test))
     return Dataset(
         spec=spec,
-        train=discrete_to_model(train[:, None], MNIST_LEVELS),
-        test=discrete_to_model(test[:, None], MNIST_LEVELS),
+        train=train[:, None],  # uint8, mapped to [-1, 1] a batch at a time
+        test=test[:, None],
         density=None,
         train_labels=train_labels,
         test_labels=test_labels,

@@ -134,30 +134,142 @@ class DataSpec:
         )
 
 
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """Train and test examples in model space, and their exact density when it is known."""
+class Examples:
+    """Examples [N, *shape] as stored; indexing gives float32 model space [n, *shape].
 
-    spec: DataSpec
-    train: Tensor  # float32 [N, *shape], model space
-    test: Tensor  # float32 [M, *shape], model space
-    density: GaussianMixture | None  # exact density in model space (mixtures), else None
-    train_labels: Tensor | None = None  # int64 [N] class labels when the data has them
-    test_labels: Tensor | None = None  # int64 [M]
+    Continuous data are stored in model space (float32). Discrete data are stored as their raw
+    integers 0..levels-1 (uint8 in memory, or a memory-mapped .npy file of any integer type)
+    and mapped to model space a batch at a time, a quarter of the memory of float32, or none
+    for a file: training gathers its batches by index. ``rows`` picks (and orders) the rows of
+    values that belong here, so a split of a memory-mapped file is never copied.
+    """
 
-    def __post_init__(self) -> None:
-        for split in (self.train, self.test):
-            assert split.dtype == torch.float32 and tuple(split.shape[1:]) == self.spec.shape
-        for split, labels in ((self.train, self.train_labels), (self.test, self.test_labels)):
-            assert labels is None or (
-                labels.dtype == torch.int64 and labels.shape == split.shape[:1]
+    def __init__(
+        self, values: np.ndarray | Tensor, levels: int | None = None, rows: np.ndarray | None = None
+    ) -> None:
+        if isinstance(values, np.ndarray):
+            integer = values.dtype.kind in "iu"
+            if not integer:  # continuous values are kept as a float32 tensor
+                values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        else:
+            integer = not values.is_floating_point()
+        if integer != (levels is not None):
+            raise DataError(
+                "examples: integer values need the number of levels, float values none "
+                f"(got {values.dtype} with levels={levels})"
             )
-        assert (self.train_labels is None) == (self.test_labels is None)
+        if not integer and values.dtype != torch.float32:
+            raise DataError(f"examples: continuous values must be float32 (got {values.dtype})")
+        self.values, self.levels, self.rows = values, levels, rows
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else int(self.values.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *(int(n) for n in self.values.shape[1:]))
+
+    @property
+    def memory_mapped(self) -> bool:
+        return isinstance(self.values, np.memmap)
+
+    def __getitem__(self, index: slice | Tensor | np.ndarray) -> Tensor:
+        """Rows at index (a slice, or int64 indices [n]) in model space: float32 [n, *shape]."""
+        if self.rows is not None:
+            index = self.rows[_numpy_index(index)]
+        if isinstance(self.values, np.ndarray):
+            # contiguous: rows of a transposed (channels-last) file keep its layout otherwise
+            rows = np.ascontiguousarray(self.values[_numpy_index(index)])
+        else:
+            rows = self.values[torch.as_tensor(index) if not isinstance(index, slice) else index]
+        return rows if self.levels is None else _levels_to_model(rows, self.levels)
+
+    def to(self, device: torch.device | str) -> Examples:
+        """The same examples with in-memory values on device; a memory-mapped file stays put
+        (indexing it gives host tensors)."""
+        if self.memory_mapped:
+            return self
+        values = self.values
+        if isinstance(values, np.ndarray):
+            if self.rows is not None:
+                values = values[self.rows]
+            values = torch.from_numpy(np.array(values, copy=not values.flags.writeable))
+        elif self.rows is not None:
+            values = values[torch.from_numpy(self.rows)]
+        return Examples(values.to(device), self.levels)
+
+
+def _numpy_index(index: slice | Tensor | np.ndarray) -> slice | np.ndarray:
+    return index.cpu().numpy() if isinstance(index, Tensor) else index
+
+
+def _levels_to_model(values: np.ndarray | Tensor, levels: int) -> Tensor:
+    """Integers 0..levels-1 -> float32 model space by table look-up (the table is
+    ``discrete_to_model`` of 0..levels-1, so both give the same floats)."""
+    table = discrete_to_model(np.arange(levels), levels)
+    if isinstance(values, np.ndarray):
+        return torch.from_numpy(table.numpy()[values])
+    return table.to(values.device)[values.long()]
+
+
+Split = Tensor | np.ndarray | Examples
+
+
+class Dataset:
+    """Train and test examples, and their exact density when it is known.
+
+    train / test are float32 model space [N, *shape]: the whole split, converted on each access.
+    Code that needs a batch or a prefix of a large split indexes ``train_examples`` /
+    ``test_examples`` instead, which convert only the rows asked for. A split is given as
+    float32 model space, as raw integers 0..levels-1 (an array or tensor), or as Examples.
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        train: Split,
+        test: Split,
+        density: GaussianMixture | None,
+        train_labels: Tensor | None = None,  # int64 [N] class labels when the data has them
+        test_labels: Tensor | None = None,  # int64 [M]
+    ) -> None:
+        self.spec, self.density = spec, density  # density: exact, in model space (mixtures)
+        self.train_examples = _as_examples(train, spec)
+        self.test_examples = _as_examples(test, spec)
+        self.train_labels, self.test_labels = train_labels, test_labels
+        for split in (self.train_examples, self.test_examples):
+            assert tuple(split.shape[1:]) == spec.shape, (split.shape, spec.shape)
+        for split, labels in (
+            (self.train_examples, train_labels),
+            (self.test_examples, test_labels),
+        ):
+            assert labels is None or (labels.dtype == torch.int64 and labels.shape == (len(split),))
+        assert (train_labels is None) == (test_labels is None)
+
+    @property
+    def train(self) -> Tensor:
+        """All training examples, float32 [N, *shape] in model space."""
+        return self.train_examples[:]
+
+    @property
+    def test(self) -> Tensor:
+        """All test examples, float32 [M, *shape] in model space."""
+        return self.test_examples[:]
 
     @property
     def labelled(self) -> bool:
         """True when both splits carry class labels (digits; MNIST with its label files)."""
         return self.train_labels is not None
+
+
+def _as_examples(split: Split, spec: DataSpec) -> Examples:
+    if isinstance(split, Examples):
+        return split
+    if isinstance(split, np.ndarray):
+        floating = split.dtype.kind == "f"
+    else:
+        floating = split.is_floating_point()
+    return Examples(split, None if floating else spec.levels)
 
 
 def discrete_to_model(values: np.ndarray, levels: int) -> Tensor:

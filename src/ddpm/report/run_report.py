@@ -274,7 +274,7 @@ def _forward_figure(cfg, run_dir: Path, figures: Path, seed: int) -> Path:
     s = NoiseSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.T)
     data = load_dataset(cfg.data)
     ts = sorted({round(k * s.T / 7) for k in range(8)})  # t = 0 (the data) .. T
-    x0 = data.test[:1] if data.spec.is_image else data.test[:500]
+    x0 = data.test_examples[: 1 if data.spec.is_image else 500]
     x0 = x0.double()
     g = seeded_generator(seed)
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
