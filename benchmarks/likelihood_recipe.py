@@ -106,13 +106,17 @@ def best_validation(run: Path) -> dict:
 
 
 def ablation(out: Path) -> None:
-    results = {}
+    """Run the variants not yet in out/ablation.json (so an interrupted sweep continues)."""
+    path = out / "ablation.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
     for i, (name, flags) in enumerate(ABLATION.items()):
+        if name in results:
+            continue
         run = out / f"ablation{i:02d}"
         ddpm("train", *flags, "--out", str(run), "--threads", "1", "--quiet", "--overwrite")
         results[name] = {"flags": " ".join(flags), "cpu_minutes": cpu_minutes(run),
                          **best_validation(run)}  # fmt: skip
-        (out / "ablation.json").write_text(json.dumps(results, indent=2))
+        path.write_text(json.dumps(results, indent=2))
         print(json.dumps({name: results[name]}), flush=True)
     print("| variant | CPU-min | best validation -ELBO ± SE | bits/dim | at step |")
     print("|---|---:|---|---:|---:|")

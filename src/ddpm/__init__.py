@@ -33,6 +33,7 @@ from ddpm.models import LoadedModel, load_model  # noqa: E402
 from ddpm.nets import build_model  # noqa: E402
 from ddpm.ode import OdeConfig, OdeLikelihood, ProbabilityFlow, ode_likelihood  # noqa: E402
 from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis  # noqa: E402
+from ddpm.presets import apply_preset  # noqa: E402
 from ddpm.respace import respace, space_timesteps  # noqa: E402
 from ddpm.reverse import Parameterisation, p_mean_var  # noqa: E402
 from ddpm.rng import KeyedNoise  # noqa: E402
@@ -47,6 +48,7 @@ from ddpm.vae_eval import compare_runs, evaluate_vae  # noqa: E402
 from ddpm.vae_train import load_vae_run, train_vae  # noqa: E402
 
 __all__ = [
+    "apply_preset",
     "JointKl",
     "Sweep",
     "joint_kl",
