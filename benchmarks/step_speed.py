@@ -257,6 +257,32 @@ def sampling_vs_bare(args: argparse.Namespace) -> dict:
     return {"T": T, "n": n, **summary(times, "bare", "sample")}
 
 
+def threads_vs_one(args: argparse.Namespace) -> dict:
+    """(e) ddpm's default digits train step on one thread against --compare-threads threads
+    (the thread count switched inside each call). Wall time is the clock that matters here:
+    CPU time adds up over the threads."""
+    model_cfg = (QUICK_NETS if args.quick else NETS)[8][0]
+    torch.manual_seed(0)
+    net = build_model(model_cfg, (1, 8, 8)).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 1, 8, 8, generator=g)
+    eps = torch.randn(x.shape, generator=g)
+    t = torch.randint(0, 1000, (args.batch_size,), generator=g)
+    step = train_step_fn(net, x, t, eps)
+    k = args.compare_threads
+
+    def on(n: int) -> Callable[[], None]:
+        def call() -> None:
+            torch.set_num_threads(n)
+            step()
+
+        return call
+
+    times = alternate({"1": on(1), str(k): on(k)}, args.repeats, args.seconds)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    return {"threads": k, **summary(times, "1", str(k))}
+
+
 def table(res: dict, clock: str = "cpu") -> str:
     rows = [
         f"{clock} time per step, median (range) over {res['repeats']} repeats, "
@@ -272,7 +298,14 @@ def table(res: dict, clock: str = "cpu") -> str:
     def ratio(d: dict) -> str:
         return f"{d['median']:.2f}x ({d['min']:.2f}-{d['max']:.2f})"
 
-    for size, r in res["nets"].items():
+    if "threads_vs_one" in res:
+        tv = res["threads_vs_one"]
+        k = str(tv["threads"])
+        rows.append(
+            f"| 8x8 train step, 1 vs {k} threads | {cell(tv[clock]['1'])} | "
+            f"{cell(tv[clock][k])} | {ratio(tv[clock]['ratio'])} |"
+        )
+    for size, r in res.get("nets", {}).items():
         p = r["params"]
         for part in ("train_step", "forward"):
             s = r[part][clock]
@@ -281,17 +314,19 @@ def table(res: dict, clock: str = "cpu") -> str:
                 f"{p['diffusers'] / 1e6:.3f}M | {cell(s['ddpm'])} | {cell(s['diffusers'])} | "
                 f"{ratio(s['ratio'])} |"
             )
-    lv = res["loop_vs_bare"][clock]
-    rows.append(
-        f"| Trainer.train_step vs bare step (digits) | {cell(lv['bare'])} | {cell(lv['loop'])} | "
-        f"{ratio(lv['ratio'])} |"
-    )
-    sv = res["sampling_vs_bare"][clock]
-    T, n = res["sampling_vs_bare"]["T"], res["sampling_vs_bare"]["n"]
-    rows.append(
-        f"| sample T={T} vs {T} forwards (n={n}) | {cell(sv['bare'])} | "
-        f"{cell(sv['sample'])} | {ratio(sv['ratio'])} |"
-    )
+    if "loop_vs_bare" in res:
+        lv = res["loop_vs_bare"][clock]
+        rows.append(
+            f"| Trainer.train_step vs bare step (digits) | {cell(lv['bare'])} | "
+            f"{cell(lv['loop'])} | {ratio(lv['ratio'])} |"
+        )
+    if "sampling_vs_bare" in res:
+        sv = res["sampling_vs_bare"][clock]
+        T, n = res["sampling_vs_bare"]["T"], res["sampling_vs_bare"]["n"]
+        rows.append(
+            f"| sample T={T} vs {T} forwards (n={n}) | {cell(sv['bare'])} | "
+            f"{cell(sv['sample'])} | {ratio(sv['ratio'])} |"
+        )
     return "\n".join(rows)
 
 
@@ -307,6 +342,16 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 28], choices=sorted(NETS))
     p.add_argument("--quick", action="store_true", help="tiny nets and batches: a smoke test")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/step_speed.json"))
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=["nets", "loop", "sampling"],
+        choices=["nets", "loop", "sampling", "threads"],
+        help="what to time: (a, b) nets, (c) loop, (d) sampling, (e) threads",
+    )
+    p.add_argument(
+        "--compare-threads", type=int, default=2, help="(e): threads set against one thread"
+    )
     args = p.parse_args()
     if args.quick:
         args.repeats, args.seconds, args.batch_size, args.sample_n = 2, 0.01, 8, 4
@@ -318,10 +363,15 @@ def main() -> None:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "quick": args.quick,
-        "nets": {str(s): nets_at(s, args) for s in args.sizes},
-        "loop_vs_bare": loop_vs_bare(args),
-        "sampling_vs_bare": sampling_vs_bare(args),
     }
+    if "threads" in args.sections:
+        res["threads_vs_one"] = threads_vs_one(args)
+    if "nets" in args.sections:
+        res["nets"] = {str(s): nets_at(s, args) for s in args.sizes}
+    if "loop" in args.sections:
+        res["loop_vs_bare"] = loop_vs_bare(args)
+    if "sampling" in args.sections:
+        res["sampling_vs_bare"] = sampling_vs_bare(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(table(res, "cpu"))
