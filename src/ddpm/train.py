@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from ddpm import dist, runconfig, rundir, runs
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import RunConfig, TrainConfig
-from ddpm.data import Dataset, Examples, load_dataset
+from ddpm.data import Dataset, load_dataset
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.losses import make_sampler, training_loss
 from ddpm.rng import seeded_generator, step_generator, step_seed
@@ -152,8 +151,7 @@ class Trainer:
         if cfg.train.val_every:
             keep, held = validation_split(len(examples), cfg.train.val_fraction)
             self.val_x = examples[held].to(device)  # float32 model space
-            rows = keep if examples.rows is None else examples.rows[keep]
-            examples = Examples(examples.values, examples.levels, rows)
+            examples = examples.take(keep)
         if cfg.train.batch_size > len(examples):
             held_out = ""
             if self.val_x is not None:
@@ -341,9 +339,8 @@ def _train(
                 f"{cfg.train.steps}; pass a larger --steps to train further"
             )
     start = trainer.step
-    stopped = trainer.validation.out_of_patience(cfg.train.patience)
-    trainer.validation = dataclasses.replace(trainer.validation, stopped_early=stopped)
-    if start == cfg.train.steps or stopped:  # resumed at its end: nothing to train
+    trainer.validation = trainer.validation.with_patience(cfg.train.patience)
+    if start == cfg.train.steps or trainer.validation.stopped_early:  # resumed at its end
         samples = out / runs.SAMPLES
         if info.is_main and not (samples.exists() and samples.with_suffix(".npy").exists()):
             # killed while drawing its final samples: draw them (the same ones) again
@@ -394,15 +391,11 @@ def _train(
                     )
             if log_now:
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if info.is_main:
-                    rec = {"step": k, **stats, "seconds": round(time.perf_counter() - t0, 3)}
-                    rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
-                    logf.write(json.dumps(rec) + "\n")
-                    logf.flush()
+                _log(logf, {"step": k, **stats}, t0, cpu0)
             if cfg.train.val_every and (k % cfg.train.val_every == 0 or k == cfg.train.steps):
                 _validate(trainer, bar, logf, t0, cpu0)
-                if trainer.validation.out_of_patience(cfg.train.patience):
-                    trainer.validation = dataclasses.replace(trainer.validation, stopped_early=True)
+                trainer.validation = trainer.validation.with_patience(cfg.train.patience)
+                if trainer.validation.stopped_early:
                     break
             if info.is_main and save_now:
                 trainer.save(out)
@@ -435,7 +428,13 @@ def _validate(trainer: Trainer, bar, logf, t0: float, cpu0: float) -> None:
     est, improved = trainer.validate()
     v = trainer.validation
     bar.set_postfix(val_bpd=f"{est.bits_per_dim:.4f}", best=f"{v.best_bpd:.4f}")
-    rec = est.to_log(improved) | {"seconds": round(time.perf_counter() - t0, 3)}
+    _log(logf, est.to_log(improved), t0, cpu0)
+
+
+def _log(logf, rec: dict, t0: float, cpu0: float) -> None:
+    """One line of log.jsonl: rec with the wall and CPU seconds since the loop started (other
+    processes under torchrun write to a null file)."""
+    rec = {**rec, "seconds": round(time.perf_counter() - t0, 3)}
     rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
     logf.write(json.dumps(rec) + "\n")
     logf.flush()

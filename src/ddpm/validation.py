@@ -133,6 +133,10 @@ class ValidationState:
         """True when the last ``patience`` validations did not improve (patience 0: never)."""
         return patience > 0 and self.since_best >= patience
 
+    def with_patience(self, patience: int) -> ValidationState:
+        """The state with stopped_early set as ``patience`` decides (a resume may raise it)."""
+        return replace(self, stopped_early=self.out_of_patience(patience))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         # JSON has no inf/nan: a state with no validation yet stores nulls

@@ -184,6 +184,10 @@ class Examples:
             rows = self.values[torch.as_tensor(index) if not isinstance(index, slice) else index]
         return rows if self.levels is None else _levels_to_model(rows, self.levels)
 
+    def take(self, rows: np.ndarray) -> Examples:
+        """The examples at positions rows [n] of these, as a view: nothing is copied."""
+        return Examples(self.values, self.levels, rows if self.rows is None else self.rows[rows])
+
     def to(self, device: torch.device | str) -> Examples:
         """The same examples with in-memory values on device; a memory-mapped file stays put
         (indexing it gives host tensors)."""

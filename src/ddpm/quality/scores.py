@@ -111,9 +111,10 @@ def sample_quality(
     n = len(samples)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
+    train, test = data.train, data.test  # each access converts the whole split: once here
     if data.density is not None:
         ref = density_reference(data.density, generator=g)
-        sets[FLOOR] = data.test
+        sets[FLOOR] = test
         reference = asdict(ref)
         score = lambda name, x: density_scores(data.density, x, ref, name)  # noqa: E731
         kind, note = "density", ""
@@ -124,19 +125,19 @@ def sample_quality(
                 f"(got {n}); draw more"
             )
         clf = load_or_train_classifier(data, cache_dir)
-        fref = feature_reference(clf, data.train, data.train_labels)
-        sets[FLOOR] = data.test[:n] if len(data.test) >= n else data.test
+        fref = feature_reference(clf, train, data.train_labels)
+        sets[FLOOR] = test[:n]
         sets[NOISE] = as_data(torch.randn((n, *spec.shape), generator=g), spec)
-        sets[INDEPENDENT] = independent_pixels(data.train, n, g)
+        sets[INDEPENDENT] = independent_pixels(train, n, g)
         reference = {"classifier": asdict(clf.info), "classifier_path": str(clf.path)}
         reference["classifier_trained_now"] = clf.trained_now
         score = lambda name, x: feature_scores(clf, x, fref, name, kid_subsets, g)  # noqa: E731
         kind, note = "features", ""
     else:
-        threshold = close_threshold(data.test, data.train)
-        sets[FLOOR] = data.test
+        threshold = close_threshold(test, train)
+        sets[FLOOR] = test
         reference = {"close_threshold": threshold}
-        score = lambda name, x: neighbour_scores(x, data.train, threshold, name)  # noqa: E731
+        score = lambda name, x: neighbour_scores(x, train, threshold, name)  # noqa: E731
         kind, note = "neighbours", NO_FEATURES
     seconds = {"reference": time.perf_counter() - start}
     rows = []

@@ -37,36 +37,31 @@ class RunReport:
     seconds: float
 
 
-def read_loss_log(path: Path) -> tuple[list[int], list[float]]:
-    """(steps, losses) of a run's log.jsonl; lines cut short by a crash are skipped."""
-    steps, losses = [], []
+def log_columns(path: Path, *keys: str) -> tuple[list, ...]:
+    """One list per key of the log.jsonl records that have every key: the first key's values
+    as int (the step), the others as float. Lines cut short by a crash are skipped."""
+    columns: tuple[list, ...] = tuple([] for _ in keys)
     if not path.exists():
-        return steps, losses
+        return columns
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-            step, loss = int(rec["step"]), float(rec["loss"])  # validation lines have no loss
+            row = [int(rec[keys[0]]), *(float(rec[k]) for k in keys[1:])]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        steps.append(step)
-        losses.append(loss)
-    return steps, losses
+            continue  # also the records of the other kind (training vs validation lines)
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+def read_loss_log(path: Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) of a run's log.jsonl."""
+    return log_columns(path, "step", "loss")
 
 
 def read_validation_log(path: Path) -> tuple[list[int], list[float], list[float]]:
     """(steps, bits/dim, SE) of the validation records of a run's log.jsonl (none: empty)."""
-    steps, bpd, se = [], [], []
-    if not path.exists():
-        return steps, bpd, se
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            value = (int(rec["step"]), float(rec["val_bpd"]), float(rec["val_bpd_se"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        for dest, v in zip((steps, bpd, se), value, strict=True):
-            dest.append(v)
-    return steps, bpd, se
+    return log_columns(path, "step", "val_bpd", "val_bpd_se")
 
 
 def _fresh_evaluation(run_dir: Path, checkpoint: Path) -> Evaluation | None:
