@@ -14,6 +14,10 @@ work done; robust to other processes on a busy machine) and wall time.
                   same net and batch size: forward, L_simple, backward, AdamW, EMA update
   (d) sampling    ``ddpm.sampling.sample`` (T = 1000 ancestral steps) against the T bare
                   no-grad forward passes it needs, same batch
+  (e) threads     (on request) the 8x8 train step on one thread against several
+  (f) rewrites    (on request) the U-Net's train step against the same net with its upsampling
+                  and 1x1 convolutions run as their definitions (a nearest x2 upsample then the
+                  3x3 convolution; F.conv2d): what ``UpsampleConv`` and ``Conv1x1`` give
 
 Both nets get the same optimizer (ddpm's ``train.adamw``) and one attention head, so the
 ratios measure the networks. Results go to --out as JSON; a markdown table is printed.
@@ -39,6 +43,7 @@ from ddpm import runs
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
 from ddpm.nets import build_model
+from ddpm.nets.unet import Conv1x1, UpsampleConv
 from ddpm.sampling import sample
 from ddpm.train import Trainer, adamw
 
@@ -283,6 +288,37 @@ def threads_vs_one(args: argparse.Namespace) -> dict:
     return {"threads": k, **summary(times, "1", str(k))}
 
 
+def as_definitions(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a ddpm U-Net whose UpsampleConv and Conv1x1 modules compute their definitions
+    (the same function and parameters, the plain kernels)."""
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if isinstance(m, UpsampleConv):
+            m.forward = lambda x, m=m: F.conv2d(
+                F.interpolate(x, scale_factor=2.0, mode="nearest"), m.weight, m.bias, padding=1
+            )
+        elif isinstance(m, Conv1x1):
+            m.forward = lambda x, m=m: F.conv2d(x, m.weight, m.bias)
+    return net
+
+
+def rewrites(size: int, args: argparse.Namespace) -> dict:
+    """(f) at one image size: ddpm's U-Net against itself with the plain kernels."""
+    model_cfg = (QUICK_NETS if args.quick else NETS)[size][0]
+    torch.manual_seed(0)
+    net = build_model(model_cfg, (1, size, size)).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 1, size, size, generator=g)
+    eps = torch.randn(x.shape, generator=g)
+    t = torch.randint(0, 1000, (args.batch_size,), generator=g)
+    steps = {
+        "ddpm": train_step_fn(net, x, t, eps),
+        "definitions": train_step_fn(as_definitions(net), x, t, eps),
+    }
+    times = alternate(steps, args.repeats, args.seconds)
+    return summary(times, "ddpm", "definitions")
+
+
 def table(res: dict, clock: str = "cpu") -> str:
     rows = [
         f"{clock} time per step, median (range) over {res['repeats']} repeats, "
@@ -314,6 +350,11 @@ def table(res: dict, clock: str = "cpu") -> str:
                 f"{p['diffusers'] / 1e6:.3f}M | {cell(s['ddpm'])} | {cell(s['diffusers'])} | "
                 f"{ratio(s['ratio'])} |"
             )
+    for size, r in res.get("rewrites", {}).items():
+        rows.append(
+            f"| {size}x{size} train step vs plain kernels | {cell(r[clock]['ddpm'])} | "
+            f"{cell(r[clock]['definitions'])} | {ratio(r[clock]['ratio'])} |"
+        )
     if "loop_vs_bare" in res:
         lv = res["loop_vs_bare"][clock]
         rows.append(
@@ -346,8 +387,8 @@ def main() -> None:
         "--sections",
         nargs="+",
         default=["nets", "loop", "sampling"],
-        choices=["nets", "loop", "sampling", "threads"],
-        help="what to time: (a, b) nets, (c) loop, (d) sampling, (e) threads",
+        choices=["nets", "loop", "sampling", "threads", "rewrites"],
+        help="what to time: (a, b) nets, (c) loop, (d) sampling, (e) threads, (f) rewrites",
     )
     p.add_argument(
         "--compare-threads", type=int, default=2, help="(e): threads set against one thread"
@@ -368,6 +409,8 @@ def main() -> None:
         res["threads_vs_one"] = threads_vs_one(args)
     if "nets" in args.sections:
         res["nets"] = {str(s): nets_at(s, args) for s in args.sizes}
+    if "rewrites" in args.sections:
+        res["rewrites"] = {str(s): rewrites(s, args) for s in args.sizes}
     if "loop" in args.sections:
         res["loop_vs_bare"] = loop_vs_bare(args)
     if "sampling" in args.sections:

@@ -22,16 +22,19 @@ def test_step_speed_quick_writes_every_section(tmp_path):
     for r in res["nets"].values():
         assert r["train_step"]["cpu"]["ratio"]["median"] > 0 and r["params"]["ddpm"] > 0
     assert res["sampling_vs_bare"]["T"] == 20 and "loop" in res["loop_vs_bare"]["cpu"]
-    assert "threads_vs_one" not in res  # (e) only when asked for
+    assert "threads_vs_one" not in res and "rewrites" not in res  # (e), (f) only when asked for
 
 
-def test_step_speed_threads_section_alone(tmp_path):
+def test_step_speed_threads_and_rewrites_sections_alone(tmp_path):
     out = tmp_path / "threads.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "step_speed.py"), "--quick", "--sections",
-           "threads", "--compare-threads", "2", "--out", str(out)]  # fmt: skip
+           "threads", "rewrites", "--compare-threads", "2", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     res = json.loads(out.read_text())
     assert set(res) >= {"threads_vs_one"} and "nets" not in res
     assert res["threads_vs_one"]["threads"] == 2
     assert set(res["threads_vs_one"]["wall"]) == {"1", "2", "ratio"}
     assert "1 vs 2 threads" in proc.stdout
+    assert set(res["rewrites"]) == {"8", "28"}
+    assert set(res["rewrites"]["8"]["cpu"]) == {"ddpm", "definitions", "ratio"}
+    assert "28x28 train step vs plain kernels" in proc.stdout

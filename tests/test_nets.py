@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
 from ddpm.nets import MLP, FlatMLP, UNet, build_model, timestep_embedding
+from ddpm.nets.unet import Conv1x1, UpsampleConv
 
 IMAGE_CASES = [  # (shape, channel_mults, attn_resolutions)
     ((1, 8, 8), (1, 2), (4,)),
@@ -157,6 +159,69 @@ def test_unet_rejects_vectors_and_bad_shapes():
         build_model(ModelConfig(), (4, 4))
     with pytest.raises(ConfigError, match="out_mult must be an integer >= 1"):
         build_model(ModelConfig(), (2,), out_mult=0)
+
+
+# --- the upsampling convolution -------------------------------------------------------------
+
+
+def _nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """The definition [Ho20] appendix B: nearest-neighbour x2, then the 3x3 convolution."""
+    up = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return F.conv2d(up, conv.weight, conv.bias, padding=1)
+
+
+def _same_as_definition(conv: nn.Conv2d, definition, x_shape, seed: int) -> torch.Tensor:
+    """Random float64 parameters and input; assert conv(x) and all three gradients equal the
+    definition's to float64 rounding; return the output."""
+    g = torch.Generator().manual_seed(seed)
+    conv = conv.double()
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = torch.randn(x_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    out, ref = conv(x), definition(x, conv)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    inputs = [x, conv.weight, conv.bias]
+    for a, b in zip(
+        torch.autograd.grad(out, inputs, grad_out),
+        torch.autograd.grad(ref, inputs, grad_out),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    return out
+
+
+@pytest.mark.parametrize("c_in, c_out, h, w", [(3, 5, 1, 1), (4, 2, 3, 5), (16, 8, 7, 7)])
+def test_upsample_conv_equals_nearest_then_conv(c_in, c_out, h, w):
+    out = _same_as_definition(UpsampleConv(c_in, c_out), _nearest_then_conv, (2, c_in, h, w), 0)
+    assert out.shape == (2, c_out, 2 * h, 2 * w)
+
+
+@pytest.mark.parametrize("h, w", [(4, 4), (7, 9), (8, 8), (14, 14)])  # both sides of H*W = 64
+def test_conv1x1_equals_the_convolution(h, w):
+    def definition(x, conv):
+        return F.conv2d(x, conv.weight, conv.bias)
+
+    out = _same_as_definition(Conv1x1(6, 4), definition, (3, 6, h, w), 1)
+    assert out.shape == (3, 4, h, w)
+
+
+def test_unet_equals_its_definition():
+    """The whole U-Net with upsampling and 1x1 convolutions written as their definitions (a
+    nearest upsample then the 3x3 convolution; F.conv2d) gives the same outputs."""
+    model = UNet(1, 2, 28, channels=8, channel_mults=(1, 2, 2), attn_resolutions=(14,)).double()
+    _perturb(model, torch.Generator().manual_seed(3))
+    x, t = _inputs((1, 28, 28), batch=3)
+    out = model(x.double(), t)
+    ups = [m for m in model.modules() if isinstance(m, UpsampleConv)]
+    ones = [m for m in model.modules() if isinstance(m, Conv1x1)]
+    assert len(ups) == 2 and len(ones) >= 4
+    for m in ups:
+        m.forward = lambda x, m=m: _nearest_then_conv(x, m)  # per instance
+    for m in ones:
+        m.forward = lambda x, m=m: F.conv2d(x, m.weight, m.bias)
+    torch.testing.assert_close(out, model(x.double(), t), rtol=0, atol=1e-12)
 
 
 # --- initialisation, conditioning, determinism ----------------------------------------------

@@ -19,6 +19,7 @@ from ddpm.data import load_dataset
 from ddpm.elbo import elbo_mc, elbo_terms, log_strata
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.evaluate import mean_se
+from ddpm.models import load_model
 from ddpm.presets import PRESETS, apply_preset
 from ddpm.rng import KeyedNoise
 from ddpm.train import Trainer, lr_at, train
@@ -133,7 +134,7 @@ def test_validation_state_tracks_the_best_and_runs_out_of_patience():
 # --- training with validation ------------------------------------------------------------------
 
 
-def test_training_logs_validations_and_keeps_the_best_weights(tmp_path):
+def test_training_logs_validations_and_keeps_the_best_weights(tmp_path, capsys):
     out = tmp_path / "run"
     res = train(_tiny(12), out, progress=False)
     vals = [r for r in map(json.loads, (out / runs.LOG).open()) if "val_neg_elbo" in r]
@@ -152,6 +153,12 @@ def test_training_logs_validations_and_keeps_the_best_weights(tmp_path):
     _, held = validation_split(data.train.shape[0], 0.1)
     est = estimate_neg_elbo(run.diffusion, run.model, data.train[held], run.spec, 4, 0, run.clip)
     assert est.neg_elbo == pytest.approx(best["val_neg_elbo"], abs=1e-5)
+    # ddpm evaluate says which weights it scored, on the terminal and in its JSON
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "-n", "4"]) == 0
+    words = f"EMA weights of step {best['step']}, the best by held-out validation"
+    assert f"weights scored: {words} (trained to step 12)" in capsys.readouterr().out
+    assert json.loads((out / "eval_test.json").read_text())["weights"].startswith(words)
 
 
 def test_a_run_without_validation_has_no_best_weights(tmp_path):
@@ -160,6 +167,8 @@ def test_a_run_without_validation_has_no_best_weights(tmp_path):
     assert res.validation is None
     assert not load_checkpoint(out / runs.CHECKPOINT).has_best
     assert runs.load_run(out).best_step is None
+    assert load_model(out).weights == "EMA weights of step 4"
+    assert load_model(out, ema=False).weights == "training weights (not the EMA) of step 4"
 
 
 def test_resume_with_validation_equals_training_in_one_go(tmp_path):

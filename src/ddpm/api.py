@@ -187,6 +187,7 @@ class EvalResult:
     is_main: bool = True  # False on the other processes under torchrun (they write nothing)
     mse_path: Path | None = None  # eps-MSE and x0-MSE per timestep
     quality: object | None = None  # ddpm.quality.QualityReport when samples were scored
+    weights: str = ""  # which weights were scored, in words
 
 
 def evaluate_run(
@@ -296,6 +297,7 @@ def evaluate_run(
                 save_array(ev.per_example, npy)
                 doc["per_example_file"] = str(npy)
             doc["processes"] = info.world_size
+            doc["weights"] = m.weights
             save_json(json_path, doc)
             save_per_timestep(
                 {f"{m.name} ({split}, n={ev.n})": torch.tensor(ev.per_timestep)},
@@ -307,7 +309,7 @@ def evaluate_run(
             save_mse_per_timestep([ev], mse, f"{m.name} ({split})")
         dist.barrier(info)
         dist.cleanup(info)
-        return EvalResult(ev, json_path, png, npy, info.is_main, mse, quality)
+        return EvalResult(ev, json_path, png, npy, info.is_main, mse, quality, m.weights)
 
 
 def _scored_samples(run, n, seed, classifier_dir, device, progress):

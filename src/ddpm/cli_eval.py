@@ -66,7 +66,8 @@ def add_commands(sub, fmt) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="also the unbiased estimate from K random timesteps per example",
+        help="also the unbiased estimate from K random timesteps per example, one in each "
+        "of K strata of 1..T of geometrically growing width (fewer where strata coincide)",
     )
     e.add_argument(
         "--clip",
@@ -244,7 +245,7 @@ def format_evaluation(ev) -> str:
 
     lines.insert(1, f"  p_theta scored: {clip_words(ev.clip)}")
     if ev.neg_elbo_mc is not None:
-        label = f"-ELBO, K={ev.mc_timesteps} random t"
+        label = f"-ELBO, {ev.mc_timesteps} stratified t"
         lines.append(row(label, ev.neg_elbo_mc, ev.neg_elbo_mc_se, "unbiased estimate"))
     for b in ev.iw:
         lines.append(row(f"-log IW bound, K={b.K}", b.neg_log_likelihood, b.se))
@@ -455,6 +456,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(format_evaluation(res.evaluation))
+        print(f"  weights scored: {res.weights}")
         print(format_coarse_to_fine(res.evaluation))
         if res.quality is not None:
             from ddpm.cli_quality import format_quality

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ddpm.bounds import iw_curve
 from ddpm.data import DataSpec, GaussianMixture
 from ddpm.diffusion import Denoiser, Diffusion
-from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms
+from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms, log_strata
 from ddpm.errors import ConfigError
 from ddpm.rng import Noise
 
@@ -83,7 +83,7 @@ class Evaluation:
     bits_per_dim_se: float
     log_jacobian: float  # per-example log|d model / d raw| added to the log-densities
     iw: list[IwBound] = field(default_factory=list)
-    mc_timesteps: int | None = None  # K of the K-timestep Monte Carlo estimate, if run
+    mc_timesteps: int | None = None  # timesteps (strata) of the Monte Carlo estimate, if run
     neg_elbo_mc: float | None = None  # its value (unbiased for neg_elbo) and SE
     neg_elbo_mc_se: float | None = None
     entropy: float | None = None
@@ -137,7 +137,7 @@ class ExampleTerms:
     x0_mse: Tensor  # [N, T] |x0_hat - x_0|^2 / D
     x0_flat: Tensor  # [N, D] the examples (for Var(x_0), the scale of x0_mse)
     iw_nll: Tensor | None = None  # [N, len(Ks)] -L_K for each K of the bounds (ascending)
-    mc: Tensor | None = None  # [N] K-timestep estimate of -ELBO
+    mc: Tensor | None = None  # [N] stratified K-timestep estimate of -ELBO
     exact_nll: Tensor | None = None  # [N] exact -log p_theta(x_0)
     neg_log_q: Tensor | None = None  # [N] -log q(x_0) of the known density
 
@@ -195,7 +195,8 @@ def example_terms(
         iw_nll = torch.stack([est.nll for est in curve], dim=1)
     mc = None
     if mc_timesteps is not None:
-        mc = elbo_mc(diffusion, model, x0, levels, mc_timesteps, generator, clip, max_batch)
+        strata = log_strata(diffusion.T, mc_timesteps)
+        mc = elbo_mc(diffusion, model, x0, levels, mc_timesteps, generator, clip, max_batch, strata)
     return ExampleTerms(
         prior_kl=terms.prior_kl,
         per_timestep=terms.per_timestep,
@@ -250,7 +251,8 @@ def evaluate(
     """Evaluate -ELBO (every term), IW bounds for each K in ``iw`` and, when the data density
     is known (``density``, model space), the entropy and the KL chain.
 
-    mc_timesteps: also compute the unbiased K-timestep estimate (``elbo_mc``) for comparison.
+    mc_timesteps: also compute the unbiased estimate from K timesteps per example for comparison:
+    ``elbo_mc`` with one t in each of the (at most K) strata of ``log_strata``.
     x0: [N, *spec.shape] in model space. exact_log_prob(x0) -> [N], model space: the model's
     exact log p_theta(x_0) where tractable (the Gaussian oracle); otherwise the largest-K IW
     bound stands in for it, and ``log_likelihood_exact`` is False. progress: show progress bars.
@@ -317,7 +319,7 @@ def summarise(
         clip=None if clip is None else [float(c) for c in clip],
     )
     if terms.mc is not None:
-        out["mc_timesteps"] = mc_timesteps
+        out["mc_timesteps"] = len(log_strata(T, mc_timesteps)) - 1
         out["neg_elbo_mc"], out["neg_elbo_mc_se"] = mean_se(terms.mc - log_jac)
     nll = None
     if terms.exact_nll is not None:

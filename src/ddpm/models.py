@@ -32,6 +32,7 @@ class LoadedModel:
     data: DataConfig | None  # the data it was trained on; None when the folder does not say
     clip: tuple[float, float] | None  # range predicted x_0 is clipped to while sampling
     schedule_name: str | None = None  # 'linear' / 'cosine' of a ddpm run (its continuous form)
+    weights: str = ""  # which weights were loaded, in words (for reports)
 
     @property
     def name(self) -> str:
@@ -72,7 +73,10 @@ def load_model(
     if foreign_diffusers.is_diffusers_folder(path):
         d = foreign_diffusers.load_diffusers(path, device)
         spec = DataSpec.from_levels(path.name or "diffusers", d.shape, 256)
-        return LoadedModel(path, "diffusers", d.diffusion, d.model, spec, None, d.clip)
+        return LoadedModel(
+            path, "diffusers", d.diffusion, d.model, spec, None, d.clip,
+            weights="the diffusers folder's UNet2DModel",
+        )  # fmt: skip
     if path.is_dir() and not (path / "config.json").exists():
         raise CheckpointError(
             f"{path}: neither a ddpm run folder (config.json) nor a diffusers folder "
@@ -82,6 +86,16 @@ def load_model(
 
     run = runs.load_run(path, device=device, ema=ema)
     cfg = run.config
+    if not ema:
+        weights = f"training weights (not the EMA) of step {run.step}"
+    elif run.best_step is not None:
+        weights = (
+            f"EMA weights of step {run.best_step}, the best by held-out validation "
+            f"(trained to step {run.step})"
+        )
+    else:
+        weights = f"EMA weights of step {run.step}"
     return LoadedModel(
-        path, "ddpm", run.diffusion, run.model, run.spec, cfg.data, run.clip, cfg.diffusion.schedule
-    )
+        path, "ddpm", run.diffusion, run.model, run.spec, cfg.data, run.clip,
+        cfg.diffusion.schedule, weights,
+    )  # fmt: skip
