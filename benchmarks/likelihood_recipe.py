@@ -54,6 +54,17 @@ ABLATION: dict[str, list[str]] = {
     "digits constant lr": [*_DIGITS, "--lr-schedule", "constant"],
     "digits EMA 0.995": [*_DIGITS, "--ema-decay", "0.995"],
     "digits channels 48": [*_DIGITS, "--channels", "48"],
+    "digits fixed small variance": [*_DIGITS, "--variance", "small"],
+    "digits weight decay 0.01": [*_DIGITS, "--weight-decay", "0.01"],
+    "digits batch 256, half the steps": [
+        *_DIGITS[:-4],
+        "--steps",
+        "600",
+        "--val-every",
+        "100",
+        "--batch-size",
+        "256",
+    ],  # fmt: skip
     "gmm8 preset": _GMM8,
     "gmm8 uniform t": [*_GMM8, "--timestep-sampler", "uniform"],
     "gmm8 hidden 128": [*_GMM8, "--hidden", "128"],
