@@ -123,6 +123,20 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_checkpoints(tiny_run, tmp
     assert runs.load_run(run).step == 4
 
 
+def test_a_failed_vae_overwrite_brings_the_old_vae_run_back_at_once(tmp_path, capsys):
+    vae = [
+        "vae", "train", "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--hidden", "8",
+        "--latent-dim", "2", "--steps", "3", "--batch-size", "8", "--warmup", "0",
+        "--log-every", "1", "--num-samples", "4", "--quiet", "--out", tmp_path / "vae",
+    ]  # fmt: skip
+    assert run_cli(*vae) == 0
+    before = tree(tmp_path / "vae")
+    err = one_line_error(capsys, *vae, "--overwrite", "--lr", "inf")
+    assert "diverged" in err
+    assert tree(tmp_path / "vae") == before  # without waiting for the next command
+    assert not (tmp_path / "vae" / rundir.BACKUP).exists()
+
+
 def test_old_run_comes_back_after_an_overwrite_killed_before_its_checkpoint(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
     before = tree(run)

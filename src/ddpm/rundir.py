@@ -278,6 +278,17 @@ def abandon(run_dir: Path) -> None:
         _restore(run_dir)
 
 
+@contextlib.contextmanager
+def undo_on_failure(run_dir: Path) -> Iterator[None]:
+    """A new run that fails or is interrupted before its first checkpoint leaves no trace:
+    its files are removed and the run it was replacing comes back (``abandon``)."""
+    try:
+        yield
+    except BaseException:
+        abandon(run_dir)
+        raise
+
+
 def recover(run_dir: Path) -> None:
     """Finish a replacement that a kill interrupted: keep the new run if it reached its
     checkpoint, else remove it and restore the old one."""

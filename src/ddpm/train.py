@@ -358,7 +358,7 @@ def _train(
         # new run's first checkpoint) or what a failed run left removed.
         if not resume:
             rundir.prepare_new_run(out)
-            guard = _undo_on_failure(out)
+            guard = rundir.undo_on_failure(out)
         rundir.record(out, [out / runs.CONFIG, out / runs.LOG])
         runs.save_config(out, cfg, data.spec)
         _truncate_log(out / runs.LOG, trainer.step)
@@ -438,17 +438,6 @@ def _log(logf, rec: dict, t0: float, cpu0: float) -> None:
     rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
     logf.write(json.dumps(rec) + "\n")
     logf.flush()
-
-
-@contextlib.contextmanager
-def _undo_on_failure(out: Path):
-    """A new run that fails or is interrupted before its first checkpoint leaves no trace:
-    its files are removed and the run it was replacing comes back (``rundir.abandon``)."""
-    try:
-        yield
-    except BaseException:
-        rundir.abandon(out)
-        raise
 
 
 def _truncate_log(path: Path, step: int) -> None:

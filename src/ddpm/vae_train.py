@@ -13,6 +13,7 @@ of the training loop (time.process_time, summed over resumes) is logged and chec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -195,8 +196,6 @@ def train_vae(
 
 
 def _train_vae(cfg, out: Path, resume, overwrite, dev, progress, data) -> VaeTrainResult:
-    from tqdm.auto import tqdm
-
     check_run_dir(out, cfg, resume, overwrite, lambda d: _difference(load_config(d)[0], cfg))
     data = data if data is not None else load_dataset(cfg.data)
     trainer = VaeTrainer(cfg, data, dev)
@@ -207,8 +206,17 @@ def _train_vae(cfg, out: Path, resume, overwrite, dev, progress, data) -> VaeTra
                 f"{out}: the run is already at step {trainer.step}, past --steps "
                 f"{cfg.train.steps}; pass a larger --steps to train further"
             )
+    guard = contextlib.nullcontext()
     if not resume:  # only now, with data and model set up, is an old run moved aside
         rundir.prepare_new_run(out)
+        guard = rundir.undo_on_failure(out)
+    with guard:
+        return _train_loop(cfg, out, trainer, data, progress)
+
+
+def _train_loop(cfg, out: Path, trainer, data, progress) -> VaeTrainResult:
+    from tqdm.auto import tqdm
+
     rundir.record(out, [out / runs.CONFIG, out / runs.LOG])
     doc = {"ddpm_version": __version__, "model_kind": KIND, "config": cfg.to_dict()}
     save_json(out / runs.CONFIG, {**doc, "data_spec": data.spec.to_dict()})
