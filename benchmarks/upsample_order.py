@@ -16,6 +16,7 @@ constant. This script measures both sides of that trade, with the variant made b
 Runs already in --out are scored again, not retrained. Results go to --json.
 
     OMP_NUM_THREADS=1 python benchmarks/upsample_order.py --speed --likelihood --out runs/upo
+    python benchmarks/upsample_order.py --speed --likelihood --quick --out /tmp/u --json u.json
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from step_speed import NETS, alternate, train_step_fn
+from step_speed import NETS, QUICK_NETS, alternate, train_step_fn
 
 from ddpm.cli import main as ddpm_main
 from ddpm.nets import build_model
@@ -55,21 +56,28 @@ def variant() -> Iterator[None]:
         UpsampleConv.forward = definition
 
 
-def speed(repeats: int) -> dict:
+# --quick: a smoke test of the script (tiny nets, batches and runs; the numbers mean nothing)
+QUICK_TRAIN = ["--steps", "2", "--T", "5", "--channels", "8", "--batch-size", "8",
+               "--num-samples", "2", "--log-every", "1"]  # fmt: skip
+QUICK_EVAL = ["-n", "4"]
+
+
+def speed(repeats: int, quick: bool) -> dict:
     res = {}
+    batch, seconds = (8, 0.01) if quick else (128, None)
     for size in (8, 28):
         torch.manual_seed(0)
-        net = build_model(NETS[size][0], (1, size, size)).train()
+        net = build_model((QUICK_NETS if quick else NETS)[size][0], (1, size, size)).train()
         other = copy.deepcopy(net)
         for m in other.modules():
             if isinstance(m, UpsampleConv):
                 m.forward = lambda x, m=m: conv_then_nearest(m, x)
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(128, 1, size, size, generator=g)
+        x = torch.randn(batch, 1, size, size, generator=g)
         eps = torch.randn(x.shape, generator=g)
-        t = torch.randint(0, 1000, (128,), generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
         steps = {"ddpm": train_step_fn(net, x, t, eps), "variant": train_step_fn(other, x, t, eps)}
-        cpu = alternate(steps, repeats, 4.0 if size == 8 else 8.0)["cpu"]
+        cpu = alternate(steps, repeats, seconds or (4.0 if size == 8 else 8.0))["cpu"]
         ratios = [a / b for a, b in zip(cpu["ddpm"], cpu["variant"], strict=True)]
         res[str(size)] = {
             "ddpm_ms": 1e3 * statistics.median(cpu["ddpm"]),
@@ -82,11 +90,13 @@ def speed(repeats: int) -> dict:
     return res
 
 
-def trained(run: Path) -> Path:
+def trained(run: Path, quick: bool) -> Path:
     if not (run / "checkpoint.safetensors").exists():
-        assert ddpm_main(["train", "--out", str(run), "--threads", "1", "--quiet"]) == 0
+        args = ["train", "--out", str(run), "--threads", "1", "--quiet"]
+        assert ddpm_main(args + QUICK_TRAIN * quick) == 0
     npy = run / "test_per_example.npy"
-    assert ddpm_main(["evaluate", str(run), "--threads", "1", "--per-example", str(npy)]) == 0
+    args = ["evaluate", str(run), "--threads", "1", "--per-example", str(npy)]
+    assert ddpm_main(args + QUICK_EVAL * quick) == 0
     return npy
 
 
@@ -94,10 +104,10 @@ def cpu_seconds(run: Path) -> float:
     return json.loads((run / "log.jsonl").read_text().splitlines()[-1])["cpu_seconds"]
 
 
-def likelihood(out: Path) -> dict:
-    a = np.load(trained(out / "as_is"))
+def likelihood(out: Path, quick: bool) -> dict:
+    a = np.load(trained(out / "as_is", quick))
     with variant():
-        b = np.load(trained(out / "variant"))
+        b = np.load(trained(out / "variant", quick))
     to_bits = 1 / (64 * math.log(2))  # digits: 64 dimensions
     d = (b - a) * to_bits
     res = {
@@ -109,7 +119,7 @@ def likelihood(out: Path) -> dict:
         "cpu_seconds": {"as_is": cpu_seconds(out / "as_is"),
                         "variant": cpu_seconds(out / "variant")},
     }  # fmt: skip
-    print(f"digits, 3000 steps: {res['as_is_bpd']:.4f} as is, {res['variant_bpd']:.4f} bits/dim "
+    print(f"digits: {res['as_is_bpd']:.4f} as is, {res['variant_bpd']:.4f} bits/dim "
           f"with the variant: {res['paired_difference_bpd']:+.4f} ± "
           f"{res['paired_difference_se']:.4f} paired", flush=True)  # fmt: skip
     return res
@@ -122,15 +132,16 @@ def main() -> None:
     p.add_argument("--speed", action="store_true")
     p.add_argument("--likelihood", action="store_true")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="tiny nets and runs: a smoke test")
     p.add_argument("--out", type=Path, default=Path("runs/upsample_order"))
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/upsample_order.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
     res = json.loads(args.json.read_text()) if args.json.exists() else {}
     if args.speed:
-        res["speed"] = speed(args.repeats)
+        res["speed"] = speed(2 if args.quick else args.repeats, args.quick)
     if args.likelihood:
-        res["likelihood"] = likelihood(args.out)
+        res["likelihood"] = likelihood(args.out, args.quick)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     print(args.json)

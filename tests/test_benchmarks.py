@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,22 @@ def test_step_speed_threads_and_rewrites_sections_alone(tmp_path):
     assert set(res["rewrites"]) == {"8", "28"}
     assert set(res["rewrites"]["8"]["cpu"]) == {"ddpm", "definitions", "ratio"}
     assert "28x28 train step vs plain kernels" in proc.stdout
+
+
+def test_upsample_order_quick_measures_both_sides(tmp_path):
+    out, doc = tmp_path / "runs", tmp_path / "u.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "upsample_order.py"), "--speed",
+           "--likelihood", "--quick", "--out", str(out), "--json", str(doc)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600, env=env)
+    res = json.loads(doc.read_text())
+    assert set(res["speed"]) == {"8", "28"} and res["speed"]["8"]["speed_up"]["median"] > 0
+    lk = res["likelihood"]
+    assert lk["n"] == 4 and lk["as_is_bpd"] > 0 and lk["variant_bpd"] > 0
+    assert lk["as_is_bpd"] != lk["variant_bpd"]  # the variant is another model
+    # a second call scores the runs again without retraining them
+    stamp = (out / "as_is" / "checkpoint.safetensors").stat().st_mtime_ns
+    subprocess.run([*cmd[:2], "--likelihood", *cmd[4:]], check=True, capture_output=True,
+                   timeout=600, env=env)  # fmt: skip
+    assert (out / "as_is" / "checkpoint.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads(doc.read_text())["likelihood"] == lk
