@@ -44,8 +44,14 @@ ROWS: dict[str, list[str]] = {
 }
 
 
-_DIGITS = ["--data", "digits", "--preset", "likelihood", "--steps", "1200", "--val-every", "200"]
-_GMM8 = ["--data", "gmm8", "--preset", "likelihood", "--steps", "6000", "--val-every", "500"]
+def _preset(data: str, steps: int, val_every: int, *flags: str) -> list[str]:
+    """The flags of a short run of the likelihood preset on data, with flags added."""
+    return ["--data", data, "--preset", "likelihood", "--steps", str(steps),
+            "--val-every", str(val_every), *flags]  # fmt: skip
+
+
+_DIGITS = _preset("digits", 1200, 200)
+_GMM8 = _preset("gmm8", 6000, 500)
 ABLATION: dict[str, list[str]] = {
     "digits preset": _DIGITS,
     "digits hybrid, uniform t": [*_DIGITS, "--loss", "hybrid", "--timestep-sampler", "uniform"],
@@ -56,27 +62,11 @@ ABLATION: dict[str, list[str]] = {
     "digits channels 48": [*_DIGITS, "--channels", "48"],
     "digits fixed small variance": [*_DIGITS, "--variance", "small"],
     "digits weight decay 0.01": [*_DIGITS, "--weight-decay", "0.01"],
-    "digits batch 256, half the steps": [
-        *_DIGITS[:-4],
-        "--steps",
-        "600",
-        "--val-every",
-        "100",
-        "--batch-size",
-        "256",
-    ],  # fmt: skip
+    "digits batch 256, half the steps": _preset("digits", 600, 100, "--batch-size", "256"),
     "gmm8 preset": _GMM8,
     "gmm8 uniform t": [*_GMM8, "--timestep-sampler", "uniform"],
     "gmm8 hidden 128": [*_GMM8, "--hidden", "128"],
-    "gmm8 batch 512, 1/4 the steps": [
-        *_GMM8[:-4],
-        "--steps",
-        "1500",
-        "--val-every",
-        "125",
-        "--batch-size",
-        "512",
-    ],  # fmt: skip
+    "gmm8 batch 512, 1/4 the steps": _preset("gmm8", 1500, 125, "--batch-size", "512"),
 }
 
 

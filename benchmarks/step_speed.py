@@ -166,6 +166,33 @@ def forward_fn(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor):
     return forward
 
 
+def fixed_batch(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, t, eps): one fixed batch of n single-channel size x size inputs (seed 0)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, size, size, generator=g)
+    eps = torch.randn(x.shape, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    return x, t, eps
+
+
+def ddpm_net(size: int, quick: bool) -> torch.nn.Module:
+    """ddpm's U-Net of NETS (QUICK_NETS) at one image size, seed 0, in training mode."""
+    torch.manual_seed(0)
+    return build_model((QUICK_NETS if quick else NETS)[size][0], (1, size, size)).train()
+
+
+def with_forward(net: torch.nn.Module, forwards: dict[type, Callable]) -> torch.nn.Module:
+    """A copy of net whose modules of each type in forwards compute forwards[type](module, x)
+    instead. (One copy for all types: a copy of a patched copy would keep closures over the
+    first copy's modules.)"""
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        for kind, fn in forwards.items():
+            if isinstance(m, kind):
+                m.forward = lambda x, m=m, fn=fn: fn(m, x)
+    return net
+
+
 def nets_at(size: int, args: argparse.Namespace) -> dict:
     """(a) and (b) at one image size."""
     model_cfg, block_out, groups = (QUICK_NETS if args.quick else NETS)[size]
@@ -174,10 +201,7 @@ def nets_at(size: int, args: argparse.Namespace) -> dict:
         "ddpm": build_model(model_cfg, (1, size, size)),
         "diffusers": DiffusersNet(diffusers_unet(size, block_out, groups)),
     }
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 1, size, size, generator=g)
-    eps = torch.randn(x.shape, generator=g)
-    t = torch.randint(0, 1000, (args.batch_size,), generator=g)
+    x, t, eps = fixed_batch(args.batch_size, size)
     train = alternate(
         {k: train_step_fn(n.train(), x, t, eps) for k, n in nets.items()},
         args.repeats,
@@ -266,14 +290,8 @@ def threads_vs_one(args: argparse.Namespace) -> dict:
     """(e) ddpm's default digits train step on one thread against --compare-threads threads
     (the thread count switched inside each call). Wall time is the clock that matters here:
     CPU time adds up over the threads."""
-    model_cfg = (QUICK_NETS if args.quick else NETS)[8][0]
-    torch.manual_seed(0)
-    net = build_model(model_cfg, (1, 8, 8)).train()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 1, 8, 8, generator=g)
-    eps = torch.randn(x.shape, generator=g)
-    t = torch.randint(0, 1000, (args.batch_size,), generator=g)
-    step = train_step_fn(net, x, t, eps)
+    x, t, eps = fixed_batch(args.batch_size, 8)
+    step = train_step_fn(ddpm_net(8, args.quick), x, t, eps)
     k = args.compare_threads
 
     def on(n: int) -> Callable[[], None]:
@@ -291,26 +309,21 @@ def threads_vs_one(args: argparse.Namespace) -> dict:
 def as_definitions(net: torch.nn.Module) -> torch.nn.Module:
     """A copy of a ddpm U-Net whose UpsampleConv and Conv1x1 modules compute their definitions
     (the same function and parameters, the plain kernels)."""
-    net = copy.deepcopy(net)
-    for m in net.modules():
-        if isinstance(m, UpsampleConv):
-            m.forward = lambda x, m=m: F.conv2d(
-                F.interpolate(x, scale_factor=2.0, mode="nearest"), m.weight, m.bias, padding=1
-            )
-        elif isinstance(m, Conv1x1):
-            m.forward = lambda x, m=m: F.conv2d(x, m.weight, m.bias)
-    return net
+
+    def nearest_then_conv(m: UpsampleConv, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.conv2d(up, m.weight, m.bias, padding=1)
+
+    def plain_1x1(m: Conv1x1, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, m.weight, m.bias)
+
+    return with_forward(net, {UpsampleConv: nearest_then_conv, Conv1x1: plain_1x1})
 
 
 def rewrites(size: int, args: argparse.Namespace) -> dict:
     """(f) at one image size: ddpm's U-Net against itself with the plain kernels."""
-    model_cfg = (QUICK_NETS if args.quick else NETS)[size][0]
-    torch.manual_seed(0)
-    net = build_model(model_cfg, (1, size, size)).train()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 1, size, size, generator=g)
-    eps = torch.randn(x.shape, generator=g)
-    t = torch.randint(0, 1000, (args.batch_size,), generator=g)
+    net = ddpm_net(size, args.quick)
+    x, t, eps = fixed_batch(args.batch_size, size)
     steps = {
         "ddpm": train_step_fn(net, x, t, eps),
         "definitions": train_step_fn(as_definitions(net), x, t, eps),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import statistics
@@ -33,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from step_speed import NETS, QUICK_NETS, alternate, train_step_fn
+from step_speed import alternate, ddpm_net, fixed_batch, train_step_fn, with_forward
 
 from ddpm.cli import main as ddpm_main
-from ddpm.nets import build_model
 from ddpm.nets.unet import UpsampleConv
 
 
@@ -66,16 +64,9 @@ def speed(repeats: int, quick: bool) -> dict:
     res = {}
     batch, seconds = (8, 0.01) if quick else (128, None)
     for size in (8, 28):
-        torch.manual_seed(0)
-        net = build_model((QUICK_NETS if quick else NETS)[size][0], (1, size, size)).train()
-        other = copy.deepcopy(net)
-        for m in other.modules():
-            if isinstance(m, UpsampleConv):
-                m.forward = lambda x, m=m: conv_then_nearest(m, x)
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, 1, size, size, generator=g)
-        eps = torch.randn(x.shape, generator=g)
-        t = torch.randint(0, 1000, (batch,), generator=g)
+        net = ddpm_net(size, quick)
+        other = with_forward(net, {UpsampleConv: conv_then_nearest})
+        x, t, eps = fixed_batch(batch, size)
         steps = {"ddpm": train_step_fn(net, x, t, eps), "variant": train_step_fn(other, x, t, eps)}
         cpu = alternate(steps, repeats, seconds or (4.0 if size == 8 else 8.0))["cpu"]
         ratios = [a / b for a, b in zip(cpu["ddpm"], cpu["variant"], strict=True)]

@@ -237,12 +237,13 @@ class Trainer:
 
     # --- validation -------------------------------------------------------------------------
     def validate(self) -> tuple[ValidationEstimate, bool]:
-        """Estimate -ELBO of the EMA weights on the held-out examples; keep them if best."""
+        """Estimate -ELBO of the EMA weights on the held-out examples; keep them if best, and
+        mark the state stopped early when --patience has run out."""
         est = estimate_neg_elbo(
             self.diffusion, self.ema, self.val_x, self.data.spec, self.cfg.train.val_timesteps,
             self.step, self.clip, self.info,
         )  # fmt: skip
-        self.validation = self.validation.after(est)
+        self.validation = self.validation.after(est).with_patience(self.cfg.train.patience)
         improved = self.validation.best_step == self.step
         if improved:
             if self.best is None:
@@ -394,7 +395,6 @@ def _train(
                 _log(logf, {"step": k, **stats}, t0, cpu0)
             if cfg.train.val_every and (k % cfg.train.val_every == 0 or k == cfg.train.steps):
                 _validate(trainer, bar, logf, t0, cpu0)
-                trainer.validation = trainer.validation.with_patience(cfg.train.patience)
                 if trainer.validation.stopped_early:
                     break
             if info.is_main and save_now:

@@ -6,10 +6,10 @@ round(fraction * N) of a permutation of the N training examples drawn with
 ``np.random.default_rng(1)`` are held out (``validation_split``). The test split is untouched.
 
 The estimate is ``elbo.elbo_mc`` with at most K timesteps per example, stratified on
-``elbo.log_strata``: -ELBO = L_T + sum_k |S_k| L_{t_k - 1}, t_k uniform in stratum S_k of
-geometrically growing width [Ho20] eq. (5). Unbiased like the uniform K-sample estimate of
-``ddpm evaluate --mc K``, but the first strata hold the few small t whose terms dominate the sum,
-so its standard error is many times smaller at the same cost. It is computed on the EMA
+``elbo.log_strata`` (as ``ddpm evaluate --mc K``): -ELBO = L_T + sum_k |S_k| L_{t_k - 1},
+t_k uniform in stratum S_k of geometrically growing width [Ho20] eq. (5). Unbiased like the
+estimate from K uniform timesteps, but the first strata hold the few small t whose terms dominate
+the sum, so its standard error is many times smaller at the same cost. It is computed on the EMA
 weights, in the units of ``ddpm evaluate`` (nats per example in the data's units; bits/dim).
 Its noise is keyed (``ddpm.rng.KeyedNoise``) by (validation seed, example, k): every validation
 of a run draws the same t_k and x_t, so two validations differ only through the weights (a

@@ -161,6 +161,14 @@ class Examples:
         if not integer and values.dtype != torch.float32:
             raise DataError(f"examples: continuous values must be float32 (got {values.dtype})")
         self.values, self.levels, self.rows = values, levels, rows
+        # integer level -> float32 model value, built once (on the values' device) rather than
+        # per batch; it is ``discrete_to_model`` of 0..levels-1, so both give the same floats
+        self._table = None
+        if integer:
+            table = discrete_to_model(np.arange(levels), levels)
+            self._table = (
+                table.numpy() if isinstance(values, np.ndarray) else table.to(values.device)
+            )
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else int(self.values.shape[0])
@@ -182,7 +190,11 @@ class Examples:
             rows = np.ascontiguousarray(self.values[_numpy_index(index)])
         else:
             rows = self.values[torch.as_tensor(index) if not isinstance(index, slice) else index]
-        return rows if self.levels is None else _levels_to_model(rows, self.levels)
+        if self._table is None:
+            return rows
+        if isinstance(rows, np.ndarray):
+            return torch.from_numpy(self._table[rows])
+        return self._table[rows.long()]
 
     def take(self, rows: np.ndarray) -> Examples:
         """The examples at positions rows [n] of these, as a view: nothing is copied."""
@@ -205,15 +217,6 @@ class Examples:
 
 def _numpy_index(index: slice | Tensor | np.ndarray) -> slice | np.ndarray:
     return index.cpu().numpy() if isinstance(index, Tensor) else index
-
-
-def _levels_to_model(values: np.ndarray | Tensor, levels: int) -> Tensor:
-    """Integers 0..levels-1 -> float32 model space by table look-up (the table is
-    ``discrete_to_model`` of 0..levels-1, so both give the same floats)."""
-    table = discrete_to_model(np.arange(levels), levels)
-    if isinstance(values, np.ndarray):
-        return torch.from_numpy(table.numpy()[values])
-    return table.to(values.device)[values.long()]
 
 
 Split = Tensor | np.ndarray | Examples
