@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +59,18 @@ def test_upsample_order_quick_measures_both_sides(tmp_path):
                    timeout=600, env=env)  # fmt: skip
     assert (out / "as_is" / "checkpoint.safetensors").stat().st_mtime_ns == stamp
     assert json.loads(doc.read_text())["likelihood"] == lk
+
+
+def test_step_speed_definitions_compute_the_same_net():
+    """(f) times the same function: the net with its rewrites undone gives the same outputs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import step_speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    net = step_speed.ddpm_net(28, quick=True)
+    for p in net.parameters():  # the zero-initialised output layers would hide differences
+        p.data.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    x, t, _ = step_speed.fixed_batch(2, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(step_speed.as_definitions(net)(x, t), net(x, t))

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
 from ddpm.nets import MLP, FlatMLP, UNet, build_model, timestep_embedding
-from ddpm.nets.unet import Conv1x1, UpsampleConv
+from ddpm.nets.unet import AttnBlock, Conv1x1, FewOutputsConv, UpsampleConv
 
 IMAGE_CASES = [  # (shape, channel_mults, attn_resolutions)
     ((1, 8, 8), (1, 2), (4,)),
@@ -170,19 +170,19 @@ def _nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return F.conv2d(up, conv.weight, conv.bias, padding=1)
 
 
-def _same_as_definition(conv: nn.Conv2d, definition, x_shape, seed: int) -> torch.Tensor:
-    """Random float64 parameters and input; assert conv(x) and all three gradients equal the
-    definition's to float64 rounding; return the output."""
+def _same_as_definition(module: nn.Module, definition, x_shape, seed: int) -> torch.Tensor:
+    """Random float64 parameters and input; assert module(x) and the gradients with respect to
+    x and every parameter equal the definition's to float64 rounding; return the output."""
     g = torch.Generator().manual_seed(seed)
-    conv = conv.double()
+    module = module.double()
     with torch.no_grad():
-        for p in conv.parameters():
+        for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
     x = torch.randn(x_shape, generator=g, dtype=torch.float64, requires_grad=True)
-    out, ref = conv(x), definition(x, conv)
+    out, ref = module(x), definition(x, module)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    inputs = [x, conv.weight, conv.bias]
+    inputs = [x, *module.parameters()]
     for a, b in zip(
         torch.autograd.grad(out, inputs, grad_out),
         torch.autograd.grad(ref, inputs, grad_out),
@@ -207,20 +207,54 @@ def test_conv1x1_equals_the_convolution(h, w):
     assert out.shape == (3, 4, h, w)
 
 
+@pytest.mark.parametrize("c_in, c_out, h, w", [(5, 1, 4, 4), (4, 2, 3, 7), (6, 8, 8, 8)])
+def test_few_outputs_conv_equals_the_convolution(c_in, c_out, h, w):
+    def definition(x, conv):
+        return F.conv2d(x, conv.weight, conv.bias, padding=1)
+
+    out = _same_as_definition(FewOutputsConv(c_in, c_out), definition, (2, c_in, h, w), 3)
+    assert out.shape == (2, c_out, h, w)
+    with pytest.raises(ValueError, match="9 output channels, at most 8"):
+        FewOutputsConv(4, 9)
+
+
+def _attention_definition(x: torch.Tensor, block: AttnBlock) -> torch.Tensor:
+    """x + proj(attention(q, k, v)) with qkv and proj as 1x1 convolutions of the [B, C, H, W]
+    map and the heads taken from consecutive channel groups [Ho20]."""
+    b, c, h, w = x.shape
+    heads = block.num_heads
+    qkv = F.conv2d(block.norm(x), block.qkv.weight, block.qkv.bias)
+    q, k, v = qkv.reshape(b, 3, heads, c // heads, h * w).transpose(-1, -2).unbind(dim=1)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
+    return x + F.conv2d(out, block.proj.weight, block.proj.bias)
+
+
+@pytest.mark.parametrize("c, heads, h, w", [(8, 1, 4, 4), (12, 3, 3, 5), (8, 2, 7, 7)])
+def test_attention_equals_its_definition(c, heads, h, w):
+    out = _same_as_definition(AttnBlock(c, heads), _attention_definition, (2, c, h, w), 2)
+    assert out.shape == (2, c, h, w)
+
+
 def test_unet_equals_its_definition():
-    """The whole U-Net with upsampling and 1x1 convolutions written as their definitions (a
-    nearest upsample then the 3x3 convolution; F.conv2d) gives the same outputs."""
+    """The whole U-Net with upsampling, 1x1 convolutions, attention and the output convolution
+    written as their definitions (a nearest upsample then the 3x3 convolution; F.conv2d) gives
+    the same outputs."""
     model = UNet(1, 2, 28, channels=8, channel_mults=(1, 2, 2), attn_resolutions=(14,)).double()
     _perturb(model, torch.Generator().manual_seed(3))
     x, t = _inputs((1, 28, 28), batch=3)
     out = model(x.double(), t)
     ups = [m for m in model.modules() if isinstance(m, UpsampleConv)]
     ones = [m for m in model.modules() if isinstance(m, Conv1x1)]
-    assert len(ups) == 2 and len(ones) >= 4
+    attns = [m for m in model.modules() if isinstance(m, AttnBlock)]
+    assert len(ups) == 2 and len(ones) >= 2 and len(attns) == 3
+    assert isinstance(model.output, FewOutputsConv)
+    model.output.forward = lambda x: F.conv2d(x, model.output.weight, model.output.bias, padding=1)
     for m in ups:
         m.forward = lambda x, m=m: _nearest_then_conv(x, m)  # per instance
     for m in ones:
         m.forward = lambda x, m=m: F.conv2d(x, m.weight, m.bias)
+    for m in attns:
+        m.forward = lambda x, m=m: _attention_definition(x, m)
     torch.testing.assert_close(out, model(x.double(), t), rtol=0, atol=1e-12)
 
 
