@@ -8,12 +8,14 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm import runs
+from ddpm import dist, runs
 from ddpm.checkpoint import load_tensors
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
@@ -196,6 +198,23 @@ def test_batch_larger_than_the_data_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="batch size 64 is larger than the 10 training"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_no_rank_leaves_the_process_group_before_all_got_there(monkeypatch):
+    """dist.cleanup: a rank closes its connections only when every rank has reached cleanup
+    (closing right after a collective can abort a rank whose last message is still in flight)."""
+    store, left = torch.distributed.HashStore(), []
+    monkeypatch.setattr(dist.torch_dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(
+        dist.torch_dist, "destroy_process_group", lambda: left.append(threading.current_thread())
+    )
+    first = threading.Thread(target=dist.cleanup, args=(dist.DistInfo(0, 2, 0, store),))
+    first.start()
+    time.sleep(0.5)  # rank 1 still in its last collective
+    assert left == [] and first.is_alive()
+    dist.cleanup(dist.DistInfo(1, 2, 0, store))
+    first.join(timeout=60)
+    assert not first.is_alive() and len(left) == 2
 
 
 def test_torchrun_ddp_on_two_cpu_processes(tmp_path):

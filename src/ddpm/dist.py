@@ -10,7 +10,7 @@ generator seeded by (seed, rank, step), DDP averages the gradients, and rank 0 a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as torch_dist
@@ -24,6 +24,9 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # the rendezvous store of the process group we joined (None when not distributed or when
+    # the group was joined before us); ``cleanup`` meets the other ranks there
+    store: torch_dist.Store | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -66,12 +69,18 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    store = None
     if not torch_dist.is_initialized():
+        # The rendezvous init_process_group would make itself (env:// from torchrun's
+        # variables), kept so that ``cleanup`` can use the store.
+        store, rank, world = next(torch_dist.rendezvous("env://"))
+        group = {"store": torch_dist.PrefixStore("default_pg", store), "rank": rank}
         if device.type == "cuda":
-            torch_dist.init_process_group(backend="nccl", device_id=device)
+            torch_dist.init_process_group("nccl", **group, world_size=world, device_id=device)
         else:
-            torch_dist.init_process_group(backend="gloo")
-    info = DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank)
+            torch_dist.init_process_group("gloo", **group, world_size=world)
+        store = torch_dist.PrefixStore("ddpm", store)
+    info = DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, store)
     return info, device
 
 
@@ -111,5 +120,18 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+    """Leave the process group once every rank has got here.
+
+    A rank may return from a collective while its own last message to another rank is still
+    queued; closing its connections then can abort that rank (SIGABRT in Gloo: pytorch/gloo#155,
+    barrier followed by context destruction). So the ranks first meet in the rendezvous store,
+    which no rank reaches before its last collective has returned, i.e. before it has received
+    every message meant for it.
+    """
+    if not (info.enabled and torch_dist.is_initialized()):
+        return
+    if info.store is not None:
+        if info.store.add("left", 1) == info.world_size:
+            info.store.set("all_left", "1")
+        info.store.wait(["all_left"])
+    torch_dist.destroy_process_group()
