@@ -16,9 +16,10 @@ work done; robust to other processes on a busy machine) and wall time.
                   no-grad forward passes it needs, same batch
   (e) threads     (on request) the 8x8 train step on one thread against several
   (f) rewrites    (on request) the U-Net's train step against the same net with its upsampling,
-                  1x1 convolutions and attention run as their definitions (a nearest x2 upsample
-                  then the 3x3 convolution; F.conv2d; qkv and proj as 1x1 convolutions): what
-                  ``UpsampleConv``, ``Conv1x1`` and ``AttnBlock``'s layout give
+                  1x1 convolutions, attention and output convolution run as their definitions
+                  (a nearest x2 upsample then the 3x3 convolution; F.conv2d; qkv and proj as
+                  1x1 convolutions): what ``UpsampleConv``, ``Conv1x1``, ``AttnBlock``'s layout
+                  and ``FewOutputsConv`` give
 
 Both nets get the same optimizer (ddpm's ``train.adamw``) and one attention head, so the
 ratios measure the networks. Results go to --out as JSON; a markdown table is printed.
@@ -44,7 +45,7 @@ from ddpm import runs
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
 from ddpm.nets import build_model
-from ddpm.nets.unet import AttnBlock, Conv1x1, UpsampleConv
+from ddpm.nets.unet import AttnBlock, Conv1x1, FewOutputsConv, UpsampleConv
 from ddpm.sampling import sample
 from ddpm.train import Trainer, adamw
 
@@ -308,8 +309,8 @@ def threads_vs_one(args: argparse.Namespace) -> dict:
 
 
 def as_definitions(net: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a ddpm U-Net whose UpsampleConv, Conv1x1 and AttnBlock modules compute their
-    definitions (the same function and parameters, the plain kernels)."""
+    """A copy of a ddpm U-Net whose UpsampleConv, Conv1x1, AttnBlock and FewOutputsConv
+    modules compute their definitions (the same function and parameters, the plain kernels)."""
 
     def nearest_then_conv(m: UpsampleConv, x: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -317,6 +318,9 @@ def as_definitions(net: torch.nn.Module) -> torch.nn.Module:
 
     def plain_1x1(m: Conv1x1, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, m.weight, m.bias)
+
+    def plain_3x3(m: FewOutputsConv, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, m.weight, m.bias, padding=1)
 
     def conv_attention(m: AttnBlock, x: torch.Tensor) -> torch.Tensor:
         # qkv and proj as 1x1 convolutions of the [B, C, H, W] map, heads from channel groups
@@ -326,9 +330,8 @@ def as_definitions(net: torch.nn.Module) -> torch.nn.Module:
         out = F.scaled_dot_product_attention(*qkv.unbind(dim=1))
         return x + F.conv2d(out.transpose(-1, -2).reshape(b, c, h, w), m.proj.weight, m.proj.bias)
 
-    return with_forward(
-        net, {UpsampleConv: nearest_then_conv, Conv1x1: plain_1x1, AttnBlock: conv_attention}
-    )
+    definitions = {UpsampleConv: nearest_then_conv, Conv1x1: plain_1x1, AttnBlock: conv_attention}
+    return with_forward(net, {**definitions, FewOutputsConv: plain_3x3})
 
 
 def rewrites(size: int, args: argparse.Namespace) -> dict:
