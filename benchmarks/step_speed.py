@@ -330,8 +330,15 @@ def as_definitions(net: torch.nn.Module) -> torch.nn.Module:
         out = F.scaled_dot_product_attention(*qkv.unbind(dim=1))
         return x + F.conv2d(out.transpose(-1, -2).reshape(b, c, h, w), m.proj.weight, m.proj.bias)
 
-    definitions = {UpsampleConv: nearest_then_conv, Conv1x1: plain_1x1, AttnBlock: conv_attention}
-    return with_forward(net, {**definitions, FewOutputsConv: plain_3x3})
+    return with_forward(
+        net,
+        {
+            UpsampleConv: nearest_then_conv,
+            Conv1x1: plain_1x1,
+            AttnBlock: conv_attention,
+            FewOutputsConv: plain_3x3,
+        },
+    )
 
 
 def rewrites(size: int, args: argparse.Namespace) -> dict:

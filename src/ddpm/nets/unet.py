@@ -71,9 +71,13 @@ class FewOutputsConv(nn.Conv2d):
     backward) and 1.03x to 1.4x at 3 to 8; from 12 on it is slower.
     """
 
+    MAX_OUT_CHANNELS = 8
+
     def __init__(self, in_ch: int, out_ch: int) -> None:
-        if out_ch > 8:
-            raise ValueError(f"FewOutputsConv: {out_ch} output channels, at most 8")
+        if out_ch > self.MAX_OUT_CHANNELS:
+            raise ValueError(
+                f"FewOutputsConv: {out_ch} output channels, at most {self.MAX_OUT_CHANNELS}"
+            )
         super().__init__(in_ch, out_ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -268,7 +272,7 @@ class UNet(nn.Module):
         assert not skip_chs and size == image_size
 
         self.out_norm = group_norm(ch)
-        few = out_channels <= 8  # data channels, x2 for a learned variance
+        few = out_channels <= FewOutputsConv.MAX_OUT_CHANNELS  # data channels (x2: learned var)
         self.output = zero_(
             FewOutputsConv(ch, out_channels) if few else nn.Conv2d(ch, out_channels, 3, padding=1)
         )
