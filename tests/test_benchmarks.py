@@ -63,6 +63,22 @@ def test_upsample_order_quick_measures_both_sides(tmp_path):
     assert json.loads(doc.read_text())["likelihood"] == lk
 
 
+def test_checkpoint_digest_quick_times_both_loads(tmp_path):
+    out = tmp_path / "digest.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "checkpoint_digest.py"), "--quick"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    res = json.loads(out.read_text())
+    assert set(res["nets"]) == {"digits", "28x28"} and res["repeats"] == 3
+    for r in res["nets"].values():
+        assert r["file_mb"] > 0 and r["parameters"] > 0
+        for what in ("checkpoint", "run"):
+            assert set(r[what]) == {"plain", "verified", "ratio"}
+            assert r[what]["ratio"]["median"] > 0
+    assert "verified / plain" in proc.stdout
+
+
 def test_step_speed_definitions_compute_the_same_net():
     """(f) times the same function: the net with its rewrites undone gives the same outputs."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -80,3 +96,17 @@ def test_step_speed_definitions_compute_the_same_net():
     assert len(undone) >= 8 and all(undone)  # each module computes its definition
     with torch.no_grad():
         torch.testing.assert_close(plain(x, t), net(x, t))
+
+
+def test_contention_quick_times_each_contender_in_each_surrounding(tmp_path):
+    out = tmp_path / "contention.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "contention.py"), "--quick", "--contenders",
+           "before", "default", "--surroundings", "alone", "busy2", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"before", "default"}
+    for by in res.values():
+        assert set(by) == {"alone", "busy2"}
+        assert by["alone"]["median_s"] > 0 and by["busy2"]["vs_alone"] > 0
+    assert res["default"]["alone"]["vs_before_alone"] > 0
+    assert "| default |" in proc.stdout

@@ -89,12 +89,65 @@ def test_sample_cli_with_steps_and_ddim(run12, tmp_path, capsys):
         (["sample", "{run}", "--sampler", "ddim", "--eta", "2"], "--eta must lie in [0, 1]"),
         (["evaluate", "{run}", "--steps", "0", "--n", "2"], "K must be an integer >= 1"),
         (["theory", "gmm8", "--steps", "5"], "--steps applies to `ddpm theory gaussian`"),
+        (
+            ["sample", "{run}", "--steps", "3,3", "--spacing", "leading"],
+            "spacing 'leading' applies to one count K, not to '3,3'",
+        ),
+        (["sample", "{run}", "--spacing", "leading"], "--spacing leading applies with --steps"),
+        (["sample", "{run}", "--steps", "ddim5"], "ddim5: no integer stride takes exactly 5 of 12"),
+        (["sample", "{run}", "--steps", "5x"], "steps '5x': give a count K ('50')"),
+        (["sample", "{run}", "--steps", "3", "--spacing", "mid"], "unknown spacing 'mid'"),
+        (["evaluate", "{run}", "--spacing", "linspace"], "--spacing applies with --steps K"),
+        (["evaluate", "{run}", "--steps", "ddim4", "2,2"], "both give K = 4 but keep different"),
+        (["theory", "gaussian", "--spacing", "leading"], "--spacing applies with --steps K"),
     ],
 )
 def test_bad_step_options_give_one_clear_line(run12, capsys, args, message):
     assert run_cli(*(a.format(run=run12) for a in args)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_records_each_spelling_and_spacing(run12, tmp_path, capsys):
+    argv = ["evaluate", run12, "--steps", "3,2", "ddim4", "--n", "3", "--out", tmp_path, "--json"]
+    assert run_cli(*argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = [(r["K"], r["steps"], r["spacing"], r["tau"]) for r in doc["steps"]]
+    # T = 12: ddim4 is stride 3 (indices 0, 3, 6, 9); "3,2" two sections of 6 steps, stride 2.5
+    # in the first (0, 2, 5) and 5 in the second (6, 11); our t = index + 1
+    assert rows == [(4, "ddim4", None, [1, 4, 7, 10]), (5, "3,2", None, [1, 3, 6, 7, 12])]
+    assert [len(r["per_timestep"]) for r in doc["steps"]] == [4, 5]
+    run = load_run(run12)
+    x0 = load_dataset(run.config.data).test[:3]
+    noise = KeyedNoise(0, torch.arange(3))
+    ev = evaluate(respace(run.diffusion, "ddim4"), run.model, x0, run.spec, generator=noise,
+                  clip=run.clip)  # fmt: skip
+    assert doc["steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
+    argv = ["evaluate", run12, "--steps", "4", "--spacing", "trailing", "--n", "3"]
+    assert run_cli(*argv, "--out", tmp_path, "--json") == 0
+    row = json.loads(capsys.readouterr().out)["steps"][0]
+    assert (row["steps"], row["spacing"], row["tau"]) == ("4", "trailing", [3, 6, 9, 12])
+
+
+def test_sample_cli_with_a_spacing_is_the_library_call(run12, tmp_path, capsys):
+    assert run_cli("sample", run12, "--n", "3", "--steps", "6", "--spacing", "trailing") == 0
+    out = run12 / "samples_seed0_K6_trailing.png"
+    assert str(out) in capsys.readouterr().out
+    drawn = np.load(out.with_suffix(".npy"))
+    lib = sample_run(run12, n=3, out=tmp_path / "t.png", steps=6, spacing="trailing")
+    assert np.array_equal(drawn, np.load(lib.array_path))
+    default = sample_run(run12, n=3, out=tmp_path / "d.png", steps=6)  # other steps, same noise
+    assert not np.allclose(drawn, np.load(default.array_path), atol=1e-3)
+    assert run_cli("sample", run12, "--n", "2", "--steps", "3,2") == 0
+    assert (run12 / "samples_seed0_K3-2.png").is_file()
+
+
+def test_theory_gaussian_records_the_spelling_and_spacing(tmp_path, capsys):
+    argv = ["theory", "gaussian", "--T", "12", "--steps", "4", "--spacing", "leading"]
+    assert run_cli(*argv, "--n", "50", "--iw", "1", "--out", tmp_path, "--json") == 0
+    cf = json.loads(capsys.readouterr().out)["closed_form"]
+    assert cf["steps"] == 4 and len(cf["per_timestep"]) == 4
+    assert cf["respacing"] == {"steps": "4", "spacing": "leading", "tau": [1, 4, 7, 10]}
 
 
 def test_theory_gaussian_steps_uses_the_respaced_closed_form(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""`import ddpm` stays light: no plotting library until a figure is drawn."""
+"""`import ddpm` stays light: no torch until a name is used, no plotting library until a figure
+is drawn."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_import_ddpm_does_not_import_matplotlib():
-    mods = _modules_after("import ddpm, ddpm.report, ddpm.cli, ddpm.cli_eval")
+    mods = _modules_after("import ddpm, ddpm.api, ddpm.report, ddpm.cli, ddpm.cli_eval")
     assert "ddpm.report" in mods and "ddpm.api" in mods  # the plotting modules are loaded ...
     assert not any(m == "matplotlib" or m.startswith("matplotlib.") for m in mods)  # ... lazily
 
@@ -33,3 +34,24 @@ def test_drawing_a_figure_imports_matplotlib():
         "save_per_timestep({'a': torch.ones(3)}, os.path.join(d, 'p.png'))"
     )
     assert "matplotlib.figure" in _modules_after(code)
+
+
+def test_import_ddpm_loads_no_torch_until_a_name_is_used():
+    assert "torch" not in _modules_after("import ddpm")
+    mods = _modules_after("import ddpm\nddpm.NoiseSchedule")
+    assert "torch" in mods and "ddpm.schedule" in mods
+
+
+def test_public_names_that_are_also_module_names_stay_the_functions():
+    code = "import ddpm, ddpm.train, ddpm.evaluate, ddpm.respace\nprint(ddpm.train, ddpm.respace)"
+    out = _run(code)
+    assert "<function train" in out and "<function respace" in out
+
+
+def _run(code: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> str:
+    env = {**os.environ, **(env or {})}
+    env["PYTHONPATH"] = SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
+    cmd = [sys.executable, *(args or ["-c", code])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout + proc.stderr

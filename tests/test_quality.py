@@ -353,6 +353,7 @@ def test_cli_evaluate_steps_with_samples_gives_the_quality_table(tiny_gmm8_run, 
     assert [(r["sampler"], r["K"]) for r in rows] == [
         ("ancestral", 5), ("ancestral", 20), ("ddim", 5), ("ddim", 20)
     ]  # fmt: skip
+    assert all((r["steps"], r["spacing"]) == (str(r["K"]), None) for r in rows)  # the spelling
     bpd = {s["K"]: s["bits_per_dim"] for s in doc["steps"]}
     for r in rows:
         assert r["bits_per_dim"] == (bpd[r["K"]] if r["sampler"] == "ancestral" else None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import random
+
 import pytest
 import torch
 
@@ -10,7 +13,7 @@ from ddpm.elbo import elbo_terms
 from ddpm.errors import ConfigError
 from ddpm.evaluate import mean_se
 from ddpm.oracles import GaussianOracle, gaussian_analysis, gaussian_elbo_terms
-from ddpm.respace import respace, space_timesteps
+from ddpm.respace import respace, respaced_steps, space_timesteps, steps_by_K, steps_label
 from ddpm.reverse import Parameterisation, p_from_output
 from ddpm.schedule import NoiseSchedule
 
@@ -124,3 +127,191 @@ def test_respaced_elbo_of_gaussian_oracle_matches_the_closed_form(variance, K):
     assert abs(diff) < 4 * diff_se
     other = gaussian_elbo_terms(gaussian_analysis(full, m, sd, variance), x0).total()
     assert abs(mean_se(terms.total() - other)[0]) > 8 * diff_se
+
+
+# improved-diffusion's space_timesteps (respace.py there), written out line by line: 0-based
+# indices, ValueError where it refuses.
+def improved_diffusion_space_timesteps(num_timesteps: int, section_counts: str) -> set[int]:
+    if section_counts.startswith("ddim"):
+        desired_count = int(section_counts[len("ddim") :])
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == desired_count:
+                return set(range(0, num_timesteps, stride))
+        raise ValueError(f"cannot create exactly {num_timesteps} steps with an integer stride")
+    section_counts = [int(x) for x in section_counts.split(",")]
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx = 0
+    all_steps = []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < section_count:
+            raise ValueError(f"cannot divide section of {size} steps into {section_count}")
+        if section_count <= 1:
+            frac_stride = 1
+        else:
+            frac_stride = (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        taken_steps = []
+        for _ in range(section_count):
+            taken_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        all_steps += taken_steps
+        start_idx += size
+    return set(all_steps)
+
+
+def assert_same_steps_as_improved_diffusion(T: int, spelling: str) -> None:
+    """Our steps are its 0-based indices + 1; where it refuses (or keeps nothing), we refuse."""
+    try:
+        expected = improved_diffusion_space_timesteps(T, spelling)
+    except ValueError:
+        expected = set()
+    if not expected:
+        with pytest.raises(ConfigError):
+            respaced_steps(T, spelling)
+    else:
+        assert respaced_steps(T, spelling) == sorted(i + 1 for i in expected), (T, spelling)
+
+
+def test_one_count_is_improved_diffusions_single_section_for_every_K():
+    for T in range(1, 121):
+        for K in range(1, T + 1):
+            assert_same_steps_as_improved_diffusion(T, str(K))
+            assert respaced_steps(T, K) == respaced_steps(T, str(K)) == space_timesteps(T, K)
+    for K in range(1, 1001, 7):
+        assert_same_steps_as_improved_diffusion(1000, str(K))
+
+
+def test_section_counts_are_improved_diffusions_sections():
+    rng = random.Random(0)
+    for case in [(10, "3,3"), (12, "3,2"), (1000, "10,15,20"), (7, "0,2,1"), (5, "1,1,1,1,1")]:
+        assert_same_steps_as_improved_diffusion(*case)
+    for _ in range(3000):
+        T = rng.randint(1, 1200)
+        counts = [rng.randint(0, max(1, T // rng.randint(1, 6))) for _ in range(rng.randint(1, 5))]
+        assert_same_steps_as_improved_diffusion(T, ",".join(map(str, counts)))
+
+
+def test_ddim_spelling_is_improved_diffusions_integer_stride():
+    for T in range(1, 81):
+        for K in range(1, T + 2):
+            assert_same_steps_as_improved_diffusion(T, f"ddim{K}")
+    for K in range(1, 1002, 3):
+        assert_same_steps_as_improved_diffusion(1000, f"ddim{K}")
+    assert respaced_steps(1000, "ddim50") == [1 + 20 * k for k in range(50)]  # stride 20
+
+
+def test_sections_match_hand_derived_cases():
+    # T = 12 in sections of 6: stride 2.5 over 0..5 -> 0, 2 (2.5 half to even), 5; then 6, 11
+    assert respaced_steps(12, "3,2") == [1, 3, 6, 7, 12]
+    # T = 10 in sections of 4, 3, 3 (the first T mod 3 = 1 section one longer)
+    assert respaced_steps(10, "2,1,0") == [1, 4, 5]
+
+
+DIFFUSERS = importlib.util.find_spec("diffusers") is not None
+
+
+@pytest.mark.skipif(not DIFFUSERS, reason="diffusers is not installed: no scheduler to compare")
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_spacings_are_diffusers_set_timesteps(spacing):
+    """Our steps are diffusers' DDIMScheduler timesteps + 1 (steps_offset 0). Where its float
+    'trailing' arange yields K + 1 timesteps, the last -1, there is no K-step set: refused."""
+    from diffusers import DDIMScheduler
+
+    refused = 0
+    for T in (*range(1, 41), 100, 257, 1000):
+        sched = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+        for K in range(1, T + 1):
+            sched.set_timesteps(K)
+            t = sched.timesteps.tolist()
+            if len(t) != K or min(t) < 0:
+                assert spacing == "trailing" and len(t) == K + 1 and t[-1] == -1
+                with pytest.raises(ConfigError, match="-1"):
+                    respaced_steps(T, K, spacing)
+                refused += 1
+            else:
+                assert respaced_steps(T, K, spacing) == sorted(i + 1 for i in t), (T, K)
+                assert respaced_steps(T, str(K), spacing) == respaced_steps(T, K, spacing)
+    assert (refused > 0) == (spacing == "trailing")
+
+
+def test_the_default_differs_from_linspace_only_at_exact_half_integer_ties():
+    """np.linspace(0, T - 1, K) and improved-diffusion's accumulated stride both aim at
+    round(k (T - 1) / (K - 1)); they can differ only where that is exactly a half-integer (K
+    odd), by one step, and do for 278 of the K in 1..1000 at T = 1000 (the README's numbers)."""
+    for T in range(2, 160):
+        for K in range(2, T + 1):
+            ours, lin = respaced_steps(T, K), respaced_steps(T, K, "linspace")
+            for k, (a, b) in enumerate(zip(ours, lin, strict=True)):
+                if a != b:
+                    assert K % 2 == 1 and (2 * k * (T - 1)) % (K - 1) == 0, (T, K, k)
+                    assert ((2 * k * (T - 1)) // (K - 1)) % 2 == 1 and abs(a - b) == 1
+    differ = [
+        K for K in range(1, 1001) if respaced_steps(1000, K) != respaced_steps(1000, K, "linspace")
+    ]
+    assert len(differ) == 278 and differ[0] == 21
+    ours, lin = respaced_steps(1000, 21), respaced_steps(1000, 21, "linspace")
+    assert [(a, b) for a, b in zip(ours, lin, strict=True) if a != b] == [(500, 501)]
+
+
+def test_spacings_match_hand_derived_cases():
+    # T = 12, K = 4: linspace 0, 11/3, 22/3, 11 -> 0, 4, 7, 11; leading r = 3; trailing 12, 9, 6, 3
+    assert respaced_steps(12, 4, "linspace") == [1, 5, 8, 12]
+    assert respaced_steps(12, 4, "leading") == [1, 4, 7, 10]
+    assert respaced_steps(12, 4, "trailing") == [3, 6, 9, 12]
+    assert respaced_steps(1000, 1, "trailing") == [1000] and respaced_steps(1000, 1) == [1]
+
+
+@pytest.mark.parametrize(
+    "T, steps, spacing, message",
+    [
+        (10, "3,3", "leading", "spacing 'leading' applies to one count K, not to '3,3'"),
+        (10, "ddim5", "linspace", "applies to one count K, not to 'ddim5'"),
+        (10, 5, "middle", "unknown spacing 'middle'"),
+        (10, "5x", None, "steps '5x': give a count K ('50'), section counts"),
+        (10, "ddim", None, "steps 'ddim': give"),
+        (10, "-3", None, "steps '-3': give"),
+        (10, "3,", None, "steps '3,': give"),
+        (10, 2.5, None, "steps 2.5: give"),
+        (10, True, None, "steps True: give"),
+        (10, "0", None, "K must be an integer >= 1 (got 0)"),
+        (10, "11", None, "cannot respace 10 steps into 11: choose K between 1 and 10"),
+        (10, 11, "trailing", "cannot respace 10 steps into 11"),
+        (10, "0,0", None, "section counts [0, 0] keep no step"),
+        (12, "7,1", None, "cannot respace section 1 of 2 (6 of the 12 steps) into 7"),
+        (12, "ddim5", None, "ddim5: no integer stride takes exactly 5 of 12 steps; nearest "
+         "that do: ddim4, ddim6"),
+        (1000, "ddim1", None, "nearest that do: ddim2"),
+        (1000, 61, "trailing", "spacing 'trailing' gives 62 timesteps for K = 61 of 1000"),
+    ],
+)  # fmt: skip
+def test_bad_spellings_give_one_clear_line(T, steps, spacing, message):
+    with pytest.raises(ConfigError) as e:
+        respaced_steps(T, steps, spacing)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_respace_takes_every_spelling():
+    d = Diffusion(NoiseSchedule.linear(100))
+    for steps, spacing in [("ddim10", None), ("5,3", None), (7, "trailing"), ("8", "leading")]:
+        tau = torch.tensor(respaced_steps(100, steps, spacing))
+        r = respace(d, steps, spacing)
+        assert r.T == len(tau) and torch.equal(r.net_t(torch.arange(1, r.T + 1)), tau)
+        assert torch.allclose(r.schedule.alpha_bar[1:], d.schedule.alpha_bar[tau], rtol=1e-12)
+    # trailing ends at T: the respaced prior is the full process's
+    last = respace(d, 7, "trailing").schedule.alpha_bar[-1].item()
+    assert last == pytest.approx(d.schedule.alpha_bar[100].item(), rel=1e-12)
+
+
+def test_steps_by_K_keeps_one_spelling_per_K():
+    chosen = steps_by_K(12, ["ddim4", "3,2", "ddim4", " 3,2 "])
+    assert chosen == {4: ("ddim4", [1, 4, 7, 10]), 5: ("3,2", [1, 3, 6, 7, 12])}
+    assert steps_by_K(12, [4, "4"], "leading") == {4: ("4", [1, 4, 7, 10])}
+    with pytest.raises(ConfigError, match="'ddim4' and '2,2' both give K = 4 but keep different"):
+        steps_by_K(12, ["ddim4", "2,2"])
+
+
+def test_steps_label_names_files_by_spelling_and_spacing():
+    assert steps_label(50) == "50" and steps_label("10,15,20") == "10-15-20"
+    assert steps_label("ddim50") == "ddim50" and steps_label(50, "trailing") == "50_trailing"

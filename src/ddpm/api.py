@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddpm import dist, rundir
 from ddpm.checkpoint import save_json
+from ddpm.data import DataSpec
 from ddpm.data.images import read_image
 from ddpm.ddim import check_eta, ddim_sample
 from ddpm.dist import pick_device
-from ddpm.errors import ConfigError, DataError, require_choice
+from ddpm.errors import ConfigError, DataError, NonFiniteError, require_choice
 from ddpm.forward import q_sample
+from ddpm.memory import FLOAT64, check_disk, check_fits
 from ddpm.models import LoadedModel, load_model
 from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
+from ddpm.progress import progress_bar
 from ddpm.report.chains import save_forward_strip, save_trajectory, save_trajectory_2d
-from ddpm.report.samples import as_plane, save_samples
-from ddpm.respace import respace
+from ddpm.report.samples import as_plane, record_written_beside, save_samples, written_beside
+from ddpm.respace import parse_steps, respace, steps_by_K, steps_label
 from ddpm.rng import KeyedNoise, seeded_generator
 from ddpm.sampling import sample
 from ddpm.schedule import NoiseSchedule
@@ -35,10 +42,68 @@ class SampleResult:
     samples_path: Path
     array_path: Path
     trajectory_path: Path | None
-    x0: torch.Tensor  # [N, *shape] in model space
+    x0: torch.Tensor  # [N, *shape] in model space; beyond sample_chunk, the first chunk only
     clip: tuple[float, float] | None = None  # range x0_hat was clipped to in every step
     quality: object | None = None  # ddpm.quality.QualityReport with metrics=True
     quality_path: Path | None = None
+
+
+# Examples drawn at once by ``sample_run``: more are drawn in chunks of this many (fewer for
+# large examples: at most SAMPLE_CHUNK_ELEMENTS numbers per chunk), written through a memory map.
+SAMPLE_CHUNK_EXAMPLES = 2**16
+SAMPLE_CHUNK_ELEMENTS = 2**24
+
+
+def sample_chunk(shape: tuple[int, ...]) -> int:
+    """Examples of the given shape that ``sample_run`` draws at once."""
+    return max(1, min(SAMPLE_CHUNK_EXAMPLES, SAMPLE_CHUNK_ELEMENTS // math.prod(shape)))
+
+
+def check_finite_samples(x0: torch.Tensor, where: object) -> None:
+    """Refuse samples [N, ...] holding NaN or inf: the network's outputs were not finite."""
+    bad = int((~torch.isfinite(x0.flatten(1))).any(dim=1).sum())
+    if bad:
+        raise NonFiniteError(
+            f"{where}: {bad} of {x0.shape[0]} samples are NaN or inf: the network's outputs "
+            "are not finite; check its weights, or retrain it (e.g. with a lower --lr)"
+        )
+
+
+def write_npy_in_chunks(
+    first: torch.Tensor,
+    draw_more: Callable[[int], torch.Tensor],
+    n: int,
+    chunk: int,
+    spec: DataSpec,
+    path: Path,
+) -> Path:
+    """All n samples, in raw units, to the .npy file at path: ``first`` (model space, the first
+    chunk), then ``draw_more(k)`` of at most ``chunk`` until there are n. They go through a
+    memory map into a temporary file beside path that is moved into place at the end, so memory
+    holds one chunk at a time and path is whole or untouched."""
+    from numpy.lib.format import open_memmap
+
+    tmp = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    tmp.close()
+    try:
+        arr = open_memmap(tmp.name, mode="w+", dtype=np.float64, shape=(n, *spec.shape))
+        done, x = 0, first
+        while True:
+            arr[done : done + x.shape[0]] = spec.to_raw(x.detach().cpu().double()).numpy()
+            done += x.shape[0]
+            if done == n:
+                break
+            x = draw_more(min(chunk, n - done))
+        arr.flush()
+        del arr
+        os.chmod(tmp.name, 0o644)
+        os.replace(tmp.name, path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def evenly_spaced_steps(T: int, frames: int) -> list[int]:
@@ -78,7 +143,8 @@ def sample_run(
     device: str | torch.device | None = None,
     progress: bool = False,
     clip: bool | None = None,
-    steps: int | None = None,
+    steps: int | str | None = None,
+    spacing: str | None = None,
     sampler: str = "ancestral",
     eta: float | None = None,
     metrics: bool = False,
@@ -89,12 +155,17 @@ def sample_run(
 
     trajectory: also draw x_t and the predicted x_0 at ``frames`` steps of the reverse chain.
     clip: clip x0_hat to [-1, 1] in every step (None: as the run samples, see ``clip_range``).
-    steps: sample the K-step respaced process ([ND21] Sec. 4) instead of all T steps.
+    steps: sample the K-step respaced process ([ND21] Sec. 4) instead of all T steps: a count
+    K, section counts "10,15,20" or "ddimK", with ``spacing`` 'linspace' | 'leading' |
+    'trailing' for one count K (``ddpm.respace.respaced_steps``).
     sampler: 'ancestral' ([Ho20] Alg. 2) or 'ddim' ([SME21] eq. (12)) with ``eta`` (default 0:
     deterministic; 1: ancestral with sigma_t^2 = beta_tilde_t).
     metrics: also score the samples (``ddpm.quality``) and write <out stem>_quality.json;
     classifier_dir: where the feature classifier of labelled data is kept.
-    Writing into the run folder (the default) holds its lock and records the files.
+    Writing into the run folder (the default) holds its lock and records the files. The files
+    written beside ``out`` (and ``out`` itself when not given) never replace a file that ddpm
+    did not write, and no file the run folder lists as another command's is replaced
+    (CheckpointError naming it).
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
@@ -102,33 +173,68 @@ def sample_run(
     if eta is not None and sampler != "ddim":
         raise ConfigError(f"--eta {eta} applies to --sampler ddim only (got --sampler {sampler})")
     eta = check_eta(0.0 if eta is None else eta)
+    if spacing is not None and steps is None:
+        raise ConfigError(f"--spacing {spacing} applies with --steps; add --steps K or drop it")
+    if steps is not None:
+        parse_steps(steps, spacing)  # a bad spelling is refused before any file is touched
+    named = out is not None
     if out is None:
-        how = "" if steps is None else f"_K{steps}"
+        how = "" if steps is None else f"_K{steps_label(steps, spacing)}"
         how += f"_ddim_eta{eta:g}" if sampler == "ddim" else ""
         out = Path(run_dir) / f"samples_seed{seed}{how}.png"
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: samples are written as PNG; give a path ending in .png")
-    outputs = [out, out.with_suffix(".npy")]
-    outputs += [out.with_name(out.stem + "_trajectory.png")] if trajectory else []
-    outputs += [out.with_name(out.stem + "_quality.json")] if metrics else []
+    # The files beside the PNG (and the PNG when ddpm chose its name) were named by no one:
+    # they never replace a file that ddpm did not write.
+    beside = [out.with_suffix(".npy")]
+    beside += [out.with_name(out.stem + "_trajectory.png")] if trajectory else []
+    beside += [out.with_name(out.stem + "_quality.json")] if metrics else []
     if Path(run_dir).is_dir():
         out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before sampling
-    with rundir.writing_outputs(run_dir, outputs, "sample"):
+    if named:  # files that an earlier `ddpm sample --out` of this name wrote may be replaced
+        ours = set(written_beside(out))
+        paths, beside = (
+            [out, *(p for p in beside if p in ours)],
+            [p for p in beside if p not in ours],
+        )
+    else:
+        paths, beside = [], [out, *beside]
+    with rundir.writing_outputs(run_dir, paths, "sample", beside=beside):
         dev = pick_device(device)
         m = load_model(run_dir, device=dev)
         x0_range = clip_range(m, clip)
-        diffusion = m.diffusion if steps is None else respace(m.diffusion, steps)
+        diffusion = m.diffusion if steps is None else respace(m.diffusion, steps, spacing)
         T = diffusion.T
         capture = evenly_spaced_steps(T, frames) if trajectory else ()
         g = seeded_generator(seed, dev)
         draw = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
-        with tqdm(total=T, desc=f"sample ({sampler})", unit="t", disable=not progress) as bar:
-            res = draw(
-                diffusion, m.model, m.spec.shape, n, g, dev, x0_range, capture,
-                on_step=lambda _: bar.update(1),
+        chunk = sample_chunk(m.spec.shape)
+        npy = out.with_suffix(".npy")
+        if n > chunk:  # drawn chunk by chunk into a memory-mapped .npy
+            if metrics:
+                raise ConfigError(
+                    f"--metrics scores samples held in memory, at most {chunk} of this model "
+                    f"(got --n {n}); drop --metrics or use --n {chunk}"
+                )
+            check_disk(
+                FLOAT64 * n * math.prod(m.spec.shape), npy, f"--n {n}: the samples' {npy.name}",
+                "use a smaller --n",
             )  # fmt: skip
-        path = save_samples(res.x0, out, m.spec)
+        with progress_bar(T * -(-n // chunk), f"sample ({sampler})", "t", enabled=progress) as bar:
+
+            def draw_some(k: int, capture: tuple[int, ...] = ()):
+                res = draw(
+                    diffusion, m.model, m.spec.shape, k, g, dev, x0_range, capture,
+                    on_step=lambda _: bar.update(1),
+                )  # fmt: skip
+                check_finite_samples(res.x0, m.path)
+                return res
+
+            res = draw_some(min(n, chunk), capture)
+            if n > chunk:
+                write_npy_in_chunks(res.x0, lambda k: draw_some(k).x0, n, chunk, m.spec, npy)
+        path = save_samples(res.x0, out, m.spec, total=n if n > chunk else None)
         traj_path = None
         if trajectory:
             traj_path = out.with_name(out.stem + "_trajectory.png")
@@ -143,6 +249,8 @@ def sample_run(
 
             quality = score_run_samples(m, res.x0, seed, classifier_dir, dev)
             quality_path = save_json(out.with_name(out.stem + "_quality.json"), quality.to_dict())
+        written = [p for p in (out.with_suffix(".npy"), traj_path, quality_path) if p is not None]
+        record_written_beside(path, written)
         return SampleResult(
             path, out.with_suffix(".npy"), traj_path, res.x0, x0_range, quality, quality_path
         )
@@ -164,6 +272,13 @@ def forward_strip(
         raise ConfigError(f"--size must be >= 2 pixels (got {size})")
     if not image.is_file():
         raise DataError(f"{image}: no such image file; give the path of a PNG or JPEG image")
+    if size is not None:  # float64 noise and x_t per frame, a float32 copy; refused up front
+        k = max(2, min(frames, T + 1))
+        check_fits(
+            (12 * k + 16) * 3 * size**2,
+            f"--size {size}: {k} frames of a 3x{size}x{size} image",
+            "use a smaller --size",
+        )
     s = NoiseSchedule.from_name(schedule, T)
     pixels = read_image(image, size, grayscale=False)  # uint8 [C, H, W]
     x0 = torch.tensor(pixels, dtype=torch.float64) / 127.5 - 1
@@ -318,7 +433,7 @@ def _scored_samples(run, n, seed, classifier_dir, device, progress):
 
     start = time.perf_counter()
     g = seeded_generator(seed, device)
-    with tqdm(total=run.diffusion.T, desc="sample", unit="t", disable=not progress) as bar:
+    with progress_bar(run.diffusion.T, "sample", "t", enabled=progress) as bar:
         x = sample(
             run.diffusion, run.model, run.spec.shape, n, g, device, run.clip,
             on_step=lambda _: bar.update(1),
@@ -343,7 +458,7 @@ class StepsEvalResult:
 
 def evaluate_steps_run(
     run_dir: str | Path,
-    steps: tuple[int, ...],
+    steps: tuple[int | str, ...],
     split: str = "test",
     n: int | None = None,
     iw: tuple[int, ...] = (),
@@ -359,12 +474,16 @@ def evaluate_steps_run(
     classifier_dir: str | Path | None = None,
     samplers: tuple[str, ...] = ("ancestral", "ddim"),
     eta: float = 0.0,
+    spacing: str | None = None,
 ) -> StepsEvalResult:
-    """The exact K-step -ELBO of a trained run for each K in ``steps``: the run's network in
-    the K-step respaced process ([ND21] Sec. 4), each a bound on the log-likelihood of that
-    K-step model, evaluated on the same examples with noise keyed by (seed, example, t).
-    Writes eval_<split>_steps.json (``steps``: one report per K) and eval_<split>_steps.png
-    (bits/dim against K) into out_dir (default: run_dir). On data of known density the
+    """The exact K-step -ELBO of a trained run for each spelling in ``steps`` (a count K,
+    section counts "10,15,20" or "ddimK"; ``spacing`` for counts, ``ddpm.respace.respaced_steps``):
+    the run's network in the K-step respaced process ([ND21] Sec. 4), each a bound on the
+    log-likelihood of that K-step model, evaluated on the same examples with noise keyed by
+    (seed, example, t). Two spellings of one K must keep the same steps (the report is indexed
+    by K). Writes eval_<split>_steps.json (``steps``: one report per K with its spelling,
+    spacing and steps tau) and eval_<split>_steps.png (bits/dim against K) into out_dir
+    (default: run_dir). On data of known density the
     Bayes-optimal model of each K-step process is evaluated beside it (same examples and x_t
     draws; ``oracle_steps`` in the JSON) and eval_<split>_steps_vs_oracle.png shows both
     against K with the data entropy.
@@ -376,6 +495,8 @@ def evaluate_steps_run(
 
     if not steps:
         raise ConfigError("--steps needs at least one K")
+    for spelling in steps:
+        parse_steps(spelling, spacing)  # a bad spelling is refused before any file is touched
     if samples is not None and samples < 2:
         raise ConfigError(f"--samples must be >= 2 (got {samples})")
     for name in samplers:
@@ -397,8 +518,13 @@ def evaluate_steps_run(
         m.check_data(dataset.spec)
         x0 = getattr(dataset, f"{split}_examples")[:n].to(dev)
         density = dataset.density.to(dev) if dataset.density is not None else None
-        ks = sorted(set(int(k) for k in steps))
-        diffusions = [respace(m.diffusion, k) for k in ks]  # check every K before evaluating
+        chosen = steps_by_K(m.diffusion.T, steps, spacing)  # every K checked before evaluating
+        ks = sorted(chosen)
+        diffusions = [respace(m.diffusion, chosen[k][0], spacing) for k in ks]
+
+        def respacing(K: int) -> dict:  # which K steps a report row's process keeps
+            return {"K": K, "steps": chosen[K][0], "spacing": spacing, "tau": chosen[K][1]}
+
         # Every K (and the Bayes-optimal model) is scored on the same examples and x_t draws.
         score = partial(
             evaluate, x0=x0, spec=dataset.spec, iw=iw, mc_timesteps=mc_timesteps,
@@ -415,12 +541,12 @@ def evaluate_steps_run(
             "split": split,
             "T": m.diffusion.T,
             "clip": list(x0_range) if x0_range is not None else None,
-            "steps": [{"K": ev.T, **ev.to_dict()} for ev in evaluations],
+            "steps": [{**respacing(ev.T), **ev.to_dict()} for ev in evaluations],
         }
         oracles, oracle_png = None, None
         if density is not None:  # known density: the Bayes-optimal model of each K-step process
             oracles = _oracle_steps(score, density, diffusions)
-            doc["oracle_steps"] = [{"K": ev.T, **ev.to_dict()} for ev in oracles]
+            doc["oracle_steps"] = [{**respacing(ev.T), **ev.to_dict()} for ev in oracles]
             oracle_png = _save_steps_vs_oracle(
                 evaluations, oracles, out / f"eval_{split}_steps_vs_oracle.png", m.name
             )
@@ -438,8 +564,9 @@ def evaluate_steps_run(
 
         bpd = {ev.T: (ev.bits_per_dim, ev.bits_per_dim_se) for ev in evaluations}
         rows = run_quality_vs_steps(
-            m, ks, samplers, samples, seed, eta, classifier_dir, x0.device, bits_per_dim=bpd
-        )
+            m, [chosen[k][0] for k in ks], samplers, samples, seed, eta, classifier_dir,
+            x0.device, bits_per_dim=bpd, spacing=spacing,
+        )  # fmt: skip
         q_json, q_png = write_quality_steps(rows, out, f"{m.name}: {samples} samples")
         return StepsEvalResult(
             evaluations, json_path, png, oracles, oracle_png, rows, q_json, q_png

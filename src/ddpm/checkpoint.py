@@ -7,6 +7,7 @@ A run folder (see ``ddpm.runs``) holds these files, named here and nowhere else:
                              best validation, when validating), optim.* (optimizer moments),
                              sampler.* (timestep-sampler state); metadata, each value JSON:
                              step, optimizer (JSON of the rest of its state_dict), config,
+                             cpu_seconds (training CPU time, summed over resumes),
                              validation (ddpm.validation.ValidationState, when validating)
     log.jsonl                one JSON line per logged step
     samples.png / .npy       the sample grid written at the end of training
@@ -17,16 +18,25 @@ of one. Weights and optimizer moments are stored with safetensors; everything el
 optimizer hyper-parameters, counters) is JSON. Nothing here calls ``torch.load`` or ``pickle``,
 so loading a checkpoint cannot run code.
 
-Any unreadable, truncated or mismatched file raises :class:`ddpm.errors.CheckpointError` with a
-one-line message: which file, what is wrong, what to do.
+Every safetensors file written here carries a SHA-256 digest of each tensor's bytes and of its
+other metadata (metadata key ``checksums``); loading verifies them, so flipped bytes anywhere in
+the file are reported instead of read as weights. Files without the key (written before it
+existed, or by other programs) load unchecked. A checkpoint whose floating tensors hold NaN or
+inf (a diverged run) is refused at load.
+
+Any unreadable, truncated, damaged or mismatched file raises :class:`ddpm.errors.CheckpointError`
+with a one-line message: which file, what is wrong, what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import mmap
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +55,7 @@ __all__ = [
     "SAMPLES",
     "Checkpoint",
     "atomic_write_bytes",
+    "check_finite",
     "load_checkpoint",
     "load_json",
     "load_module_tensors",
@@ -88,11 +99,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(tmp.fileno())
         os.chmod(tmp.name, mode)
         os.replace(tmp.name, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp.name)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            # a failed write or fsync (a full disk) names no file: name the one being written
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
         raise
     _fsync_folder(path.parent)
     return path
@@ -175,6 +189,8 @@ def save_tensors(
     """Write named tensors (any shapes and dtypes) and string metadata to a safetensors file.
 
     Tensors are stored from CPU, contiguous, each with its own storage; the write is atomic.
+    The metadata gains the key ``checksums``: SHA-256 digests of each tensor's bytes and of the
+    other metadata, which ``load_tensors`` verifies.
     """
     meta = dict(metadata or {})
     for k, v in meta.items():
@@ -183,17 +199,111 @@ def save_tensors(
                 f"{path}: safetensors metadata must map str to str (got {k!r}: "
                 f"{type(v).__name__}); encode other values with json.dumps"
             )
-    data = _safetensors_save(_prepare_for_saving(tensors), metadata=meta or None)
-    return atomic_write_bytes(path, data)
+    if _CHECKSUMS in meta:
+        raise CheckpointError(
+            f"{path}: metadata key {_CHECKSUMS!r} is reserved for the tensors' digests; "
+            "rename that entry"
+        )
+    prepared = _prepare_for_saving(tensors)
+    sums = {k: _tensor_digest(t) for k, t in prepared.items()}
+    meta[_CHECKSUMS] = json.dumps(
+        {"algorithm": "sha256", "metadata": _metadata_digest(meta), "tensors": sums},
+        sort_keys=True,
+    )
+    return atomic_write_bytes(path, _safetensors_save(prepared, metadata=meta))
+
+
+# The metadata key holding {"algorithm": "sha256", "metadata": hex, "tensors": {name: hex}}.
+_CHECKSUMS = "checksums"
+
+
+def _tensor_digest(t: Tensor) -> str:
+    """SHA-256 of a CPU, contiguous tensor's bytes: the bytes safetensors stores for it (in the
+    byte order of this machine, which safetensors' little-endian matches on every platform
+    torch ships for)."""
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def _metadata_digest(meta: Mapping[str, str]) -> str:
+    """SHA-256 of the metadata (without the checksums entry) as sorted, compact JSON."""
+    rest = {k: v for k, v in meta.items() if k != _CHECKSUMS}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _damaged(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {what}: the file is damaged; {_RESTORE_HINT}")
+
+
+def _verify_checksums(path: Path, meta: Mapping[str, str], stored: str, tensors: bool) -> None:
+    """Check the metadata and (with ``tensors``) every tensor's bytes, read straight from the
+    file, against the digests stored at save time; CheckpointError naming the first tensor
+    (in file order) that differs."""
+    try:
+        doc = json.loads(stored)
+        sums, meta_sum = doc["tensors"], doc["metadata"]
+        readable = doc["algorithm"] == "sha256" and isinstance(sums, dict)
+    except (json.JSONDecodeError, TypeError, KeyError):
+        readable = False
+    if not readable:
+        raise _damaged(path, f"the {_CHECKSUMS!r} metadata entry is unreadable")
+    if _metadata_digest(meta) != meta_sum:
+        raise _damaged(path, "the metadata does not match its stored checksum")
+    if not tensors:
+        return
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with memoryview(mm) as body:
+            start = 8 + int.from_bytes(body[:8], "little")  # u64 header size, JSON header, data
+            header = json.loads(body[8:start].tobytes())
+            header.pop("__metadata__", None)
+            for (begin, end), key in sorted((v["data_offsets"], k) for k, v in header.items()):
+                if key not in sums:
+                    raise _damaged(path, f"tensor {key!r} has no stored checksum")
+                if hashlib.sha256(body[start + begin : start + end]).hexdigest() != sums[key]:
+                    raise _damaged(path, f"tensor {key!r} does not match its stored checksum")
+    absent = sorted(set(sums) - set(header))
+    if absent:
+        raise _damaged(path, f"tensor {absent[0]!r} has a stored checksum but is not in the file")
+
+
+@contextlib.contextmanager
+def _utf8_name(path: Path) -> Iterator[str]:
+    """A name of path that safetensors can open. It takes UTF-8 names only, so a path holding
+    bytes that are not UTF-8 (names are bytes on POSIX; Python keeps such bytes as lone
+    surrogates) is opened here and named /proc/self/fd/N (Linux), the same file."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield name
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        alias = f"/proc/self/fd/{fd}"
+        if not os.path.exists(alias):
+            raise CheckpointError(
+                f"{path}: the name is not valid UTF-8, which safetensors cannot open here; "
+                "rename the folder or file"
+            )
+        yield alias
+    finally:
+        os.close(fd)
 
 
 def load_tensors(
-    path: str | os.PathLike, device: str | torch.device = "cpu", metadata_only: bool = False
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    metadata_only: bool = False,
+    verify: bool = True,
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a safetensors file: (tensors by name, on ``device``; string metadata). With
-    metadata_only, no tensor is read (the header alone) and the tensors dict is empty.
+    """Read a safetensors file: (tensors by name, on ``device``; string metadata, without the
+    ``checksums`` entry). With metadata_only, no tensor is read (the header alone) and the
+    tensors dict is empty. With verify, the digests ``save_tensors`` stored are checked (the
+    metadata's always, the tensors' unless metadata_only); files without them load unchecked.
 
-    A missing, truncated or corrupted file raises CheckpointError naming the file.
+    A missing, truncated, corrupted or damaged file raises CheckpointError naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -201,9 +311,14 @@ def load_tensors(
             f"{path}: file not found; check the run folder path or re-run training"
         )
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with _utf8_name(path) as name, safe_open(name, framework="pt", device=str(device)) as f:
             metadata = dict(f.metadata() or {})
+            stored = metadata.pop(_CHECKSUMS, None)
+            if verify and stored is not None:
+                _verify_checksums(path, metadata, stored, tensors=not metadata_only)
             tensors = {} if metadata_only else {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises its own error type, OSError, ValueError, ...
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -322,6 +437,29 @@ def _first_mismatch(
                 f"{list(t.shape)} in the model"
             )
     return None
+
+
+def check_finite(tensors: Mapping[str, Tensor], where: str) -> None:
+    """CheckpointError naming the first floating tensor (in ``tensors``' order) that holds NaN
+    or inf. The tensors share one device; one flag per tensor comes back from it.
+
+    NaN and inf survive a sum (inf + -inf is NaN), so a finite sum proves a finite tensor in
+    one vectorised pass; only a tensor whose sum is not finite (bad, or a sum that overflowed)
+    is checked entry by entry.
+    """
+    floats = [(k, t) for k, t in tensors.items() if t.is_floating_point() or t.is_complex()]
+    if not floats:
+        return
+    suspect = ~torch.isfinite(torch.stack([t.sum() for _, t in floats]))  # dtypes promoted
+    for i in torch.nonzero(suspect).flatten().tolist():
+        name, t = floats[i]
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise CheckpointError(
+                f"{where}: tensor {name!r} holds NaN or infinite values ({bad} of {t.numel()} "
+                "entries), so these weights cannot be used: retrain (a lower learning rate may "
+                "keep the loss finite) or restore the file from a backup"
+            )
 
 
 def load_module_tensors(
@@ -444,14 +582,20 @@ class Checkpoint:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu", metadata_only: bool = False
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    metadata_only: bool = False,
+    verify: bool = True,
 ) -> Checkpoint:
     """Read a file written by ``save_checkpoint``; tensors on device, metadata decoded.
-    metadata_only: read the header alone (step, config, ...), no tensors."""
+    metadata_only: read the header alone (step, config, ...), no tensors. verify: check the
+    stored checksums (``load_tensors``) and that every floating tensor is finite."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: missing; the run never saved a checkpoint, train it again")
-    tensors, meta = load_tensors(path, device=device, metadata_only=metadata_only)
+    tensors, meta = load_tensors(path, device=device, metadata_only=metadata_only, verify=verify)
+    if verify:
+        check_finite(tensors, str(path))
     try:
         decoded = {k: json.loads(v) for k, v in meta.items()}
     except json.JSONDecodeError as e:

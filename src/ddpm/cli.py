@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
@@ -62,6 +63,8 @@ EXAMPLES = {
   ddpm sample runs/digits --n 8 --trajectory --out chain.png
   ddpm sample runs/digits --steps 50                      # 50 of the T = 1000 steps
   ddpm sample runs/digits --steps 25 --sampler ddim --eta 0
+  ddpm sample runs/digits --steps 10,15,20                # sections, as improved-diffusion
+  ddpm sample runs/digits --steps 50 --spacing trailing   # diffusers' trailing spacing
   ddpm sample pipeline/ --n 16 --out s.png          # a diffusers DDPMPipeline folder
   ddpm sample runs/gmm8 --n 1000 --metrics              # plus exact quality scores""",
     "report": """examples:
@@ -77,13 +80,18 @@ def _arg_name(section: str, field: str) -> str:
     return _RENAMED.get((section, field), field)
 
 
-def _add_config_flags(p: argparse.ArgumentParser, sections: dict | None = None) -> None:
-    """One flag per config field; defaults are None so that only given flags override."""
+def _add_config_flags(
+    p: argparse.ArgumentParser, sections: dict | None = None, skip: Collection[str] = ()
+) -> None:
+    """One flag per config field (but those named in skip); defaults are None so that only
+    given flags override."""
     for section, cls in (sections or _SECTIONS).items():
         group = p.add_argument_group(f"{section} options")
         defaults = cls()
         for f in dataclasses.fields(cls):
             name = _arg_name(section, f.name)
+            if name in skip:
+                continue
             default = getattr(defaults, f.name)
             flag = "--" + name.replace("_", "-")
             helptext = _HELP.get(name, f.name.replace("_", " "))
@@ -181,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="PNG path (default: RUN/samples_seed<S>[_K<K>][_ddim_eta<E>].png)",
+        help="PNG path (default: RUN/samples_seed<S>[_K<K>[_<spacing>]][_ddim_eta<E>].png)",
     )
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.add_argument(
@@ -197,13 +205,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="clip the predicted x0 to [-1, 1] in every step (default: yes for discrete data)",
     )
+    from ddpm.cli_eval import STEPS_SPELLINGS, add_spacing_flag
+
     s.add_argument(
         "--steps",
-        type=int,
         default=None,
         metavar="K",
-        help="sample the K-step respaced process (default: all T steps)",
+        help="sample the K-step respaced process; " + STEPS_SPELLINGS + " (default: all T steps)",
     )
+    add_spacing_flag(s)
     s.add_argument("--sampler", default="ancestral", help="ancestral | ddim (default: ancestral)")
     s.add_argument(
         "--eta",
@@ -259,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     from ddpm import cli_vae
 
     cli_vae.add_commands(sub, fmt)
-    for command in sub.choices.values():
+    for command in commands(p).values():
         command.add_argument(
             "--threads",
             type=int,
@@ -268,6 +278,17 @@ def _parser() -> argparse.ArgumentParser:
             "faster on a busy machine",
         )
     return p
+
+
+def commands(p: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """{"train": parser, "vae train": parser, ...}: the parsers that run a command, those with
+    no subcommands of their own, at any depth below p."""
+    found = {}
+    for action in p._actions:  # argparse lists a parser's subcommands only among its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= commands(sub, f"{prefix}{name} ")
+    return found or {prefix.strip(): p}
 
 
 # The linear schedule of [Ho20] was designed for T = 1000; far beyond that, runs get slow.
@@ -287,23 +308,24 @@ def _warn_large_T(cfg: RunConfig) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from ddpm import runconfig, runs
+    from ddpm import runconfig, rundir, runs
+    from ddpm.memory import check_steps
     from ddpm.presets import apply_preset
     from ddpm.train import train
 
     out = args.out or Path("runs") / Path(args.data or DataConfig().name).stem
+    if args.resume:  # the run's settings, after restoring a run a killed --overwrite left
+        rundir.recover_interrupted(out)
     base = runconfig.saved_config(out)[0] if args.resume and runs.holds_run(out) else None
     if args.preset is not None:  # on resume, compared with the saved run like any flag
         base = apply_preset(args.preset, base)
     cfg = config_from_args(args, base)  # a resumed run keeps its settings unless flags differ
-    n = torch.get_num_threads()
-    threads = f"{n} thread{'s' * (n != 1)}"
+    threads = args.thread_choice.describe()
     print(
         f"training on {cfg.data.name!r} for {cfg.train.steps} steps -> {out} ({threads})",
         flush=True,
     )
+    check_steps(cfg.diffusion.T, "--T")  # a T that cannot fit is refused, not warned about
     _warn_large_T(cfg)
     result = train(
         cfg,
@@ -323,14 +345,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         done = f"after {result.steps} steps ({result.seconds:.0f} s)"
         print(f"final loss {result.final_loss:.4f} {done}")
     if result.validation is not None:
-        v = result.validation
-        stop = f"; stopped early at step {result.steps} (--patience)" if v.stopped_early else ""
-        print(
-            f"validation: best -ELBO {v.best:.4f} ± {v.best_se:.4f} nats "
-            f"({v.best_bpd:.4f} bits/dim) at step {v.best_step}: the run's model{stop}"
-        )
+        print(validation_line(result))
     print(f"report:     ddpm report {result.run_dir}  ->  {result.run_dir / 'report.html'}")
     return 0
+
+
+def validation_line(result) -> str:
+    """The best held-out -ELBO of a TrainResult that validated, in one line."""
+    v = result.validation
+    stop = f"; stopped early at step {result.steps} (--patience)" if v.stopped_early else ""
+    return (
+        f"validation: best -ELBO {v.best:.4f} ± {v.best_se:.4f} nats "
+        f"({v.best_bpd:.4f} bits/dim) at step {v.best_step}: the run's model{stop}"
+    )
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -351,6 +378,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         progress=True,
         clip=args.clip,
         steps=args.steps,
+        spacing=args.spacing,
         sampler=args.sampler,
         eta=args.eta,
         metrics=args.metrics,
@@ -393,6 +421,9 @@ def cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # no EDQUOT on Windows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -401,14 +432,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from ddpm.threads import torch_threads
 
+    # File names that are not valid in the locale's encoding (bytes Python keeps as lone
+    # surrogates) are printed escaped, as Python's own stderr does, not a failure after the work.
+    strict = [s for s in (sys.stdout, sys.stderr) if getattr(s, "errors", None) == "strict"]
+    for stream in strict:
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
-        with torch_threads(args.threads):
+        with torch_threads(args.threads) as args.thread_choice:
             return args.func(args)
     except DdpmError as e:
         print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a collective whose peer stopped, under torchrun
+        dist = sys.modules.get("ddpm.dist")
+        lost = dist.peer_lost(e) if dist is not None else None
+        if lost is None:
+            raise
+        print(f"ddpm {args.command}: error: {lost}", file=sys.stderr)
+        return 2
     except OSError as e:  # an output that cannot be written (or an input gone while reading)
         where = f"{e.filename}: " if e.filename else ""
+        if e.errno in _DISK_FULL:
+            print(
+                f"ddpm {args.command}: error: {where}the disk is full ({e.strerror or e}); "
+                "free some space or write elsewhere",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"ddpm {args.command}: error: {where}{e.strerror or e}; check the path and its "
             "permissions",
@@ -418,3 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for stream in strict:
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="strict")

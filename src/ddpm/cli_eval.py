@@ -11,6 +11,10 @@ from ddpm.checkpoint import load_json
 from ddpm.errors import ConfigError
 
 SWEEP_N = 300  # examples per (T, variance) of a T-sweep: minutes for T up to 5000 on a CPU
+STEPS_SPELLINGS = (
+    "K is a count ('50'), section counts ('10,15,20': each section of the T steps evenly "
+    "spaced, as improved-diffusion) or 'ddimK' (one integer stride, as improved-diffusion)"
+)
 
 EXAMPLES = {
     "evaluate": """examples:
@@ -19,6 +23,8 @@ EXAMPLES = {
   ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
   ddpm evaluate runs/digits --per-example a.npy  # each example's -ELBO, to pair two models
   ddpm evaluate runs/digits --steps 10 50 1000   # -ELBO of the K-step respaced models
+  ddpm evaluate runs/digits --steps 10,15,20 ddim50    # improved-diffusion's spellings
+  ddpm evaluate runs/digits --steps 10 50 --spacing leading   # diffusers' leading spacing
   ddpm evaluate pipeline/ --data digits          # a diffusers DDPMPipeline folder
   ddpm evaluate runs/gmm8 --samples 1000         # plus sample quality beside the likelihood
   ddpm evaluate runs/gmm8 --steps 10 100 1000 --samples 1000   # quality and bits/dim vs K
@@ -29,6 +35,7 @@ EXAMPLES = {
   ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
   ddpm theory gaussian --dim 1 --T 10 --variance large --json
   ddpm theory gaussian --T 1000 --steps 50        # the 50-step respaced process
+  ddpm theory gaussian --T 1000 --steps 50 --spacing trailing   # ... on diffusers' steps
   ddpm theory gmm8 --T 200 --iw 1 4 16 64
   ddpm theory gaussian --mean 0.3 --T 2 10 100 1000 --variance small large optimal   # T-sweep
   ddpm theory gmm8 --T 10 100 1000 5000 --variance optimal --n 300                   # T-sweep
@@ -91,12 +98,13 @@ def add_commands(sub, fmt) -> None:
     )
     e.add_argument(
         "--steps",
-        type=int,
         nargs="+",
         default=None,
         metavar="K",
-        help="evaluate the K-step respaced process for each K (one exact ELBO per K)",
+        help="evaluate the K-step respaced process for each K (one exact ELBO per K); "
+        + STEPS_SPELLINGS,
     )
+    add_spacing_flag(e)
     e.add_argument("--max-batch", type=int, default=4096, help="inputs per network call")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     e.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default: RUN)")
@@ -156,11 +164,13 @@ def add_commands(sub, fmt) -> None:
     )
     t.add_argument(
         "--steps",
-        type=int,
         default=None,
         metavar="K",
-        help="gaussian: the K-step respaced process, with its closed form (default: all T)",
+        help="gaussian: the K-step respaced process, with its closed form; "
+        + STEPS_SPELLINGS
+        + " (default: all T)",
     )
+    add_spacing_flag(t)
     t.add_argument(
         "--iw",
         type=int,
@@ -178,6 +188,17 @@ def add_commands(sub, fmt) -> None:
         help="view 3 for a RUN folder: the DDPM beside this VAE run (`ddpm vae train`)",
     )  # fmt: skip
     t.set_defaults(func=cmd_theory)
+
+
+def add_spacing_flag(p: argparse.ArgumentParser) -> None:
+    """--spacing: which K of the T steps a count --steps K keeps (``ddpm.respace``)."""
+    p.add_argument(
+        "--spacing",
+        default=None,
+        help="with --steps K (one count): linspace | leading | trailing, the K steps diffusers' "
+        "timestep_spacing of that name picks (default: improved-diffusion's even spacing, "
+        "equal to linspace except at exact half-integer ties)",
+    )
 
 
 def add_ode_flags(p: argparse.ArgumentParser) -> None:
@@ -420,6 +441,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--samplers and --eta apply with --steps K ... and --samples N; add them")
     if args.classifier_dir is not None and args.samples is None:
         raise ConfigError("--classifier-dir applies with --samples N; add it or drop the option")
+    if args.spacing is not None and args.steps is None:
+        raise ConfigError("--spacing applies with --steps K; add it or drop the option")
     if args.steps is not None:
         for flag, value in (("--per-example", args.per_example), ("--ode", common["ode"])):
             if value is not None:
@@ -427,7 +450,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         del common["per_example"], common["ode"]
         samplers = tuple(args.samplers or ("ancestral", "ddim"))
         eta = 0.0 if args.eta is None else args.eta
-        res = evaluate_steps_run(args.run, tuple(args.steps), **common, samplers=samplers, eta=eta)
+        res = evaluate_steps_run(
+            args.run, tuple(args.steps), **common, samplers=samplers, eta=eta, spacing=args.spacing
+        )
         if args.json:
             doc = load_json(res.json_path)
             if res.quality is not None:
@@ -481,7 +506,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
         return report_view3(Path(subject), args.vae, out, seed=args.seed, device=args.device,
                             as_json=args.json)  # fmt: skip
     if (len(args.T) > 1 or len(args.variance) > 1) and not Path(subject).is_dir():
-        if args.steps is not None:
+        if args.steps is not None or args.spacing is not None:
             raise ConfigError(
                 "--steps does not combine with a T-sweep (several --T or --variance): "
                 "the sweep's points are the T values"
@@ -490,6 +515,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
     iw = tuple(args.iw) if args.iw is not None else (1, 4, 16)
     n = args.n if args.n is not None else 1000
     (T,), (variance,) = args.T[:1], args.variance[:1]
+    if args.spacing is not None and args.steps is None:
+        raise ConfigError("--spacing applies with --steps K; add it or drop the option")
     if args.steps is not None and subject != "gaussian":
         raise ConfigError(
             f"--steps applies to `ddpm theory gaussian` (got subject {subject!r}); "
@@ -510,8 +537,11 @@ def cmd_theory(args: argparse.Namespace) -> int:
             progress=not args.json,
             steps=args.steps,
             ode=ode_config(args),
+            spacing=args.spacing,
         )
-        k = "" if args.steps is None else f"_K{args.steps}"
+        from ddpm.respace import steps_label
+
+        k = "" if args.steps is None else f"_K{steps_label(args.steps, args.spacing)}"
         out = args.out or Path("reports") / f"theory_gaussian{args.dim}d{k}"
     elif Path(subject).is_dir():
         from ddpm import rundir
@@ -526,7 +556,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
             )
             paths = report.write_theory_report(res, out)
             if inside:
-                rundir.record(subject, paths)
+                rundir.record(subject, paths, "theory")
     else:
         res = theory.theory_mixture(
             subject,

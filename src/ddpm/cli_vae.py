@@ -9,6 +9,7 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   ddpm vae train --data gmm8 --out runs/vae_gmm8 --steps 3000
+  ddpm vae train --data digits --val-every 500 --patience 4 --lr-schedule cosine --threads 1
   ddpm vae train --data gmm8 --out runs/vae_gmm8 --params-like runs/gmm8 --cpu-minutes 0.5 \\
       --steps 1000000                           # the DDPM's parameter count and CPU time
   ddpm vae train --out runs/vae_digits --resume --steps 6000
@@ -44,7 +45,10 @@ def add_commands(sub, fmt) -> None:
         "--params-like", type=Path, default=None, metavar="RUN",
         help="size the network (MLP hidden or conv channels) to RUN's parameter count",
     )  # fmt: skip
-    _add_config_flags(t, {"vae": VaeConfig, "data": DataConfig, "train": TrainConfig})
+    # the options of `ddpm train`, all applied alike, but --val-timesteps (a DDPM's): refused
+    _add_config_flags(t, {"vae": VaeConfig, "data": DataConfig, "train": TrainConfig},
+                      skip={"val_timesteps"})  # fmt: skip
+    t.add_argument("--val-timesteps", type=int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_vae_train)
 
     e = vsub.add_parser("evaluate", help="-ELBO = rate + distortion, bits/dim, IW bounds",
@@ -86,8 +90,11 @@ def config_from_args(args: argparse.Namespace, base=None):
     """VaeRunConfig from base (defaults or a saved run) overridden by the given flags."""
     from ddpm.cli import section_overrides
     from ddpm.config import DataConfig, TrainConfig
-    from ddpm.vae import VaeConfig, VaeRunConfig
+    from ddpm.errors import ConfigError
+    from ddpm.vae import NO_VAL_TIMESTEPS, VaeConfig, VaeRunConfig
 
+    if getattr(args, "val_timesteps", None) is not None:
+        raise ConfigError(NO_VAL_TIMESTEPS)
     base = base or VaeRunConfig()
     sections = {"vae": VaeConfig, "data": DataConfig, "train": TrainConfig}
     cfg = VaeRunConfig(**section_overrides(args, base, sections), cpu_minutes=base.cpu_minutes)
@@ -97,11 +104,14 @@ def config_from_args(args: argparse.Namespace, base=None):
 
 
 def cmd_vae_train(args: argparse.Namespace) -> int:
-    from ddpm import runs, vae_train
+    from ddpm import rundir, runs, vae_train
+    from ddpm.cli import validation_line
     from ddpm.vae import Vae, num_parameters, sized_like
 
     out = args.out or Path("runs") / f"vae_{Path(args.data or 'digits').stem}"
-    base = vae_train.load_config(out)[0] if args.resume and runs.holds_run(out) else None
+    if args.resume:  # the run's settings, after restoring a run a killed --overwrite left
+        rundir.recover_interrupted(out)
+    base = vae_train.saved_config(out)[0] if args.resume and runs.holds_run(out) else None
     cfg = config_from_args(args, base)
     if args.params_like is not None:
         ddpm_cfg, spec = runs.load_config(args.params_like)  # the size needs no weights
@@ -110,12 +120,20 @@ def cmd_vae_train(args: argparse.Namespace) -> int:
         got = num_parameters(Vae(cfg.vae, spec.shape))
         print(f"sized like {args.params_like}: {target} parameters -> VAE with {got}")
     budget = f" or {cfg.cpu_minutes} CPU minutes" if cfg.cpu_minutes else ""
-    print(f"training a VAE on {cfg.data.name!r} for {cfg.train.steps} steps{budget} -> {out}")
+    threads = args.thread_choice.describe()
+    print(f"training a VAE on {cfg.data.name!r} for {cfg.train.steps} steps{budget} -> {out} "
+          f"({threads})", flush=True)  # fmt: skip
     res = vae_train.train_vae(cfg, out, args.resume, args.overwrite, args.device, not args.quiet)
     print(f"run folder: {res.run_dir}\nweights:    {res.checkpoint_path} (model and EMA)")
     print(f"samples:    {res.samples_path}\nloss log:   {res.log_path}")
-    print(f"final -ELBO {res.final_loss:.4f} after {res.steps} steps "
-          f"({res.cpu_seconds:.1f} CPU s, {res.seconds:.0f} s)")  # fmt: skip
+    if res.steps == res.start_step:
+        print(f"nothing to do: the run is already at step {res.steps} "
+              f"({res.cpu_seconds:.1f} CPU s; --steps, --cpu-minutes, --patience)")  # fmt: skip
+    else:
+        print(f"final -ELBO {res.final_loss:.4f} after {res.steps} steps "
+              f"({res.cpu_seconds:.1f} CPU s, {res.seconds:.0f} s)")  # fmt: skip
+    if res.validation is not None:
+        print(validation_line(res))
     return 0
 
 
@@ -127,11 +145,12 @@ def cmd_vae_evaluate(args: argparse.Namespace) -> int:
         args.run, args.split, args.n, tuple(args.iw), args.samples, args.seed,
         pick_device(args.device), args.max_batch, args.out,
     )  # fmt: skip
+    doc = json.loads(path.read_text())
     if args.json:
-        print(json.dumps(ev.to_dict(), indent=2))
+        print(json.dumps(doc, indent=2))
         return 0
     lines = format_evaluation_table(ev)
-    print(lines + f"\nJSON: {path}")
+    print(lines + f"\n  weights scored: {doc['weights']}\nJSON: {path}")
     return 0
 
 

@@ -10,13 +10,14 @@ generator seeded by (seed, rank, step), DDP averages the gradients, and rank 0 a
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, PeerLostError
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class DistInfo:
     # the rendezvous store of the process group we joined (None when not distributed or when
     # the group was joined before us); ``cleanup`` meets the other ranks there
     store: torch_dist.Store | None = field(default=None, compare=False, repr=False)
+    # (host, process id) of every rank, in rank order, read at the start (``peer_lost``)
+    processes: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -80,8 +83,77 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
         else:
             torch_dist.init_process_group("gloo", **group, world_size=world)
         store = torch_dist.PrefixStore("ddpm", store)
-    info = DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, store)
+    rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
+    processes = ()
+    if store is not None:  # who is who, to name a rank that stops (``peer_lost``)
+        store.set(f"process/{rank}", f"{socket.gethostname()} {os.getpid()}")
+        processes = tuple(_process(store.get(f"process/{r}")) for r in range(world))
+    info = DistInfo(rank, world, local_rank, store, processes)
+    global _joined
+    _joined = info
     return info, device
+
+
+# The process group torch keeps is process-wide; so is this record of the one we joined, read
+# only to name a lost rank in an error (``peer_lost``) and cleared by ``cleanup``.
+_joined: DistInfo | None = None
+
+
+def _process(entry: bytes) -> tuple[str, int]:
+    host, pid = entry.decode().rsplit(" ", 1)
+    return host, int(pid)
+
+
+def peer_lost(error: BaseException) -> PeerLostError | None:
+    """The one-line error for ``error`` when it is a collective (Gloo or NCCL) that failed
+    because another process of the launch stopped: it names the rank when that process ran on
+    this host and is gone. None for any other error, or when no process group was joined."""
+    info = _joined
+    if info is None or not info.enabled or not torch_dist.is_initialized():
+        return None
+    text = str(error).strip()
+    if not isinstance(error, torch_dist.DistError) and not (
+        isinstance(error, RuntimeError) and ("gloo" in text.lower() or "nccl" in text.lower())
+    ):
+        return None
+    lost = _lost_ranks(info)
+    which = (
+        f"rank {', '.join(map(str, lost))} of {info.world_size} stopped (its process is gone)"
+        if lost
+        else f"another rank of the {info.world_size} stopped or lost its connection"
+    )
+    return PeerLostError(
+        f"{which} while rank {info.rank} waited for it, so this rank stops too; see that rank's "
+        "output for why"
+    )
+
+
+def _lost_ranks(info: DistInfo) -> list[int]:
+    """Ranks whose process ran on this host and has ended."""
+    host = socket.gethostname()
+    return [
+        rank
+        for rank, (where, pid) in enumerate(info.processes)
+        if rank != info.rank and where == host and not _running(pid)
+    ]
+
+
+def _running(pid: int) -> bool:
+    """True while process pid runs (a zombie, ended but not yet reaped, has stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def all_gather_cat(x: Tensor, info: DistInfo) -> Tensor:
@@ -128,6 +200,8 @@ def cleanup(info: DistInfo) -> None:
     which no rank reaches before its last collective has returned, i.e. before it has received
     every message meant for it.
     """
+    global _joined
+    _joined = None
     if not (info.enabled and torch_dist.is_initialized()):
         return
     if info.store is not None:

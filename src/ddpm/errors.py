@@ -17,6 +17,18 @@ class CheckpointError(DdpmError):
     """A run folder or checkpoint that is missing, corrupted or does not match."""
 
 
+class NonFiniteError(DdpmError):
+    """A model whose outputs are not finite numbers (NaN or inf) although its weights load."""
+
+
+class TooLargeError(ConfigError):
+    """A request that needs more memory (or disk) than there is: refused before allocating."""
+
+
+class PeerLostError(DdpmError):
+    """Another process of a torchrun launch stopped while this one was waiting for it."""
+
+
 def require_choice(name: str, value: object, choices: tuple) -> None:
     """Raise ConfigError unless value is one of choices."""
     if value not in choices:

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ddpm.bounds import iw_curve
 from ddpm.data import DataSpec, GaussianMixture
 from ddpm.diffusion import Denoiser, Diffusion
 from ddpm.elbo import bits_per_dim, elbo_mc, elbo_terms, log_strata
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, NonFiniteError
+from ddpm.progress import progress_bar
 from ddpm.rng import Noise
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def example_terms(
 ) -> ExampleTerms:
     """Every per-example quantity ``evaluate`` reports (see its arguments), for x0 [N, ...]."""
     T = diffusion.T
-    with tqdm(total=T, desc=f"{name}: ELBO", unit="t", disable=not progress) as bar:
+    with progress_bar(T, f"{name}: ELBO", "t", enabled=progress) as bar:
         terms = elbo_terms(
             diffusion, model, x0, levels, generator=generator, max_batch=max_batch, clip=clip,
             on_chunk=lambda k: bar.update(min(k, bar.total - bar.n)),  # fractions may round up
@@ -187,7 +187,7 @@ def example_terms(
         b = min(x0.shape[0], max_batch)  # examples per slice, as iw_log_weights slices them
         groups = -(-x0.shape[0] // b) * -(-max(iw) // max(1, max_batch // b))
         desc = f"{name}: IW K<={max(iw)}"
-        with tqdm(total=groups * T, desc=desc, disable=not progress) as bar:
+        with progress_bar(groups * T, desc, enabled=progress) as bar:
             curve = iw_curve(
                 diffusion, model, x0, levels, tuple(iw), generator, clip, max_batch,
                 on_step=bar.update,
@@ -269,6 +269,29 @@ def evaluate(
     return summarise(terms, spec, name, iw, mc_timesteps, clip, time.perf_counter() - start)
 
 
+def check_finite_terms(terms: ExampleTerms, name: str = "model") -> None:
+    """Refuse per-example terms holding NaN or inf (a network whose outputs are not finite):
+    the error names the timesteps t and the number of examples affected."""
+    per_t = terms.per_timestep
+    bad = ~torch.isfinite(per_t)  # [N, T], column t - 1: step t
+    if bool(bad.any()):
+        ts = (bad.any(dim=0).nonzero().flatten() + 1).tolist()
+        more = f", ... ({len(ts)} timesteps)" if len(ts) > 5 else ""
+        shown = ", ".join(map(str, ts[:5])) + more
+        raise NonFiniteError(
+            f"{name}: the -ELBO term is NaN or inf at t = {shown} for {int(bad.any(dim=1).sum())} "
+            f"of {per_t.shape[0]} examples: the network's outputs are not finite there; check "
+            "its weights, or retrain it (e.g. with a lower --lr)"
+        )
+    for label, v in (("importance-weighted bound", terms.iw_nll), ("Monte Carlo -ELBO", terms.mc)):
+        if v is not None and not bool(torch.isfinite(v).all()):
+            rows = int((~torch.isfinite(v.reshape(v.shape[0], -1))).any(dim=1).sum())
+            raise NonFiniteError(
+                f"{name}: the {label} is NaN or inf for {rows} of {v.shape[0]} examples: the "
+                "network's outputs are not finite; check its weights"
+            )
+
+
 def summarise(
     terms: ExampleTerms,
     spec: DataSpec,
@@ -279,6 +302,7 @@ def summarise(
     seconds: float = 0.0,
 ) -> Evaluation:
     """The report of ``evaluate`` from per-example terms (means with standard errors)."""
+    check_finite_terms(terms, name)
     log_jac = spec.log_jacobian_nats()
     per_t = terms.per_timestep
     n, T = per_t.shape

@@ -69,7 +69,10 @@ def load_model(
 ) -> LoadedModel:
     """Load a trained model from a ddpm run folder (EMA weights by default) or a diffusers
     DDPMPipeline folder (model_index.json, unet/, scheduler/)."""
+    from ddpm import rundir
+
     path = Path(path)
+    rundir.recover_interrupted(path)  # a run a killed --overwrite left in its backup
     if foreign_diffusers.is_diffusers_folder(path):
         d = foreign_diffusers.load_diffusers(path, device)
         spec = DataSpec.from_levels(path.name or "diffusers", d.shape, 256)
@@ -86,15 +89,7 @@ def load_model(
 
     run = runs.load_run(path, device=device, ema=ema)
     cfg = run.config
-    if not ema:
-        weights = f"training weights (not the EMA) of step {run.step}"
-    elif run.best_step is not None:
-        weights = (
-            f"EMA weights of step {run.best_step}, the best by held-out validation "
-            f"(trained to step {run.step})"
-        )
-    else:
-        weights = f"EMA weights of step {run.step}"
+    weights = runs.weights_in_words(run.step, run.best_step, ema)
     return LoadedModel(
         path, "ddpm", run.diffusion, run.model, run.spec, cfg.data, run.clip,
         cfg.diffusion.schedule, weights,

@@ -72,7 +72,6 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ddpm.config import _Serialisable
 from ddpm.continuous import ContinuousSchedule
@@ -83,6 +82,7 @@ from ddpm.errors import ConfigError, require_choice
 from ddpm.evaluate import mean_se
 from ddpm.forward import eps_from_x0_at, x0_from_v_at
 from ddpm.gaussian import gaussian_log_prob
+from ddpm.progress import progress_bar
 from ddpm.reverse import split_output
 from ddpm.rng import Noise, normal
 
@@ -315,12 +315,14 @@ def ode_likelihood(
         draws = [normal(generator, x0, example, 0, k, STREAM_PROBES) for k in range(cfg.probes)]
         probes = torch.where(torch.stack(draws, dim=1) >= 0, 1.0, -1.0).to(x0.dtype)
     log_prob, delta, nfe, batches = [], [], 0, 0
-    for i in tqdm(range(0, n, max_batch), desc="ODE likelihood", disable=not progress):
-        part = None if probes is None else probes[i : i + max_batch]
-        sol = flow_log_prob(flow, model, x[i : i + max_batch], cfg, part)
-        log_prob.append(sol.log_prob)
-        delta.append(sol.delta_log_prob)
-        nfe, batches = nfe + sol.nfe, batches + 1
+    with progress_bar(-(-n // max_batch), "ODE likelihood", enabled=progress) as bar:
+        for i in range(0, n, max_batch):
+            part = None if probes is None else probes[i : i + max_batch]
+            sol = flow_log_prob(flow, model, x[i : i + max_batch], cfg, part)
+            log_prob.append(sol.log_prob)
+            delta.append(sol.delta_log_prob)
+            nfe, batches = nfe + sol.nfe, batches + 1
+            bar.update(1)
     log_jac = spec.log_jacobian_nats()
     nll = -torch.cat(log_prob) + dequantization - log_jac  # [N] nats, the data's units
     delta = torch.cat(delta)

@@ -37,7 +37,7 @@ def config_file_problem(file_cfg: object, ckpt_cfg: object, key: str = "config")
             if problem is not None:
                 return problem
         return None
-    if key in {f"train.{f}" for f in runs.RESUMABLE}:
+    if key in {f"train.{f}" for f in runs.RESUMABLE} | set(runs.RESUMABLE_TOP):
         return None
     if type(file_cfg) is not type(ckpt_cfg) or file_cfg != ckpt_cfg:
         theirs, ours = json.dumps(file_cfg), json.dumps(ckpt_cfg)
@@ -47,12 +47,14 @@ def config_file_problem(file_cfg: object, ckpt_cfg: object, key: str = "config")
 
 def saved_config(run_dir: str | Path):
     """(RunConfig, DataSpec, step) of a run, the config read from its checkpoint; config.json
-    must agree with it key by key (CheckpointError naming the file and the key otherwise)."""
-    from ddpm import runs
+    must agree with it key by key (CheckpointError naming the file and the key otherwise).
+    A run that a killed ``--overwrite`` left in its backup is restored first."""
+    from ddpm import rundir, runs
     from ddpm.config import RunConfig
     from ddpm.data import DataSpec
 
     run_dir = Path(run_dir)
+    rundir.recover_interrupted(run_dir)
     if not (run_dir / runs.CONFIG).is_file():
         runs.load_config(run_dir)  # says what is missing: the folder or its config.json
     ckpt = run_dir / runs.CHECKPOINT

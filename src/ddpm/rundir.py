@@ -1,8 +1,10 @@
 """Safety of a run folder: a manifest of what ddpm wrote, an exclusive lock, and a backup of the
 old run while ``--overwrite`` starts a new one.
 
-    manifest.json    the files (relative paths) that ddpm wrote into the folder; ``--overwrite``
-                     and a failed run delete these and nothing else
+    manifest.json    the files (relative paths) that ddpm wrote into the folder, and which
+                     command wrote each (``{"files": [...], "written_by": {path: command}}``;
+                     older manifests list the files alone); ``--overwrite`` and a failed run
+                     delete these and nothing else, and one command never replaces another's
     .ddpm.lock       locked (``fcntl.flock``) by the one process that writes into the folder;
                      holds its pid; the OS drops the lock when that process dies, even by kill -9
     .ddpm-backup/    the old run while a new one replaces it, until the new one's first checkpoint
@@ -10,6 +12,10 @@ old run while ``--overwrite`` starts a new one.
 A folder is a run when it holds a checkpoint (whose config is the truth: ``ddpm.runconfig``).
 Everything here works on file names only: it never removes a folder tree that the user chose,
 only files listed in the manifest, the folders those files emptied, and its own backup folder.
+It never follows a link: a listed path that passes through a linked folder is not ddpm's (the
+link leads out of the run folder, e.g. to where the user moved the files), a listed file that
+is now a link is removed or moved as the link alone, and scans do not descend into linked
+folders.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -52,8 +59,16 @@ def locked(run_dir: str | Path, command: str, create: bool = False) -> Iterator[
     the lock was written into it.
     """
     run_dir = Path(run_dir)
+    special = never_a_run_folder(run_dir)  # before anything scans it
+    if special is not None:
+        what = "choose another --out" if create else "give the folder `ddpm train --out` wrote"
+        raise ConfigError(f"{run_dir}: is {special}, never a run folder; {what}")
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: exists and is not a folder; choose another --out")
+        if create:
+            raise ConfigError(f"{run_dir}: exists and is not a folder; choose another --out")
+        raise CheckpointError(
+            f"{run_dir}: a file, not a run folder; give the folder `ddpm train --out` wrote"
+        )
     created = False
     if not run_dir.exists():
         if not create:
@@ -73,6 +88,9 @@ def locked(run_dir: str | Path, command: str, create: bool = False) -> Iterator[
         remove_temp_files(run_dir)
         yield run_dir
     finally:
+        # Outputs are listed before they are written; a command that failed first wrote fewer.
+        with contextlib.suppress(CheckpointError, OSError):  # a damaged manifest stays as is
+            forget_missing(run_dir)
         # A folder ddpm wrote nothing into keeps no lock file (and is removed if ddpm made it);
         # unlinking while locked is safe because _acquire checks it locked the current file.
         if not (run_dir / MANIFEST).exists():
@@ -83,11 +101,38 @@ def locked(run_dir: str | Path, command: str, create: bool = False) -> Iterator[
                 run_dir.rmdir()  # only when empty
 
 
+def never_a_run_folder(run_dir: Path) -> str | None:
+    """What run_dir is when it can never be a run folder: the filesystem root, the home
+    folder or the top of a git repository (a scan for ddpm's files would crawl the user's)."""
+    if not run_dir.is_dir():
+        return None
+    path = run_dir.resolve()
+    if path == Path(path.anchor):
+        return "the filesystem root"
+    with contextlib.suppress(RuntimeError, KeyError):  # no home folder is known
+        if path == Path.home().resolve():
+            return "the home folder"
+    if (path / ".git").exists():
+        return "the top of a git repository"
+    return None
+
+
+def recover_interrupted(run_dir: str | Path) -> None:
+    """Before reading run_dir: restore the run that a killed ``--overwrite`` left in its
+    backup (``recover``), under the lock (RunLockedError while another process writes into the
+    folder). A folder without a backup is only read: no lock, no write."""
+    run_dir = Path(run_dir)
+    if (run_dir / BACKUP).is_dir():
+        with locked(run_dir, "recover"):
+            pass  # locked() recovers on entry
+
+
 def _acquire(run_dir: Path, command: str) -> int:
     path = run_dir / LOCK
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # never through a link: truncating its target would destroy a file elsewhere
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
             raise ConfigError(
                 f"{run_dir}: cannot write into the folder ({e.strerror}); choose a writable one"
@@ -142,26 +187,100 @@ def _try_lock(fd: int) -> bool:
 
 def read_manifest(run_dir: str | Path) -> list[str]:
     """Relative paths of the files ddpm wrote into run_dir ([] when there is no manifest)."""
-    path = Path(run_dir) / MANIFEST
+    return list(_read_entries(Path(run_dir)))
+
+
+def written_by(run_dir: str | Path) -> dict[str, str | None]:
+    """{relative path: the command that wrote it, e.g. 'sample'} for each file the manifest of
+    run_dir lists; None where a manifest written before commands were recorded does not say,
+    except for the fixed files of a training run, which are ``train``'s."""
+    from ddpm import runs
+
+    training = {runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, "samples.npy"}
+    entries = _read_entries(Path(run_dir))
+    return {f: c if c is not None or f not in training else "train" for f, c in entries.items()}
+
+
+def _read_entries(run_dir: Path) -> dict[str, str | None]:
+    path = run_dir / MANIFEST
     if not path.exists():
-        return []
+        return {}
     doc = load_json(path)
     files = doc.get("files") if isinstance(doc, dict) else None
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+    writers = doc.get("written_by", {}) if isinstance(doc, dict) else None
+    if (
+        not isinstance(files, list)
+        or not all(isinstance(f, str) for f in files)
+        or not isinstance(writers, dict)
+        or not all(isinstance(c, str) for c in writers.values())
+    ):
         raise CheckpointError(
-            f"{path}: expected {{'files': [relative paths]}}; the file is damaged"
+            f"{path}: expected {{'files': [relative paths], 'written_by': {{path: command}}}}; "
+            "the file is damaged"
         )
-    return [f for f in files if _is_relative_inside(f)]
+    return {f: writers.get(f) for f in files if _is_relative_inside(f)}
 
 
-def record(run_dir: str | Path, paths: Iterable[str | Path]) -> None:
+def _save_entries(run_dir: Path, entries: dict[str, str | None]) -> None:
+    """Write the manifest (removed when it would list nothing)."""
+    if not entries:
+        (run_dir / MANIFEST).unlink(missing_ok=True)
+        return
+    writers = {f: c for f, c in entries.items() if c is not None}
+    save_json(run_dir / MANIFEST, {"files": sorted(entries), "written_by": writers})
+
+
+def record(run_dir: str | Path, paths: Iterable[str | Path], command: str | None = None) -> None:
     """Add files (paths as the caller writes them, e.g. ``run_dir / "log.jsonl"``) to the
-    manifest of run_dir, before writing them; paths outside run_dir are ignored."""
+    manifest of run_dir, before writing them, as written by command (e.g. 'train'); paths
+    outside run_dir are ignored."""
     run_dir = Path(run_dir)
-    listed = read_manifest(run_dir)
-    new = [r for r in (_relative(run_dir, p) for p in paths) if r is not None and r not in listed]
-    if new:
-        save_json(run_dir / MANIFEST, {"files": sorted(listed + new)})
+    entries = _read_entries(run_dir)
+    changed = False
+    for rel in (_relative(run_dir, p) for p in paths):
+        if rel is not None and (rel not in entries or command not in (None, entries[rel])):
+            entries[rel] = command  # a listed file keeps its writer unless one is named
+            changed = True
+    if changed:
+        _save_entries(run_dir, entries)
+
+
+def forget_missing(run_dir: str | Path) -> None:
+    """Drop from the manifest of run_dir the files that are not there (listed before a write
+    that never came); a manifest left listing nothing is removed."""
+    run_dir = Path(run_dir)
+    entries = _read_entries(run_dir)
+    kept = {f: c for f, c in entries.items() if os.path.lexists(run_dir / f)}
+    if len(kept) != len(entries):
+        _save_entries(run_dir, kept)
+
+
+def check_replaceable(
+    run_dir: str | Path,
+    paths: Iterable[str | Path],
+    command: str,
+    beside: Iterable[str | Path] = (),
+) -> None:
+    """Refuse (CheckpointError naming the file) before command writes paths and beside:
+    a file the manifest of run_dir lists as written by another command is never replaced
+    (``ddpm evaluate --per-example RUN/samples.npy`` would destroy the run's samples), and
+    neither is an existing file in beside, the outputs that command writes next to the one the
+    user named (the .npy beside ``ddpm sample --out X.png``), unless ddpm wrote it."""
+    run_dir, beside = Path(run_dir), [Path(p) for p in beside]
+    rels = {path: _relative(run_dir, path) for path in [Path(p) for p in paths] + beside}
+    writers = written_by(run_dir) if any(r is not None for r in rels.values()) else {}
+    for path, rel in rels.items():
+        writer = writers.get(rel) if rel is not None else None
+        if writer is not None and writer != command:
+            raise CheckpointError(
+                f"{path}: written by `ddpm {writer}` into the run folder; `ddpm {command}` "
+                "never replaces another command's file: choose another path"
+            )
+        if path in beside and os.path.lexists(path) and (rel is None or rel not in writers):
+            raise CheckpointError(
+                f"{path}: already exists and is not a file ddpm wrote; `ddpm {command}` writes "
+                "it beside the --out you named: move it away or choose another --out"
+            )
 
 
 def inside(run_dir: str | Path, path: str | Path) -> bool:
@@ -189,33 +308,60 @@ def owned_files(run_dir: Path) -> list[str]:
     listed = read_manifest(run_dir)
     if not listed and (run_dir / runs.CHECKPOINT).exists():
         listed = [runs.CONFIG, runs.CHECKPOINT, runs.LOG, runs.SAMPLES, "samples.npy"]
-    return [f for f in listed if (run_dir / f).is_file()]
+    return [f for f in listed if _entry(run_dir, f) is not None]
+
+
+def _entry(run_dir: Path, rel: str) -> Path | None:
+    """run_dir / rel when ddpm may remove or move it, else None: every folder on the way is a
+    real folder inside run_dir, never a link (a linked folder leads out of the run folder, to
+    files that are not ddpm's), and the entry is a regular file, or a link, which is then
+    removed or moved alone, never its target."""
+    path = run_dir
+    *folders, name = Path(rel).parts
+    for part in folders:
+        path = path / part
+        if path.is_symlink() or not path.is_dir():
+            return None
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        return None
+    path = path / name
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    return path if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else None
+
+
+def _scan(run_dir: Path) -> Iterator[tuple[str, Path]]:
+    """(relative path, path) of each entry of run_dir that is not a folder (files and links,
+    links to folders too), outside ddpm's backup; a linked folder is never entered."""
+    for top, folders, files in os.walk(run_dir):  # followlinks=False
+        top = Path(top)
+        links = [d for d in folders if (top / d).is_symlink()]
+        folders[:] = sorted(d for d in folders if d not in links and (top, d) != (run_dir, BACKUP))
+        for name in sorted(files + links):
+            yield (top / name).relative_to(run_dir).as_posix(), top / name
 
 
 def foreign_files(run_dir: Path) -> list[str]:
-    """Files of run_dir that ddpm did not write (sorted relative paths)."""
+    """Files of run_dir that ddpm did not write (sorted relative paths); a link counts as a
+    file, a linked folder included."""
     owned = set(owned_files(run_dir)) | {MANIFEST, LOCK}
-    found = []
-    for p in run_dir.rglob("*"):
-        rel = p.relative_to(run_dir).as_posix()
-        if rel == BACKUP or rel.startswith(BACKUP + "/") or p.is_dir():
-            continue
-        if rel not in owned and not _is_temp_of(p, owned):
-            found.append(rel)
+    found = [rel for rel, p in _scan(run_dir) if rel not in owned and not _is_temp_of(p, owned)]
     return sorted(found)
 
 
 def remove_owned(run_dir: Path) -> None:
     """Delete the files ddpm wrote into run_dir, the folders they leave empty, and the manifest."""
     for rel in owned_files(run_dir):
-        (run_dir / rel).unlink(missing_ok=True)
+        (run_dir / rel).unlink(missing_ok=True)  # a link goes, never its target
         _remove_empty_parents(run_dir, run_dir / rel)
     (run_dir / MANIFEST).unlink(missing_ok=True)
 
 
 def _remove_empty_parents(run_dir: Path, path: Path) -> None:
     for folder in path.parents:
-        if folder == run_dir or run_dir not in folder.parents:
+        if folder == run_dir or run_dir not in folder.parents or folder.is_symlink():
             return
         try:
             folder.rmdir()  # only when empty
@@ -238,8 +384,8 @@ def remove_temp_files(run_dir: Path) -> list[Path]:
     names = set(owned_files(run_dir)) | set(read_manifest(run_dir))
     names |= {runs.CONFIG, runs.CHECKPOINT, runs.LOG, MANIFEST, "samples.npy"}
     removed = []
-    for p in run_dir.rglob(".*.tmp"):
-        if BACKUP not in p.relative_to(run_dir).parts and p.is_file() and _is_temp_of(p, names):
+    for _, p in _scan(run_dir):
+        if not p.is_symlink() and p.is_file() and _is_temp_of(p, names):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -253,19 +399,29 @@ def back_up_run(run_dir: Path) -> None:
     checkpoint is complete), to be dropped at the new run's first checkpoint."""
     from ddpm import runs
 
+    backup = run_dir / BACKUP
+    if os.path.lexists(backup) and not _real_folder(backup):
+        raise CheckpointError(
+            f"{backup}: a link or a file where ddpm keeps the old run while replacing it; "
+            "remove it and run again"
+        )
     files = [f for f in owned_files(run_dir) if f != runs.CHECKPOINT]
-    order = files + [MANIFEST] * (run_dir / MANIFEST).exists() + [runs.CHECKPOINT]
-    for rel in order:
-        if (run_dir / rel).exists():
-            target = run_dir / BACKUP / rel
+    for rel in files + [MANIFEST, runs.CHECKPOINT]:
+        path = _entry(run_dir, rel)  # a link is moved alone, never what it points to
+        if path is not None:
+            target = backup / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(run_dir / rel, target)
-            _remove_empty_parents(run_dir, run_dir / rel)
+            os.replace(path, target)
+            _remove_empty_parents(run_dir, path)
+
+
+def _real_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def commit(run_dir: Path) -> None:
     """The new run has its checkpoint: the old run is no longer needed."""
-    if (run_dir / BACKUP).is_dir():
+    if _real_folder(run_dir / BACKUP):
         shutil.rmtree(run_dir / BACKUP)
 
 
@@ -295,7 +451,7 @@ def recover(run_dir: Path) -> None:
     from ddpm import runs
 
     backup = run_dir / BACKUP
-    if not backup.is_dir():
+    if not _real_folder(backup):
         return
     if not (backup / runs.CHECKPOINT).exists():  # killed while backing up: nothing new yet
         _restore(run_dir)
@@ -307,14 +463,26 @@ def recover(run_dir: Path) -> None:
 
 def _restore(run_dir: Path) -> None:
     backup = run_dir / BACKUP
-    if not backup.is_dir():
+    if not _real_folder(backup):
         return
-    for p in sorted(backup.rglob("*")):
-        if p.is_file():
-            target = run_dir / p.relative_to(backup)
-            target.parent.mkdir(parents=True, exist_ok=True)
+    for rel, p in _scan(backup):
+        target = _make_parents(run_dir, rel)
+        if target is not None:  # never back through a link that now leads elsewhere
             os.replace(p, target)
     shutil.rmtree(backup)
+
+
+def _make_parents(run_dir: Path, rel: str) -> Path | None:
+    """run_dir / rel with its missing folders made; None when a folder on the way is a link
+    or a file."""
+    path = run_dir
+    *folders, name = Path(rel).parts
+    for part in folders:
+        path = path / part
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            return None
+        path.mkdir(exist_ok=True)
+    return path / name
 
 
 def prepare_new_run(run_dir: Path) -> None:
@@ -348,14 +516,23 @@ def check_fresh_folder(run_dir: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def writing_outputs(run_dir: str | Path, paths: Iterable[str | Path], command: str):
-    """Hold the lock of run_dir and record paths in its manifest when any of them goes into it;
-    outputs written elsewhere take no lock."""
-    paths = [Path(p) for p in paths]
-    mine = [p for p in paths if inside(run_dir, p)]
+def writing_outputs(
+    run_dir: str | Path,
+    paths: Iterable[str | Path],
+    command: str,
+    beside: Iterable[str | Path] = (),
+):
+    """Hold the lock of run_dir and record paths and beside (the outputs command writes next to
+    one the user named) in its manifest when any of them goes into it; outputs written
+    elsewhere take no lock. Refuses first what would replace a file that is not command's
+    (``check_replaceable``)."""
+    paths, beside = [Path(p) for p in paths], [Path(p) for p in beside]
+    mine = [p for p in paths + beside if inside(run_dir, p)]
     if not mine:
+        check_replaceable(run_dir, paths, command, beside)
         yield
         return
     with locked(run_dir, command):
-        record(run_dir, mine)
+        check_replaceable(run_dir, paths, command, beside)
+        record(run_dir, mine, command)
         yield

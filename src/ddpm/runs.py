@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddpm import __version__, runconfig
+from ddpm import __version__, runconfig, rundir
 from ddpm.checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -35,6 +35,8 @@ __all__ = ["CHECKPOINT", "CONFIG", "LOG", "SAMPLES", "Run", "load_run"]
 
 # train.* fields a resume may change; everything else must match the saved run
 RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "num_samples", "patience")
+# top-level fields a resume may change: the CPU budget of a VAE run (VaeRunConfig)
+RESUMABLE_TOP = ("cpu_minutes",)
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,18 @@ def save_config(run_dir: Path, cfg: RunConfig, spec: DataSpec) -> None:
 
 
 def load_config(run_dir: Path) -> tuple[RunConfig, DataSpec]:
-    """Read config.json of a run folder (CheckpointError when missing or invalid)."""
+    """Read config.json of a run folder (CheckpointError when missing or invalid), after
+    restoring a run that a killed ``--overwrite`` left in its backup."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(
+            f"{run_dir}: a file, not a run folder; give the folder `ddpm train --out` wrote"
+        )
     if not run_dir.is_dir():
         raise CheckpointError(
             f"{run_dir}: no such run folder; train one with `ddpm train --out DIR`"
         )
+    rundir.recover_interrupted(run_dir)
     if not (run_dir / CONFIG).exists():
         raise CheckpointError(f"{run_dir}: no {CONFIG} here, so this is not a ddpm run folder")
     doc = load_json(run_dir / CONFIG)
@@ -102,25 +110,47 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", ema: bool 
     return Run(run_dir, cfg, spec, diffusion, model, ckpt.step, best_step)
 
 
-def _first_difference(a: RunConfig, b: RunConfig) -> str:
+def weights_in_words(step: int, best_step: int | None, ema: bool = True) -> str:
+    """Which weights of a run trained to ``step`` were loaded, in words (reports, JSON)."""
+    if not ema:
+        return f"training weights (not the EMA) of step {step}"
+    if best_step is not None:
+        return (
+            f"EMA weights of step {best_step}, the best by held-out validation "
+            f"(trained to step {step})"
+        )
+    return f"EMA weights of step {step}"
+
+
+def _first_difference(a, b) -> str:
     for part in dataclasses.fields(a):
         x, y = getattr(a, part.name), getattr(b, part.name)
+        if not dataclasses.is_dataclass(x):  # a top-level value (a VAE's cpu_minutes)
+            if x != y:
+                return f"{part.name}: {x!r} vs {y!r}"
+            continue
         for f in dataclasses.fields(x):
             if getattr(x, f.name) != getattr(y, f.name):
                 return f"{part.name}.{f.name}: {getattr(x, f.name)!r} vs {getattr(y, f.name)!r}"
     return "no difference"
 
 
-def config_difference(saved: RunConfig, requested: RunConfig) -> str | None:
+def config_difference(saved, requested) -> str | None:
     """First difference that makes requested incompatible with a saved run, else None.
 
-    Only the length of training and how often it logs, samples and saves may change on resume.
+    saved, requested: RunConfig, or VaeRunConfig (``ddpm vae train``: the same rules). Only the
+    length of training (RESUMABLE_TOP too) and how often it logs, samples and saves may change
+    on resume; the horizon of a cosine learning-rate schedule is --steps, so it stays.
     """
+    if type(saved) is not type(requested):
+        return f"kind of run: {type(saved).__name__} vs {type(requested).__name__}"
     resumable = RESUMABLE
     if saved.train.lr_schedule != "constant":  # the schedule's horizon is --steps
         resumable = tuple(f for f in RESUMABLE if f != "steps")
     keep = {f: getattr(saved.train, f) for f in resumable}
-    aligned = dataclasses.replace(requested, train=dataclasses.replace(requested.train, **keep))
+    top = {f: getattr(saved, f) for f in RESUMABLE_TOP if hasattr(saved, f)}
+    train = dataclasses.replace(requested.train, **keep)
+    aligned = dataclasses.replace(requested, train=train, **top)
     if aligned == saved:
         return None
     return _first_difference(saved, aligned)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ddpm.errors import ConfigError, require_choice
+from ddpm.memory import check_steps
 
 BETA_MAX = 0.999  # cap that keeps alpha_t > 0 for every T [ND21, Sec. 3.2]
 SCHEDULES = ("linear", "cosine")
@@ -140,6 +141,7 @@ class NoiseSchedule:
 def _check_T(T: int) -> None:
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
         raise ConfigError(f"T must be an integer >= 1 (got {T!r})")
+    check_steps(T, "noise schedule")
 
 
 def _with_t0(beta: Tensor) -> Tensor:

@@ -25,13 +25,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
 from ddpm import theory
 from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.joint_kl import JointKl, joint_kl
 from ddpm.oracles import ORACLE_VARIANCES, GaussianOracle, MixtureOracle
+from ddpm.progress import progress_bar
 from ddpm.rng import seeded_generator
 from ddpm.schedule import NoiseSchedule
 
@@ -167,9 +166,7 @@ def sweep_mixture(
 
 def _grid(variances: Sequence[str], Ts: list[int], progress: bool):
     """(variance, T) pairs, variance-major, with a progress bar weighted by T (the cost)."""
-    with tqdm(
-        total=len(variances) * sum(Ts), desc="T-sweep", unit="t", disable=not progress
-    ) as bar:
+    with progress_bar(len(variances) * sum(Ts), "T-sweep", "t", enabled=progress) as bar:
         for variance in variances:
             for T in Ts:
                 bar.set_postfix_str(f"{variance}, T = {T}")

@@ -28,6 +28,7 @@ from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import ConfigError
 from ddpm.evaluate import Evaluation, evaluate, mean_se
 from ddpm.gaussian import normal_kl
+from ddpm.memory import FLOAT64, check_fits
 from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
 from ddpm.oracles import (
     ORACLE_VARIANCES,
@@ -36,7 +37,7 @@ from ddpm.oracles import (
     gaussian_analysis,
     gaussian_log_likelihood,
 )
-from ddpm.respace import respace
+from ddpm.respace import respace, respaced_steps
 from ddpm.rng import KeyedNoise, seeded_generator
 from ddpm.schedule import NoiseSchedule
 
@@ -177,25 +178,37 @@ def theory_gaussian(
     iw: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
     progress: bool = False,
-    steps: int | None = None,
+    steps: int | str | None = None,
     ode: OdeConfig | None = None,
+    spacing: str | None = None,
 ) -> TheoryResult:
     """Data N(mean, std^2 I) in ``dim`` dimensions and its Bayes-optimal denoiser: closed-form
     expectations beside the generic evaluator's estimates on n samples (exact log p_theta).
 
     steps: evaluate the K-step respaced process ([ND21] Sec. 4, ``ddpm.respace``) instead of
-    the T-step one; the T-step oracle, called at the original steps tau_k, is Bayes-optimal for
-    it, and the closed form is that of the respaced schedule. With variance 'optimal' the
-    oracle is built on the respaced schedule itself: its variance (G5) depends on the process's
-    own beta_tilde and c, not only on alpha_bar. ode: also the probability-flow likelihood of
-    the Bayes-optimal denoiser of the T-step process (``ddpm.ode``)."""
+    the T-step one (a count K, section counts "10,15,20" or "ddimK"; ``spacing`` for a count;
+    recorded under ``respacing`` in the closed form); the T-step oracle, called at the original
+    steps tau_k, is Bayes-optimal for it, and the closed form is that of the respaced schedule.
+    With variance 'optimal' the oracle is built on the respaced schedule itself: its variance
+    (G5) depends on the process's own beta_tilde and c, not only on alpha_bar. ode: also the
+    probability-flow likelihood of the Bayes-optimal denoiser of the T-step process
+    (``ddpm.ode``)."""
     if n < 2:
         raise ConfigError(f"need --n >= 2 (got {n})")
+    # float64: the covariance [D, D], the closed form's arrays [T + 1, D] (at least six at
+    # once) and the n examples with their x_t, noise and predictions [n, D]
+    check_fits(
+        FLOAT64 * max(dim, 0) * (dim + 6 * (T + 1) + 4 * n),
+        f"--dim {dim}: N(mean, std^2 I_{dim}) with T = {T} and n = {n} examples",
+        "use a smaller --dim (or --T, --n)",
+    )
     s = NoiseSchedule.from_name(schedule, T)
     m, sd, density, spec = gaussian_data(dim, mean, std)
     diffusion = Diffusion(s, Parameterisation("eps", _oracle_variance(variance)))
     if steps is not None:
-        diffusion = respace(diffusion, steps)
+        diffusion = respace(diffusion, steps, spacing)
+    elif spacing is not None:
+        raise ConfigError(f"spacing {spacing!r} applies with a number of steps K; give one")
     if variance == "optimal":
         s, diffusion = diffusion.schedule, Diffusion(diffusion.schedule, diffusion.param)
     an = gaussian_analysis(diffusion.schedule, m, sd, variance)
@@ -214,8 +227,13 @@ def theory_gaussian(
         generator=g,
         progress=progress,
     )
+    respacing = None  # which K of the T steps, as spelled
+    if steps is not None:
+        tau = respaced_steps(T, steps, spacing)
+        respacing = {"steps": str(steps).strip(), "spacing": spacing, "tau": tau}
     closed = {
         "steps": diffusion.T,
+        "respacing": respacing,
         "neg_elbo": an.neg_elbo,
         "terms": {
             "prior": an.prior_kl,
@@ -239,7 +257,10 @@ def theory_gaussian(
         M, V = gaussian_flow_marginal(flow.schedule, m, sd, flow.s_min(ode), flow.schedule.s_end)
         kl = normal_kl(m, 2 * sd.log(), M, V.log()).sum().item()  # E_q[-log N(M, V)] - H(q)
         closed["ode_neg_log_likelihood"] = an.entropy + kl
-    name = f"N({mean}, {std}^2 I_{dim})" + (f", {steps} of {T} steps" if steps else "")
+    name = f"N({mean}, {std}^2 I_{dim})"
+    if steps is not None:
+        how = str(steps).strip() + ("" if spacing is None else f", {spacing}")
+        name += f", {diffusion.T} of {T} steps" + ("" if how == str(diffusion.T) else f" ({how})")
     return TheoryResult(name=name, subject=ev, closed_form=closed)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -73,8 +73,11 @@ class VaeConfig(_Serialisable):
 class VaeRunConfig(_Serialisable):
     """Everything needed to rebuild a VAE run: saved as config.json beside the weights.
 
-    cpu_minutes: stop training once the process has used this much CPU time (time.process_time,
-    summed over resumes), or at train.steps, whichever comes first; None: steps only.
+    train: the options of ``ddpm train``, all applied alike, except val_timesteps (the DDPM's
+    timesteps per validation example): a VAE's validation is its own -ELBO, so a value other
+    than the default is refused and none is recorded. cpu_minutes: stop training once the
+    process has used this much CPU time (time.process_time, summed over resumes), or at
+    train.steps, whichever comes first; None: steps only.
     """
 
     vae: VaeConfig = field(default_factory=VaeConfig)
@@ -85,6 +88,19 @@ class VaeRunConfig(_Serialisable):
     def __post_init__(self) -> None:
         if self.cpu_minutes is not None and not self.cpu_minutes > 0:
             raise ConfigError(f"cpu_minutes must be > 0 (got {self.cpu_minutes})")
+        if self.train.val_timesteps != TrainConfig.val_timesteps:
+            raise ConfigError(NO_VAL_TIMESTEPS)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        del d["train"]["val_timesteps"]  # a DDPM's option: never recorded for a VAE
+        return d
+
+
+NO_VAL_TIMESTEPS = (
+    "--val-timesteps (val_timesteps) is the DDPM's timesteps per validation example; a VAE has "
+    "none (its validation estimates its own -ELBO): leave the option out"
+)
 
 
 # --- networks ---------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def logged_cpu_seconds(run_dir: Path) -> float | None:
     if not path.exists():
         return None
     value = None
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             value = json.loads(line).get("cpu_seconds", value)
         except (json.JSONDecodeError, AttributeError):
@@ -240,21 +240,26 @@ def evaluate_vae_run(
     max_batch: int = 4096,
     out_dir: str | Path | None = None,
 ) -> tuple[Evaluation, Path]:
-    """Evaluate a VAE run on its data split (first n examples); write eval_<split>.json into
-    out_dir (default: the run folder). Returns the evaluation and the JSON path."""
+    """Evaluate a VAE run (the weights ``load_vae_run`` picks: the best by validation when the
+    run validated) on its data split (first n examples); write eval_<split>.json, which names
+    the weights scored, into out_dir (default: the run folder). Returns the evaluation and the
+    JSON path."""
+    from ddpm import rundir
     from ddpm.checkpoint import save_json
-    from ddpm.vae_train import load_vae_run
+    from ddpm.vae_train import load_config, load_vae_run
 
     if split not in ("test", "train"):
         raise ConfigError(f"--split {split!r}: choose 'test' or 'train'")
     if n is not None and n < 2:
         raise ConfigError(f"--n must be >= 2 examples (got {n})")
-    run = load_vae_run(run_dir, device=device)
-    data = load_dataset(run.config.data)
-    x0 = getattr(data, split)[:n].to(device)
-    density = data.density.to(device) if data.density is not None else None
-    g = seeded_generator(seed, device)
-    ev = evaluate_vae(run.model, x0, data.spec, run.run_dir.name, iw, samples, density, g,
-                      max_batch)  # fmt: skip
-    out = Path(out_dir) if out_dir is not None else run.run_dir
-    return ev, save_json(out / f"eval_{split}.json", ev.to_dict())
+    load_config(run_dir)  # a folder that holds no VAE run is named so before it is locked
+    path = Path(out_dir if out_dir is not None else run_dir) / f"eval_{split}.json"
+    with rundir.writing_outputs(run_dir, [path], "vae evaluate"):  # as `ddpm evaluate` writes
+        run = load_vae_run(run_dir, device=device)
+        data = load_dataset(run.config.data)
+        x0 = getattr(data, split)[:n].to(device)
+        density = data.density.to(device) if data.density is not None else None
+        g = seeded_generator(seed, device)
+        ev = evaluate_vae(run.model, x0, data.spec, run.run_dir.name, iw, samples, density, g,
+                          max_batch)  # fmt: skip
+        return ev, save_json(path, {**ev.to_dict(), "weights": run.weights})

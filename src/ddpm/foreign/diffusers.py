@@ -44,9 +44,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ddpm.checkpoint import load_json
+from ddpm.checkpoint import check_finite, load_json
 from ddpm.diffusion import Diffusion, Parameterisation
 from ddpm.errors import CheckpointError, ConfigError
+from ddpm.memory import FLOAT32, check_fits, check_steps
 from ddpm.schedule import NoiseSchedule
 
 INSTALL = 'pip install -e ".[diffusers]"'
@@ -102,6 +103,7 @@ def scheduler_settings(config: dict[str, Any], where: str = "scheduler config") 
     T = c["num_train_timesteps"]
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
         raise ConfigError(f"{where}: num_train_timesteps must be an integer >= 1 (got {T!r})")
+    check_steps(T, f"{where}: num_train_timesteps")
     if c["trained_betas"] is None and c["beta_schedule"] not in BETA_SCHEDULES:
         raise ConfigError(
             f"{where}: beta_schedule {c['beta_schedule']!r} is not supported "
@@ -205,6 +207,11 @@ def import_diffusers():
 def check_pipeline(folder: Path) -> None:
     """model_index.json must name a UNet2DModel and a DDPMScheduler and nothing else."""
     index = load_json(folder / MODEL_INDEX)
+    if not isinstance(index, dict):
+        raise ConfigError(
+            f"{folder / MODEL_INDEX}: expected a JSON object naming the components, got "
+            f"{type(index).__name__}; save the pipeline with save_pretrained"
+        )
     want = {"unet": "UNet2DModel", "scheduler": "DDPMScheduler"}
     for key, value in index.items():
         if key.startswith("_"):
@@ -225,7 +232,10 @@ def check_pipeline(folder: Path) -> None:
 
 
 def unet_shape(config: dict[str, Any], param: Parameterisation, where: str) -> tuple[int, int, int]:
-    """Per-example shape (C, H, W) of the unet; its outputs must fit the parameterisation."""
+    """Per-example shape (C, H, W) of the unet; its outputs must fit the parameterisation, and
+    its weights and the activations of one example must fit in memory."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(config).__name__}")
     for key in ("num_class_embeds", "class_embed_type"):
         if config.get(key) is not None:
             raise ConfigError(
@@ -237,14 +247,48 @@ def unet_shape(config: dict[str, Any], param: Parameterisation, where: str) -> t
         config.get("out_channels"),
     )
     hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, list) else None
-    if hw is None or len(hw) != 2 or not isinstance(c_in, int):
-        raise ConfigError(f"{where}: needs an integer sample_size (or [H, W]) and in_channels")
+    if hw is None or len(hw) != 2 or not all(_count(v) for v in (c_in, *hw)):
+        raise ConfigError(
+            f"{where}: needs sample_size (or [H, W]) and in_channels, integers >= 1 (got "
+            f"sample_size {size!r}, in_channels {c_in!r})"
+        )
     if c_out != param.out_mult * c_in:
         raise ConfigError(
             f"{where}: out_channels = {c_out}, but variance {param.variance!r} needs "
             f"{param.out_mult} x in_channels = {param.out_mult * c_in}"
         )
+    check_fits(
+        _unet_bytes(config, where, c_in * hw[0] * hw[1]),
+        f"{where}: a UNet2DModel of block_out_channels {config.get('block_out_channels')} on "
+        f"{c_in}x{hw[0]}x{hw[1]} examples",
+        "check block_out_channels and sample_size",
+    )
     return (c_in, int(hw[0]), int(hw[1]))
+
+
+def _count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# UNet2DModel's defaults of the two keys the size estimate reads
+_UNET_DEFAULTS = {"block_out_channels": [224, 448, 672, 896], "layers_per_block": 2}
+
+
+def _unet_bytes(config: dict[str, Any], where: str, example_numel: int) -> int:
+    """A lower bound of the memory loading the network and running it on one example takes:
+    the float32 weights of its 3x3 convolutions, twice (the network is built, then the saved
+    weights are read into it), and the first convolution's output at full resolution.
+    Counted: two convolutions per resnet, ``layers_per_block`` resnets in each down block, one
+    more in each up block, two resnets in the middle block."""
+    chans = config.get("block_out_channels", _UNET_DEFAULTS["block_out_channels"])
+    layers = config.get("layers_per_block", _UNET_DEFAULTS["layers_per_block"])
+    if not (isinstance(chans, list) and chans and all(_count(c) for c in chans)):
+        raise ConfigError(f"{where}: block_out_channels must be a list of integers >= 1")
+    if not _count(layers):
+        raise ConfigError(f"{where}: layers_per_block must be an integer >= 1 (got {layers!r})")
+    resnets = 2 * layers + 1  # down and up blocks of one resolution
+    params = sum(2 * resnets * 9 * c * c for c in chans) + 2 * 2 * 9 * chans[-1] ** 2
+    return 2 * FLOAT32 * params + FLOAT32 * example_numel * (1 + chans[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -272,14 +316,52 @@ def load_diffusers(folder: str | Path, device: torch.device | str = "cpu") -> Di
     )
     shape = unet_shape(load_json(folder / UNET_CONFIG), diffusion.param, str(folder / UNET_CONFIG))
     diffusers = import_diffusers()
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()  # what it would warn about is raised below
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(
+        unet, info = diffusers.UNet2DModel.from_pretrained(
             str(folder / "unet"),
             local_files_only=True,  # a local folder: never look anything up online
             use_safetensors=True,  # never unpickle
             low_cpu_mem_usage=False,
+            ignore_mismatched_sizes=True,  # listed in info, then refused with the others
+            output_loading_info=True,
         )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder / 'unet'}: cannot load the UNet2DModel ({first})") from None
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
+    check_loading_info(info, list(unet.state_dict()), str(folder / UNET_WEIGHTS))
+    check_finite(unet.state_dict(), str(folder / UNET_WEIGHTS))
     return DiffusersModel(diffusion, DiffusersUNet(unet).to(device).eval(), shape, clip)
+
+
+def check_loading_info(info: dict[str, list], order: list[str], where: str) -> None:
+    """Every tensor of the network must come from the file: missing and unexpected keys and
+    shape mismatches (``from_pretrained``'s loading info) raise one CheckpointError naming the
+    first few of each. ``order``: the network's keys, to list missing ones in its order."""
+
+    def first(keys: list[str]) -> str:
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        return ", ".join(repr(k) for k in keys[:3]) + more
+
+    rank = {k: i for i, k in enumerate(order)}
+    missing = sorted(info.get("missing_keys") or [], key=lambda k: rank.get(k, len(rank)))
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    problems = [f"missing {first(missing)}"] if missing else []
+    problems += [f"unexpected {first(unexpected)}"] if unexpected else []
+    shapes = sorted(info.get("mismatched_keys") or [], key=lambda m: rank.get(m[0], len(rank)))
+    if shapes:
+        key, in_file, in_model = shapes[0]
+        more = f" (and {len(shapes) - 1} more shapes differ)" if len(shapes) > 1 else ""
+        problems.append(
+            f"{key!r} has shape {list(in_file)} in the file but {list(in_model)} in the model"
+            + more
+        )
+    if problems:
+        raise CheckpointError(
+            f"{where}: the tensors do not match the UNet2DModel of {UNET_CONFIG} "
+            f"({'; '.join(problems)}); every weight must come from the file: save the pipeline "
+            "again with save_pretrained"
+        )

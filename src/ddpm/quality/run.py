@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -56,7 +57,7 @@ def score_run_samples(
 
 def run_quality_vs_steps(
     run: Run,
-    steps: Sequence[int],
+    steps: Sequence[int | str],
     samplers: Sequence[str] = ("ancestral", "ddim"),
     n: int = 1000,
     seed: int = 0,
@@ -64,9 +65,12 @@ def run_quality_vs_steps(
     classifier_dir: str | Path | None = None,
     device: torch.device | str = "cpu",
     bits_per_dim: Mapping[int, tuple[float, float]] | None = None,
+    spacing: str | None = None,
 ) -> list[StepRow]:
     """Quality of n samples of the K-step respaced process ([ND21] Sec. 4) for each sampler
     ('ancestral' [Ho20] Alg. 2, 'ddim' [SME21] eq. (12) with eta) and K, with wall time.
+    steps: counts K or other spellings ("10,15,20", "ddimK") with ``spacing`` for counts
+    (``ddpm.respace.respaced_steps``); each row records its spelling and spacing.
 
     For data of known density each row also holds the Bayes-optimal model's samples drawn with
     the same sampler, K and noise: what remains of the error when the denoiser is perfect.
@@ -74,20 +78,22 @@ def run_quality_vs_steps(
     ELBO is a bound for the ancestral K-step model, not for deterministic DDIM).
     """
     from ddpm.ddim import check_eta, ddim_sample
-    from ddpm.respace import respace
+    from ddpm.respace import respace, steps_by_K
     from ddpm.theory import bayes_optimal
 
     eta = check_eta(eta)
     for s in samplers:
         if s not in ("ancestral", "ddim"):
             raise ConfigError(f"sampler {s!r}: choose 'ancestral' or 'ddim'")
+    chosen = steps_by_K(run.diffusion.T, steps, spacing)  # K -> (spelling, tau)
     data = load_dataset(run.data_config())
     oracle = bayes_optimal(run.diffusion, data.density.to(device)) if data.density else None
 
     def draw_with(diffusion, model, sampler: str, k: int) -> Tensor:
         fn = sample if sampler == "ancestral" else partial(ddim_sample, eta=eta)
         g = seeded_generator(seed, device)
-        x = fn(respace(diffusion, k), model, run.spec.shape, n, g, device, run.clip).x0
+        respaced = respace(diffusion, chosen[k][0], spacing)
+        x = fn(respaced, model, run.spec.shape, n, g, device, run.clip).x0
         return x.cpu()
 
     def score(sampler: str, k: int, x: Tensor) -> QualityReport:
@@ -101,9 +107,10 @@ def run_quality_vs_steps(
             return None, None
         return bits_per_dim[k]
 
-    grid = [(s, int(k)) for s in samplers for k in sorted(set(steps))]
+    grid = [(s, k) for s in samplers for k in sorted(chosen)]
     draw = partial(draw_with, run.diffusion, run.model)
-    return quality_vs_steps(grid, draw, score, bpd)
+    rows = quality_vs_steps(grid, draw, score, bpd)
+    return [dataclasses.replace(r, steps=chosen[r.K][0], spacing=spacing) for r in rows]
 
 
 def write_quality_steps(rows: Sequence[StepRow], out_dir: str | Path, title: str = ""):

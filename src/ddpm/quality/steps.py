@@ -32,6 +32,8 @@ class StepRow:
     report: QualityReport
     bits_per_dim: float | None = None
     bits_per_dim_se: float | None = None
+    steps: str | None = None  # how the K steps were chosen: spelling and spacing, ddpm.respace
+    spacing: str | None = None
 
     def headline(self) -> dict[str, float]:
         """The main score(s) of the samples row, by the report's kind."""
@@ -52,6 +54,8 @@ class StepRow:
         return {
             "sampler": self.sampler,
             "K": self.K,
+            "steps": self.steps,
+            "spacing": self.spacing,
             "seconds": self.seconds,
             "bits_per_dim": self.bits_per_dim,
             "bits_per_dim_se": self.bits_per_dim_se,

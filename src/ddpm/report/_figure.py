@@ -33,8 +33,23 @@ def new_figure(width_in: float, height_in: float) -> Figure:
     return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
 
 
+def printable(text: str) -> str:
+    """text with the bytes of a file name that is not UTF-8 (kept by Python as lone surrogates,
+    e.g. os.fsdecode(b"run\\xff") == "run\\udcff") shown as U+FFFD, which fonts can draw."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Render ``fig`` to PNG in memory, then write it atomically; return the path."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):  # titles and labels naming files: see ``printable``
+        s = text.get_text()
+        if isinstance(s, str) and not s.isascii():
+            text.set_text(printable(s))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     return atomic_write_bytes(path, buf.getvalue())

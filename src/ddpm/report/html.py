@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ddpm.checkpoint import atomic_write_bytes
 from ddpm.errors import DataError
+from ddpm.report._figure import printable
 
 __all__ = ["html_table", "write_html"]
 
@@ -94,4 +95,4 @@ def write_html(
             )
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
-    return atomic_write_bytes(path, "\n".join(parts).encode("utf-8"))
+    return atomic_write_bytes(path, printable("\n".join(parts)).encode("utf-8"))

@@ -43,7 +43,7 @@ def log_columns(path: Path, *keys: str) -> tuple[list, ...]:
     columns: tuple[list, ...] = tuple([] for _ in keys)
     if not path.exists():
         return columns
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # bad bytes: U+FFFD
         try:
             rec = json.loads(line)
             row = [int(rec[keys[0]]), *(float(rec[k]) for k in keys[1:])]
@@ -143,7 +143,7 @@ def _steps_section(run_dir: Path, figures: Path) -> str | Path:
     for path in sorted(run_dir.glob("eval_*.json")):
         try:
             doc = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         points = doc.get("steps") if isinstance(doc, dict) else None
         if points:
@@ -167,20 +167,32 @@ def write_run_report(
     """Write RUN/report.html (see module docstring) and return where it is.
 
     n: test examples evaluated when the run holds no fresh eval_test.json (the exact T-step
-    -ELBO costs n * T network calls).
+    -ELBO costs n * T network calls). The run folder's lock is held from the start, so a run
+    in use is reported before anything is computed.
     """
     from ddpm import rundir, runs
-    from ddpm.api import evaluate_run, sample_run
     from ddpm.errors import ConfigError
-    from ddpm.report.html import html_table, write_html
-    from ddpm.report.plots import save_loss_curve, save_per_timestep
-    from ddpm.theory import four_views
 
     if n < 2:
         raise ConfigError(f"--n must be >= 2 examples (got {n})")
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    cfg, spec = runs.load_config(run_dir)  # one clear line when this is no run folder
+    with rundir.locked(run_dir, "report"):
+        cfg, spec = runs.load_config(run_dir)  # one clear line when this is no run folder
+        rundir.record(run_dir, [run_dir / REPORT], "report")
+        path, ev, reused = _write_page(run_dir, cfg, spec, n, seed, device, progress)
+    return RunReport(path, ev, reused, time.perf_counter() - start)
+
+
+def _write_page(run_dir: Path, cfg, spec, n: int, seed: int, device, progress: bool):
+    """Compute what the run folder lacks and write RUN/report.html -> (path, evaluation,
+    whether the evaluation was reused)."""
+    from ddpm import runs
+    from ddpm.api import evaluate_run, sample_run
+    from ddpm.report.html import html_table, write_html
+    from ddpm.report.plots import save_loss_curve, save_per_timestep
+    from ddpm.theory import four_views
+
     checkpoint = run_dir / runs.CHECKPOINT
     with tempfile.TemporaryDirectory(prefix="ddpm-report-") as tmp:
         figures = Path(tmp)
@@ -244,9 +256,8 @@ def write_run_report(
             (f"Evaluation ({where})", html_table(_evaluation_rows(ev))),
             ("Configuration", html_table(_flat_config(cfg.to_dict()))),
         ]
-        with rundir.writing_outputs(run_dir, [run_dir / REPORT], "report"):
-            path = write_html(run_dir / REPORT, f"ddpm run report: {run_dir.name}", sections)
-    return RunReport(path, ev, reused, time.perf_counter() - start)
+        path = write_html(run_dir / REPORT, f"ddpm run report: {run_dir.name}", sections)
+    return path, ev, reused
 
 
 def run_best_step(run_dir: Path) -> int:
