@@ -1,4 +1,6 @@
-"""The step-speed benchmark runs end to end on tiny nets (a smoke test; no timings asserted)."""
+"""The benchmark scripts run end to end with --quick on tiny nets (smoke tests; no timings
+asserted). Those that run a script are marked ``benchmark_smoke``: out of the default run, they
+are a separate step of .ci/run (``python -m pytest -m benchmark_smoke``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ddpm.nets.unet import AttnBlock, Conv1x1, FewOutputsConv, UpsampleConv
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.benchmark_smoke
 def test_step_speed_quick_writes_every_section(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "step_speed.json"
@@ -29,6 +32,7 @@ def test_step_speed_quick_writes_every_section(tmp_path):
     assert "threads_vs_one" not in res and "rewrites" not in res  # (e), (f) only when asked for
 
 
+@pytest.mark.benchmark_smoke
 def test_step_speed_threads_and_rewrites_sections_alone(tmp_path):
     out = tmp_path / "threads.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "step_speed.py"), "--quick", "--sections",
@@ -44,6 +48,7 @@ def test_step_speed_threads_and_rewrites_sections_alone(tmp_path):
     assert "28x28 train step vs plain kernels" in proc.stdout
 
 
+@pytest.mark.benchmark_smoke
 def test_upsample_order_quick_measures_both_sides(tmp_path):
     out, doc = tmp_path / "runs", tmp_path / "u.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "upsample_order.py"), "--speed",
@@ -63,6 +68,7 @@ def test_upsample_order_quick_measures_both_sides(tmp_path):
     assert json.loads(doc.read_text())["likelihood"] == lk
 
 
+@pytest.mark.benchmark_smoke
 def test_checkpoint_digest_quick_times_both_loads(tmp_path):
     out = tmp_path / "digest.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "checkpoint_digest.py"), "--quick"]
@@ -98,6 +104,7 @@ def test_step_speed_definitions_compute_the_same_net():
         torch.testing.assert_close(plain(x, t), net(x, t))
 
 
+@pytest.mark.benchmark_smoke
 def test_contention_quick_times_each_contender_in_each_surrounding(tmp_path):
     out = tmp_path / "contention.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "contention.py"), "--quick", "--contenders",

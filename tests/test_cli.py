@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import copy_run
 from PIL import Image
 
 from ddpm.cli import main
@@ -23,10 +24,9 @@ def run_cli(*args: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "digits"
-    assert run_cli("train", "--out", out, *TINY, "--num-samples", "4") == 0
-    return out
+def digits_run(digits_tiny_run, tmp_path_factory) -> Path:
+    """A copy of the session's run trained with TINY and --num-samples 4."""
+    return copy_run(digits_tiny_run, tmp_path_factory.mktemp("cli") / "digits")
 
 
 def test_train_writes_a_complete_run_folder(digits_run, capsys):

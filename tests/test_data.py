@@ -72,6 +72,10 @@ def test_spec_rejects_bad_dicts_and_values():
         DataSpec.from_dict({**d, "shift": 0.0})
     with pytest.raises(DataError, match="scale > 0"):
         DataSpec("x", (2,), None, scale=0.0)
+    cont = DataSpec("x", (2,), None, shift=1.0, scale=2.0).to_dict()
+    for key, bad in [("scale", None), ("scale", "2"), ("shift", float("nan")), ("scale", True)]:
+        with pytest.raises(DataError, match=f"{key} must be a finite number"):
+            DataSpec.from_dict({**cont, key: bad})
 
 
 # -- digits ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import copy_run
 
 from ddpm import runs
 from ddpm.cli import main
@@ -32,10 +33,9 @@ def gmm8_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("eval") / "digits"
-    assert run_cli("train", "--out", out, *TINY, "--num-samples", "4") == 0
-    return out
+def digits_run(digits_tiny_run, tmp_path_factory) -> Path:
+    """A copy of the session's run trained with TINY and --num-samples 4."""
+    return copy_run(digits_tiny_run, tmp_path_factory.mktemp("eval") / "digits")
 
 
 def _numbers(doc: dict, prefix: str = "") -> dict[str, float]:

@@ -59,10 +59,8 @@ def user_folder(path: Path, files: dict[str, str]) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("paths") / "run"
-    assert run_cli("train", "--out", out, *TINY) == 0
-    return out
+def trained(gmm8_tiny_run) -> Path:
+    return gmm8_tiny_run  # trained with TINY (conftest.GMM8_TINY); only copied here
 
 
 @pytest.fixture

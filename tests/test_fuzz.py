@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -41,7 +42,7 @@ TRAIN = [
 # a progress line, not a message: a tqdm bar ("train:  50%|###") or a plain line of
 # ddpm.progress ("train: start, 60 step", "gmm8: ELBO: 6/10 t (60%), 3.1t/s, ...")
 _BAR = re.compile(r"\d+%\||: start(?: at \S+)?, [\d.]+ \S+$|: [\d.]+/[\d.]+ \S+ \(\d+%\)(?:,| in )")
-EXAMPLES: Counter[str] = Counter()  # exit status by command, for the report
+EXAMPLES: Counter[tuple[str, str]] = Counter()  # (test, "command exit status"): examples
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -65,7 +66,8 @@ def check_cli(args: list, outside: list[Path]) -> tuple[int, str]:
         assert len(lines) == 1 and lines[0].startswith(f"ddpm {args[0]}: error: "), (args, lines)
     for p, content in before.items():
         assert (tree(p) if p.is_dir() else p.read_bytes()) == content, f"{p} changed"
-    EXAMPLES[f"{args[0]} exit {code}"] += 1
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    EXAMPLES[test, f"{args[0]} exit {code}"] += 1
     return code, err.getvalue()
 
 
@@ -318,6 +320,22 @@ def test_fuzz_option_values(base, command, data):
         check_cli(args, [base / "bystander", run])
 
 
-def test_fuzz_examples_were_run():
-    """The number of fuzz examples (shown with -s); runs after the tests above."""
+def test_fuzz_examples_were_run(request):
+    """Each fuzz test of this session checked examples, and the option values reached every
+    command; the counts are printed (shown with -s). Runs after the tests above."""
+    fuzz = [
+        item.name
+        for item in request.session.items
+        if item.module is request.module and item.name.startswith("test_fuzz_")
+    ]
+    fuzz.remove(request.node.name)
+    if not fuzz:
+        pytest.skip("no fuzz test ran in this session")
+    by_test = Counter()
+    for (test, _), n in EXAMPLES.items():
+        by_test[test] += n
     print(f"\n{sum(EXAMPLES.values())} fuzz examples checked: {dict(sorted(EXAMPLES.items()))}")
+    assert [t for t in fuzz if by_test[t] == 0] == [], dict(by_test)
+    if "test_fuzz_option_values" in fuzz:
+        ran = {key.split()[0] for test, key in EXAMPLES if test == "test_fuzz_option_values"}
+        assert ran == {"sample", "evaluate", "train", "forward"}

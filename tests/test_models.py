@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import copy_run
 
 from ddpm.cli import main
 from ddpm.errors import CheckpointError
@@ -17,10 +18,9 @@ TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "digits"
-    assert main(["train", "--out", str(out), *TINY, "--num-samples", "2"]) == 0
-    return out
+def run_dir(digits_tiny_run, tmp_path_factory) -> Path:
+    """A copy of the session's run trained with TINY (and --num-samples 4)."""
+    return copy_run(digits_tiny_run, tmp_path_factory.mktemp("models") / "digits")
 
 
 def test_a_run_folder_loads_as_its_run(run_dir):

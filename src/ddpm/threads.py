@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -86,14 +86,20 @@ class AdaptiveThreads:
     """Sets torch's thread count from the measured load every ``every`` seconds, up to
     ``cores`` (torch's default); see the module docstring."""
 
-    def __init__(self, cores: int, every: float = ADAPT_EVERY_S) -> None:
+    def __init__(
+        self,
+        cores: int,
+        every: float = ADAPT_EVERY_S,
+        read: Callable[[], LoadReading | None] = LoadReading.now,
+    ) -> None:
         self.cores = cores
         self.every = every
-        self.last = LoadReading.now()
+        self.read = read  # the load reading: /proc/stat, or a stand-in in tests
+        self.last = read()
         self.changes: list[tuple[float, int]] = []  # (others, threads) at each change
 
     def adjust(self) -> None:
-        reading = LoadReading.now()
+        reading = self.read()
         if reading is None or self.last is None:
             return
         others = reading.others_since(self.last)

@@ -129,9 +129,19 @@ class DataSpec:
             name=d["name"],
             shape=tuple(d["shape"]),
             levels=d["levels"],
-            shift=float(d.get("shift", 0.0)),
-            scale=float(d.get("scale", 1.0)),
+            shift=_finite(d, "shift", 0.0),
+            scale=_finite(d, "scale", 1.0, positive=True),
         )
+
+
+def _finite(d: dict, key: str, default: float, positive: bool = False) -> float:
+    """d[key] (default when absent) as a float; DataError unless a finite (positive) number."""
+    v = d.get(key, default)
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or (positive and v <= 0):
+        what = "a finite number > 0" if positive else "a finite number"
+        raise DataError(f"DataSpec: {key} must be {what} (got {v!r})")
+    return float(v)
 
 
 class Examples:

@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny runs that several test files read, each trained once per session.
+
+A session run is never changed in place: a module or a test that writes into a run takes a copy
+(``copy_run``), so the tests see the same folder they would have trained themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import DIGITS_TINY, GMM8_TINY, copy_run
+
+from ddpm.cli import main
+
+
+def _train(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str]) -> Path:
+    out = tmp_path_factory.mktemp("session_runs") / name
+    assert main(["train", "--out", str(out), *args]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_tiny_run(tmp_path_factory) -> Path:
+    """``ddpm train`` on digits with ``DIGITS_TINY``; read it only (copy it to change it)."""
+    return _train(tmp_path_factory, "digits", DIGITS_TINY)
+
+
+@pytest.fixture(scope="session")
+def gmm8_tiny_run(tmp_path_factory) -> Path:
+    """``ddpm train`` on gmm8 with ``GMM8_TINY``; read it only (copy it to change it)."""
+    return _train(tmp_path_factory, "gmm8", GMM8_TINY)
+
+
+@pytest.fixture
+def fresh_gmm8_run(gmm8_tiny_run, tmp_path) -> Path:
+    """A copy of the tiny gmm8 run for one test to change."""
+    return copy_run(gmm8_tiny_run, tmp_path / "run")
