@@ -1,4 +1,5 @@
-"""Helpers shared by the test files: the arguments of the session's tiny runs, copying a run."""
+"""Helpers shared by the test files: the arguments of the session's tiny runs, copying a run,
+calling the command line in-process."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from ddpm import rundir
+from ddpm.cli import main
 
 # a tiny digits run (8x8 images, a UNet of 8 channels)
 DIGITS_TINY = [
@@ -24,3 +26,16 @@ def copy_run(src: Path, dst: Path) -> Path:
     """A copy of the run folder ``src`` at ``dst`` (its lock file left behind)."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(rundir.LOCK))
     return dst
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def one_line_error(capsys, *args) -> str:
+    """Run a command that must fail with one line on stderr and exit status 2; return the line."""
+    code = run_cli(*args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (args, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, (args, err)
+    return err

@@ -17,28 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_error, run_cli
 
 from ddpm import rundir, runs
-from ddpm.cli import main
 
 TINY = [
     "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "5", "--steps", "4",
     "--batch-size", "8", "--hidden", "16", "--depth", "1", "--num-samples", "4",
     "--log-every", "1", "--checkpoint-every", "2", "--warmup", "0", "--quiet", "--threads", "1",
 ]  # fmt: skip
-
-
-def run_cli(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def one_line_error(capsys, *args) -> str:
-    """Run a command that must fail with one line on stderr and exit status 2; return the line."""
-    code = run_cli(*args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, (args, err)
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, (args, err)
-    return err
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
