@@ -57,6 +57,21 @@ def saved_config(run_dir: str | Path):
     rundir.recover_interrupted(run_dir)
     if not (run_dir / runs.CONFIG).is_file():
         runs.load_config(run_dir)  # says what is missing: the folder or its config.json
+    cfg, step, doc = checkpoint_config(run_dir, RunConfig)
+    if cfg is None:  # written before checkpoints held their config
+        return (*runs.load_config(run_dir), step)
+    if not isinstance(doc, dict) or "data_spec" not in doc:
+        raise CheckpointError(f"{run_dir / runs.CONFIG}: key data_spec is missing; restore it")
+    return cfg, DataSpec.from_dict(doc["data_spec"]), step
+
+
+def checkpoint_config(run_dir: Path, config_type: type) -> tuple[object, int, object]:
+    """(config, step, doc) of the run in run_dir: the config from its checkpoint, a
+    ``config_type`` (RunConfig, or the VAE's), after checking that config.json (doc, as read)
+    agrees with it key by key; config None for a checkpoint written before checkpoints held
+    their config."""
+    from ddpm import runs
+
     ckpt = run_dir / runs.CHECKPOINT
     if not ckpt.exists():
         raise CheckpointError(
@@ -65,8 +80,8 @@ def saved_config(run_dir: str | Path):
         )
     meta = load_checkpoint(ckpt, metadata_only=True).meta
     doc = load_json(run_dir / runs.CONFIG)
-    if "config" not in meta:  # written before checkpoints held their config
-        return (*runs.load_config(run_dir), int(meta.get("step", 0)))
+    if "config" not in meta:
+        return None, int(meta.get("step", 0)), doc
     if not isinstance(doc, dict):
         raise CheckpointError(f"{run_dir / runs.CONFIG}: expected a JSON object; restore it")
     problem = config_file_problem(doc.get("config"), meta["config"])
@@ -76,13 +91,10 @@ def saved_config(run_dir: str | Path):
             "run's settings) or train again"
         )
     try:
-        cfg = RunConfig.from_dict(meta["config"])
+        cfg = config_type.from_dict(meta["config"])
     except ConfigError as e:
         raise CheckpointError(f"{ckpt}: its config is invalid ({e}); train again") from None
-    if not isinstance(doc, dict) or "data_spec" not in doc:
-        raise CheckpointError(f"{run_dir / runs.CONFIG}: key data_spec is missing; restore it")
-    spec = DataSpec.from_dict(doc["data_spec"])
     step = meta.get("step", 0)
     if not isinstance(step, int):
         raise CheckpointError(f"{ckpt}: step {step!r} is not an integer; train again")
-    return cfg, spec, step
+    return cfg, step, doc

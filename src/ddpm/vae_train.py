@@ -31,7 +31,7 @@ from ddpm import __version__, runconfig, rundir, runs
 from ddpm.checkpoint import load_checkpoint, load_json, save_json
 from ddpm.data import Dataset, DataSpec, load_dataset
 from ddpm.dist import pick_device
-from ddpm.errors import CheckpointError, ConfigError
+from ddpm.errors import CheckpointError
 from ddpm.rng import seeded_generator
 from ddpm.train import TrainerBase, TrainResult, check_run_dir, run_training
 from ddpm.vae import Vae, VaeRunConfig, vae_elbo_terms, vae_sample
@@ -85,27 +85,8 @@ def saved_config(run_dir: str | Path) -> tuple[VaeRunConfig, DataSpec, int]:
     config.json must agree with it key by key, as for a DDPM run (``ddpm.runconfig``)."""
     run_dir = Path(run_dir)
     file_cfg, spec = load_config(run_dir)
-    ckpt = run_dir / runs.CHECKPOINT
-    if not ckpt.exists():
-        raise CheckpointError(
-            f"{run_dir}: no checkpoint, so no run here (it stopped before its first checkpoint);"
-            " train it again without --resume"
-        )
-    meta = load_checkpoint(ckpt, metadata_only=True).meta
-    step = int(meta.get("step", 0))
-    if "config" not in meta:  # written before checkpoints held their config
-        return file_cfg, spec, step
-    problem = runconfig.config_file_problem(load_json(run_dir / runs.CONFIG)["config"],
-                                            meta["config"])  # fmt: skip
-    if problem is not None:
-        raise CheckpointError(
-            f"{run_dir / runs.CONFIG}: {problem}; restore the file (the checkpoint holds the "
-            "run's settings) or train again"
-        )
-    try:
-        return VaeRunConfig.from_dict(meta["config"]), spec, step
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt}: its config is invalid ({e}); train again") from None
+    cfg, step, _ = runconfig.checkpoint_config(run_dir, VaeRunConfig)
+    return (file_cfg if cfg is None else cfg), spec, step
 
 
 class VaeTrainer(TrainerBase):
