@@ -6,8 +6,8 @@ For two run folders written here (model + EMA + AdamW moments, as ``ddpm train``
 times, side by side in one process, alternating (the order swapped every repeat):
   checkpoint  ``load_checkpoint(path, verify=False)`` against ``verify=True`` (the stored
               digests of every tensor and of the metadata, then every floating tensor finite)
-  run         ``load_run(folder)`` (config, network built, weights loaded) with and without
-              the verification: what ``ddpm sample`` and ``ddpm evaluate`` pay
+  run         ``ddpm.loader.load(folder)`` (config, network built, weights loaded: a Model)
+              with and without the verification: what ``ddpm sample`` and ``ddpm evaluate`` pay
 Reported: median time and range (min-max) over the repeats of each, and the per-repeat ratio
 verified / plain (median and range). The file is in the page cache after the first read, so
 these are warm loads: reading from disk only adds time to both sides.
@@ -30,9 +30,11 @@ from pathlib import Path
 
 import torch
 
-from ddpm import checkpoint, runs
+from ddpm import loader
 from ddpm.config import DataConfig, ModelConfig, RunConfig
 from ddpm.data import DataSpec
+from ddpm.runs import checkpoint
+from ddpm.runs import run as runs
 
 U_NET_28 = ModelConfig(channels=60, channel_mults=(1, 2, 2), attn_resolutions=(7,))
 QUICK_28 = ModelConfig(channels=8, channel_mults=(1, 2, 2), attn_resolutions=(7,))
@@ -49,17 +51,18 @@ def write_run(folder: Path, cfg: RunConfig, spec: DataSpec) -> Path:
     opt.step()
     runs.save_config(folder, cfg, spec)
     path = folder / runs.CHECKPOINT
-    checkpoint.save_checkpoint(
-        path, model, ema=copy.deepcopy(model), optimizer=opt, step=1, config=cfg.to_dict()
-    )
+    state = checkpoint.TrainingState(model, ema=copy.deepcopy(model), optimizer=opt, step=1)
+    checkpoint.save_checkpoint(path, state, config=cfg.to_dict())
     return path
 
 
-def load_run(folder: Path, verify: bool) -> None:
+def load_model(folder: Path, verify: bool) -> None:
+    """``loader.load(folder)`` with the checkpoint's weights read with or without the
+    verification (the header that the config check reads is verified either way)."""
     original = runs.load_checkpoint
     runs.load_checkpoint = functools.partial(original, verify=verify)
     try:
-        runs.load_run(folder)
+        loader.load(folder)
     finally:
         runs.load_checkpoint = original
 
@@ -101,7 +104,7 @@ def measure(folder: Path, cfg: RunConfig, spec: DataSpec, repeats: int) -> dict:
         "plain": lambda: checkpoint.load_checkpoint(path, verify=False),
         "verified": lambda: checkpoint.load_checkpoint(path, verify=True),
     }
-    run = {"plain": lambda: load_run(folder, False), "verified": lambda: load_run(folder, True)}
+    run = {"plain": lambda: load_model(folder, False), "verified": lambda: load_model(folder, True)}
     res["checkpoint"] = summary(alternate(ckpt, repeats))
     res["run"] = summary(alternate(run, repeats))
     return res

@@ -5,8 +5,9 @@ In one process, training alternates in chunks between
     DDPMScheduler (linear, 1000 steps, epsilon), MSE on eps, AdamW (lr 1e-4, betas 0.95/0.999,
     weight decay 1e-6), cosine lr schedule with 500 warm-up steps, grad-norm clip 1, EMA with
     warm-up (inv_gamma 1, power 3/4, max decay 0.9999), batch 16; and
-  * a ddpm U-Net of about the same parameter count trained by ``ddpm.train.Trainer`` with the
-    defaults of ``ddpm train`` (T = 1000 linear, L_simple, batch 128, lr 2e-3, EMA 0.995),
+  * a ddpm U-Net of about the same parameter count trained by ``ddpm.training.loop.Trainer``
+    with the defaults of ``ddpm train`` (T = 1000 linear, L_simple, batch 128, lr 2e-3, EMA
+    0.995),
 until each has used --minutes of CPU time (time.process_time: robust to other processes on a
 shared machine). The cosine schedule needs a step count: it is the budget divided by the CPU
 time per step of the first chunk. Then both are saved (the diffusers one with save_pretrained,
@@ -35,10 +36,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddpm import runs
 from ddpm.config import DataConfig, RunConfig
 from ddpm.data import load_dataset
-from ddpm.train import Trainer
+from ddpm.runs import run as runs
+from ddpm.training.loop import Trainer
 
 WARMUP, BATCH = 500, 16  # diffusers' train_unconditional defaults
 
@@ -190,11 +191,13 @@ def train_both(args: argparse.Namespace, out: Path) -> dict:
 def evaluate_one(folder: Path, n: int | None) -> dict:
     """`ddpm evaluate FOLDER --data digits --no-clip`: exact T-step -ELBO of the unclipped
     p_theta (the same for both, whatever their sampling settings) on the digits test split."""
-    from ddpm.api import evaluate_run
+    from ddpm.jobs.evaluate import evaluate_run
+    from ddpm.requests import EvaluationRequest
 
     torch.set_num_threads(1)
     t0 = time.process_time()
-    ev = evaluate_run(folder, data="digits", n=n, out_dir=folder, clip=False).evaluation
+    request = EvaluationRequest(data="digits", n=n, clip=False)
+    ev = evaluate_run(folder, request, out_dir=folder).evaluation
     return {
         "bits_per_dim": ev.bits_per_dim,
         "bits_per_dim_se": ev.bits_per_dim_se,

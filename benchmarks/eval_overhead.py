@@ -2,8 +2,9 @@
 
 For a trained run (default: the digits test split, every t = 1..T), time side by side in one
 process, alternating, ``repeats`` times:
-  (a) ddpm.elbo.elbo_terms as ``ddpm evaluate`` runs it: every term of -ELBO for every example
-      (keyed x_t draws, network calls, float64 Gaussian KLs and the discretized decoder);
+  (a) ``ddpm.likelihood.elbo.elbo_terms`` as ``ddpm evaluate`` runs it: every term of -ELBO for
+      every example (keyed x_t draws, network calls, float64 Gaussian KLs and the discretized
+      decoder);
   (b) the same number of network forward passes, in the same batch sizes, on ready-made inputs;
   (c) as (a) with the noise drawn in order from a torch.Generator instead of keyed.
 Reports the median ratios a/b and c/b with their spread (min, max). Target: a/b <= 1.1.
@@ -20,20 +21,21 @@ import time
 
 import torch
 
-from ddpm import load_dataset, load_run
-from ddpm.elbo import elbo_terms
-from ddpm.rng import KeyedNoise
+from ddpm.data import load_dataset
+from ddpm.likelihood.elbo import elbo_terms
+from ddpm.loader import load
+from ddpm.process.rng import KeyedNoise
 
 
 @torch.no_grad()
-def bare_forwards(model, x0: torch.Tensor, T: int, max_batch: int) -> None:
+def bare_forwards(net, x0: torch.Tensor, T: int, max_batch: int) -> None:
     """The network calls of elbo_terms alone: same inputs per call, no likelihood arithmetic."""
     B = x0.shape[0]
     chunk = max(1, max_batch // B)
     for start in range(1, T + 1, chunk):
         k = min(chunk, T + 1 - start)
         t = torch.arange(start, start + k).repeat_interleave(B)
-        model(x0.repeat(k, *([1] * (x0.ndim - 1))), t)
+        net(x0.repeat(k, *([1] * (x0.ndim - 1))), t)
 
 
 def main() -> None:
@@ -45,22 +47,20 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-batch", type=int, default=4096)
     args = p.parse_args()
-    run = load_run(args.run)
-    x0 = load_dataset(run.config.data).test[: args.n]
-    T = run.diffusion.T
+    model = load(args.run)
+    x0 = load_dataset(model.data_config()).test[: args.n]
+    T = model.T
     g = torch.Generator().manual_seed(0)
     full, bare, ordered = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        elbo_terms(
-            run.diffusion, run.model, x0, run.spec.levels, KeyedNoise(0), args.max_batch, run.clip
-        )
+        elbo_terms(model, x0, KeyedNoise(0), args.max_batch)
         full.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        bare_forwards(run.model, x0, T, args.max_batch)
+        bare_forwards(model.net, x0, T, args.max_batch)
         bare.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        elbo_terms(run.diffusion, run.model, x0, run.spec.levels, g, args.max_batch, run.clip)
+        elbo_terms(model, x0, g, args.max_batch)
         ordered.append(time.perf_counter() - t0)
     ratios = [f / b for f, b in zip(full, bare, strict=True)]
     ratios_ordered = [f / b for f, b in zip(ordered, bare, strict=True)]

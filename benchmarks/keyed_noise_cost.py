@@ -2,8 +2,8 @@
 
 For a trained run, one chunk of the exact ELBO is max_batch rows (example, t). Times side by
 side in one process, alternating, ``repeats`` times, on the same rows:
-  (a) one chunk as ``elbo_terms`` computes it with keyed noise (ddpm.rng.KeyedNoise): the
-      x_t draws, the network call and the float64 term arithmetic;
+  (a) one chunk as ``elbo_terms`` computes it with keyed noise (``ddpm.process.rng.KeyedNoise``):
+      the x_t draws, the network call and the float64 term arithmetic;
   (b) the bare network call on ready-made inputs of the same size;
   (c) as (a) with the noise drawn in order from a torch.Generator.
 Reports the median ratios a/b and c/b with their range. Alternating one call at a time keeps a
@@ -21,9 +21,10 @@ import time
 
 import torch
 
-from ddpm import load_dataset, load_run
-from ddpm.elbo import vb_term
-from ddpm.rng import KeyedNoise, normal
+from ddpm.data import load_dataset
+from ddpm.likelihood.elbo import vb_term
+from ddpm.loader import load
+from ddpm.process.rng import KeyedNoise, normal
 
 
 def main() -> None:
@@ -34,24 +35,24 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--max-batch", type=int, default=4096)
     args = p.parse_args()
-    run = load_run(args.run)
-    test = load_dataset(run.config.data).test
+    model = load(args.run)
+    test = load_dataset(model.data_config()).test
     B = test.shape[0]
     rows = torch.arange(args.max_batch)
-    example, t = rows % B, 1 + (rows // B) % run.diffusion.T
+    example, t = rows % B, 1 + (rows // B) % model.T
     x0 = test[example]
     g = torch.Generator().manual_seed(0)
 
     def chunk(noise) -> None:
         eps = normal(noise, x0, example, t)
-        vb_term(run.diffusion, run.model, x0, t, run.spec.levels, noise=eps, clip=run.clip)
+        vb_term(model, x0, t, noise=eps)
 
     times: dict[str, list[float]] = {"keyed": [], "bare": [], "generator": []}
     with torch.no_grad():
         for _ in range(args.repeats):
             for name, fn in (
                 ("keyed", lambda: chunk(KeyedNoise(0))),
-                ("bare", lambda: run.model(x0, t)),
+                ("bare", lambda: model.net(x0, t)),
                 ("generator", lambda: chunk(g)),
             ):
                 t0 = time.perf_counter()

@@ -10,7 +10,8 @@ The diffusers row comes from `benchmarks/diffusers_vs_ddpm.py --only diffusers -
 
 With --ablation it runs instead short variants of the likelihood preset, one change each, and
 scores them by their best held-out validation -ELBO (the stratified estimate of
-``ddpm.validation``, on the same held-out examples and the same keyed noise for every variant).
+``ddpm.training.validation``, on the same held-out examples and the same keyed noise for every
+variant).
 
     python benchmarks/likelihood_recipe.py --out runs/recipes                 # every row
     python benchmarks/likelihood_recipe.py --out runs/recipes --rows gmm8-small --eval-only

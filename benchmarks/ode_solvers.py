@@ -1,11 +1,11 @@
 """Cost and agreement of the probability-flow ODE likelihood across solvers and tolerances.
 
-For a trained run, on its first n test examples, compute -log p_ODE (``ddpm.ode``) with each
-setting in turn, alternating over ``repeats`` rounds, in one process. Reports per setting the
-median seconds with their range, the NFE, and -log p_ODE with its SE and its paired difference
-(per example, with SE) from the tightest setting, so the tolerance's effect on the value is
-measured against the spread over examples. Hutchinson probes and dequantization noise are the
-same for every setting (same seed).
+For a trained run, on its first n test examples, compute -log p_ODE (``ddpm.likelihood.ode``)
+with each setting in turn, alternating over ``repeats`` rounds, in one process. Reports per
+setting the median seconds with their range, the NFE, and -log p_ODE with its SE and its paired
+difference (per example, with SE) from the tightest setting, so the tolerance's effect on the
+value is measured against the spread over examples. Hutchinson probes and dequantization noise
+are the same for every setting (same seed).
 
     python benchmarks/ode_solvers.py runs/gmm8 [--n 200] [--repeats 3]
         [--settings RK45:1e-3 RK45:1e-5 DOP853:1e-5 RK45:1e-7]
@@ -18,10 +18,11 @@ import json
 import statistics
 import time
 
-from ddpm import load_dataset, load_run
-from ddpm.evaluate import mean_se
-from ddpm.ode import OdeConfig, ProbabilityFlow, ode_likelihood
-from ddpm.rng import seeded_generator
+from ddpm.data import load_dataset
+from ddpm.likelihood.ode import OdeConfig, ProbabilityFlow, ode_likelihood
+from ddpm.likelihood.stats import mean_se
+from ddpm.loader import load
+from ddpm.process.rng import seeded_generator
 
 
 def main() -> None:
@@ -39,10 +40,11 @@ def main() -> None:
         help="METHOD:TOL (rtol = atol = TOL); the last is the reference",
     )
     args = p.parse_args()
-    run = load_run(args.run)
-    data = load_dataset(run.config.data)
+    model = load(args.run)
+    data = load_dataset(model.data_config())
+    model = model.on(data.spec)
     x0 = data.test[: args.n]
-    flow = ProbabilityFlow.of(run.diffusion, run.config.diffusion.schedule)
+    ProbabilityFlow.of(model)  # refused here when the model's schedule has no continuous form
     configs = {}
     for s in args.settings:
         method, tol = s.split(":")
@@ -52,7 +54,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for s, cfg in configs.items():
             t0 = time.perf_counter()
-            results[s] = ode_likelihood(flow, run.model, x0, data.spec, cfg, seeded_generator(0))
+            results[s] = ode_likelihood(model, x0, cfg, seeded_generator(0))
             seconds[s].append(time.perf_counter() - t0)
     ref = results[args.settings[-1]].per_example
     rows = {}

@@ -17,10 +17,9 @@ import time
 
 import torch
 
-from ddpm import load_run
-from ddpm.ddim import ddim_sample
-from ddpm.respace import respace
-from ddpm.sampling import sample
+from ddpm.loader import load
+from ddpm.sampling.ancestral import sample
+from ddpm.sampling.ddim import ddim_sample
 
 
 def main() -> None:
@@ -32,18 +31,18 @@ def main() -> None:
     p.add_argument("--n", type=int, default=64, help="samples per draw")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    run = load_run(args.run)
+    model = load(args.run)
     samplers = {"ancestral": sample, "ddim": ddim_sample}
     seconds: dict[tuple[int, str], list[float]] = {
         (k, name): [] for k in args.steps for name in samplers
     }
     for _ in range(args.repeats):
         for k in args.steps:
-            d = respace(run.diffusion, k)
+            m = model.respaced(k)
             for name, fn in samplers.items():
                 g = torch.Generator().manual_seed(0)
                 t0 = time.perf_counter()
-                fn(d, run.model, run.spec.shape, args.n, g, "cpu", run.clip)
+                fn(m, args.n, g)
                 seconds[(k, name)].append(time.perf_counter() - t0)
     rows = [
         {

@@ -12,7 +12,7 @@ work done; robust to other processes on a busy machine) and wall time.
       at 8x8 (ddpm's default digits net) and at 28x28 (a ~2.7M-parameter net, attention at 7x7)
   (c) loop        ``Trainer.train_step`` on digits (default config) against a bare step of the
                   same net and batch size: forward, L_simple, backward, AdamW, EMA update
-  (d) sampling    ``ddpm.sampling.sample`` (T = 1000 ancestral steps) against the T bare
+  (d) sampling    ``ddpm.sampling.ancestral.sample`` (T = 1000 ancestral steps) against the T bare
                   no-grad forward passes it needs, same batch
   (e) threads     (on request) the 8x8 train step on one thread against several
   (f) rewrites    (on request) the U-Net's train step against the same net with its upsampling,
@@ -21,7 +21,7 @@ work done; robust to other processes on a busy machine) and wall time.
                   1x1 convolutions): what ``UpsampleConv``, ``Conv1x1``, ``AttnBlock``'s layout
                   and ``FewOutputsConv`` give
 
-Both nets get the same optimizer (ddpm's ``train.adamw``) and one attention head, so the
+Both nets get the same optimizer (``ddpm.training.loop.adamw``) and one attention head, so the
 ratios measure the networks. Results go to --out as JSON; a markdown table is printed.
 
     OMP_NUM_THREADS=1 python benchmarks/step_speed.py --threads 1
@@ -41,13 +41,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddpm import runs
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
+from ddpm.model import Model
 from ddpm.nets import build_model
 from ddpm.nets.unet import AttnBlock, Conv1x1, FewOutputsConv, UpsampleConv
-from ddpm.sampling import sample
-from ddpm.train import Trainer, adamw
+from ddpm.runs import run as runs
+from ddpm.sampling.ancestral import sample
+from ddpm.training.loop import Trainer, adamw
 
 # (ddpm ModelConfig, diffusers block_out_channels, diffusers norm groups) per image size: the
 # two share depth (one residual block per level, 2 per level up in diffusers), the levels with
@@ -272,6 +273,7 @@ def sampling_vs_bare(args: argparse.Namespace) -> dict:
     net.eval()
     for p in net.parameters():  # zero-initialised output layers would make every eps_hat 0
         p.data.normal_(0, 0.02)
+    model = Model(diffusion, net, spec, clip=(-1.0, 1.0))
     n = args.sample_n
     x = torch.randn(n, *spec.shape, generator=torch.Generator().manual_seed(0))
 
@@ -282,7 +284,7 @@ def sampling_vs_bare(args: argparse.Namespace) -> dict:
 
     def chain() -> None:
         g = torch.Generator().manual_seed(0)
-        sample(diffusion, net, spec.shape, n, g, "cpu", clip=(-1.0, 1.0))
+        sample(model, n, g)
 
     times = alternate({"bare": bare, "sample": chain}, args.repeats, 0.0, warmup=1)
     return {"T": T, "n": n, **summary(times, "bare", "sample")}

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from step_speed import alternate, ddpm_net, fixed_batch, train_step_fn, with_forward
 
-from ddpm.cli import main as ddpm_main
+from ddpm.cli.main import main as ddpm_main
 from ddpm.nets.unet import UpsampleConv
 
 

@@ -2,7 +2,7 @@
 
 For a VAE run (default: the digits test split, 297 examples), time side by side in one process,
 alternating, ``repeats`` times, in CPU seconds (time.process_time):
-  (a) ddpm.vae.vae_iw_curve: K_max draws per example, decoder calls, float64 log-weights;
+  (a) ddpm.vae.model.vae_iw_curve: K_max draws per example, decoder calls, float64 log-weights;
   (b) the same number of decoder forward passes, in the same batch sizes, on ready-made z.
 Reports the median of each with its range (min, max) and the median ratio a/b.
 
@@ -19,7 +19,7 @@ import time
 import torch
 
 from ddpm import load_dataset, load_vae_run
-from ddpm.vae import vae_iw_curve
+from ddpm.vae.model import vae_iw_curve
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import DIGITS_TINY, GMM8_TINY, copy_run
 
-from ddpm.cli import main
+from ddpm.cli.main import main
 
 
 def _train(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str]) -> Path:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ddpm import rundir
-from ddpm.cli import main
+from ddpm.cli.main import main
+from ddpm.runs import folder as rundir
 
 # a tiny digits run (8x8 images, a UNet of 8 channels)
 DIGITS_TINY = [

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddpm.likelihood.elbo import log_strata
 from ddpm.nets.unet import AttnBlock, Conv1x1, FewOutputsConv, UpsampleConv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +118,31 @@ def test_contention_quick_times_each_contender_in_each_surrounding(tmp_path):
         assert by["alone"]["median_s"] > 0 and by["busy2"]["vs_alone"] > 0
     assert res["default"]["alone"]["vs_before_alone"] > 0
     assert "| default |" in proc.stdout
+
+
+@pytest.mark.benchmark_smoke
+def test_mc_estimator_quick_counts_the_network_work_of_each_estimator(tmp_path):
+    out = tmp_path / "mc.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "mc_estimator.py"), "--quick"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    res = json.loads(out.read_text())
+    T, n, K, strata = res["T"], res["n"], res["K"], res["strata"]
+    assert (T, n, K, res["repeats"]) == (50, 10, 5, 1)
+    assert strata == len(log_strata(T, K)) - 1 and res["strata_over_T"] == strata / T
+    assert res["K_over_T"] == K / T
+    est = res["estimators"]
+    assert set(est) == {"exact", "mc", "both"}
+    # L_T is closed form: the network sees one x_t per (example, t), or per (example, stratum)
+    assert est["exact"]["calls"] == n * T and est["mc"]["calls"] == n * strata
+    assert est["both"]["calls"] == n * (T + strata)
+    assert res["mc_vs_exact"]["calls"] == pytest.approx(strata / T)
+    for name, row in est.items():
+        assert row["seconds"]["median"] > 0 and len(row["seconds"]["runs"]) == 1, name
+        assert row["neg_elbo"] > 0 and row["neg_elbo_se"] > 0, name
+    assert res["mc_vs_exact"]["seconds"]["median"] > 0
+    # 'both' reports the exact -ELBO and, beside it, the same Monte Carlo estimate as 'mc' alone
+    assert est["both"]["neg_elbo"] == pytest.approx(est["exact"]["neg_elbo"])
+    assert est["both"]["neg_elbo_mc"] == pytest.approx(est["mc"]["neg_elbo"])
+    assert "| mc |" in proc.stdout and "| exact |" in proc.stdout

@@ -7,29 +7,34 @@ import math
 import pytest
 import torch
 
-from ddpm.bounds import IwEstimate, iw_curve, iw_log_likelihood, iw_log_weights
-from ddpm.diffusion import Diffusion
-from ddpm.elbo import elbo_terms
+from ddpm.data import DataSpec
 from ddpm.errors import ConfigError
-from ddpm.oracles import (
+from ddpm.likelihood.bounds import IwEstimate, iw_curve, iw_log_likelihood, iw_log_weights
+from ddpm.likelihood.elbo import elbo_terms
+from ddpm.likelihood.oracles import (
     GaussianOracle,
     gaussian_analysis,
     gaussian_elbo_terms,
     gaussian_log_likelihood,
 )
-from ddpm.reverse import Parameterisation
-from ddpm.schedule import NoiseSchedule
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.reverse import Parameterisation
+from ddpm.process.schedule import NoiseSchedule
 
 K_SE = 4  # Monte Carlo tolerance in standard errors
 F64 = torch.float64
 MEAN, STD = torch.tensor([0.3], dtype=F64), torch.tensor([0.5], dtype=F64)
 
 
-def setting(variance: str = "small", T: int = 10):
-    """A 1-D Gaussian oracle where the ELBO is visibly loose: linear schedule with small T."""
+def setting(variance: str = "small", T: int = 10, levels: int | None = None):
+    """A 1-D Gaussian oracle where the ELBO is visibly loose: linear schedule with small T.
+    levels: the decoder's grid (None: a Gaussian density, continuous data)."""
     s = NoiseSchedule.linear(T=T)
     an = gaussian_analysis(s, MEAN, STD, variance)
-    return Diffusion(s, Parameterisation("eps", variance)), GaussianOracle(s, MEAN, STD), an
+    spec = DataSpec("x", (1,), None) if levels is None else DataSpec.from_levels("x", (1,), levels)
+    d = Diffusion(s, Parameterisation("eps", variance))
+    return Model(d, GaussianOracle(s, MEAN, STD), spec), an
 
 
 def draw_x0(n: int, seed: int) -> torch.Tensor:
@@ -42,25 +47,25 @@ def z_score(x: torch.Tensor, expected: float = 0.0) -> float:
 
 @pytest.mark.parametrize("variance", ["small", "large"])
 def test_one_sample_bound_is_an_unbiased_elbo(variance):
-    d, oracle, an = setting(variance)
+    model, an = setting(variance)
     x0 = draw_x0(2000, seed=0)
     g = torch.Generator().manual_seed(1)
-    iw1 = -iw_log_likelihood(d, oracle, x0, None, K=1, generator=g)
+    iw1 = -iw_log_likelihood(model, x0, K=1, generator=g)
     # paired with the closed-form E[-ELBO | x_0] of each example
     assert abs(z_score(iw1 - gaussian_elbo_terms(an, x0).total())) < K_SE
     # and with the generic evaluator on the same x_0 (independent draws)
-    ref = elbo_terms(d, oracle, x0, None, generator=g).total()
+    ref = elbo_terms(model, x0, generator=g).total()
     diff = iw1.mean() - ref.mean()
     se = math.hypot(iw1.std() / math.sqrt(2000), ref.std() / math.sqrt(2000))
     assert abs(diff.item()) < K_SE * se
 
 
 def test_bound_rises_with_K_and_reaches_the_exact_log_likelihood():
-    d, oracle, an = setting("small")
+    model, an = setting("small")
     assert an.posterior_gap > 1.0  # the ELBO is loose here: room for K to matter
     x0 = draw_x0(1000, seed=2)
     g = torch.Generator().manual_seed(3)
-    curve = iw_curve(d, oracle, x0, None, Ks=(1, 8, 64, 1024), generator=g, max_batch=1 << 17)
+    curve = iw_curve(model, x0, Ks=(1, 8, 64, 1024), generator=g, max_batch=1 << 17)
     assert [e.K for e in curve] == [1, 8, 64, 1024]
     nll = {e.K: e.nll for e in curve}
     for k_small, k_large in [(1, 8), (8, 64)]:  # nested chains: paired differences
@@ -74,35 +79,31 @@ def test_bound_rises_with_K_and_reaches_the_exact_log_likelihood():
 
 def test_chain_groups_keep_examples_in_their_columns():
     """Examples far apart have far-apart log-weights: column j must stay example j."""
-    d, oracle, _ = setting("large", T=5)
+    model, _ = setting("large", T=5)
     x0 = torch.tensor([[-6.0], [0.3], [6.0]], dtype=F64)
     for max_batch in (3, 6, 4096):  # groups of 1, 2 and all 7 chains
         g = torch.Generator().manual_seed(4)
-        log_w = iw_log_weights(d, oracle, x0, None, K=7, generator=g, max_batch=max_batch)
+        log_w = iw_log_weights(model, x0, K=7, generator=g, max_batch=max_batch)
         assert log_w.shape == (7, 3) and log_w.dtype == F64
         assert bool((log_w[:, 1] > log_w[:, 0] + 10).all() & (log_w[:, 1] > log_w[:, 2] + 10).all())
 
 
 def test_groups_of_one_chain_are_successive_single_chain_draws():
-    d, oracle, _ = setting("large", T=5)
+    model, _ = setting("large", T=5)
     x0 = draw_x0(3, seed=5)
     log_w = iw_log_weights(
-        d,
-        oracle,
+        model,
         x0,
-        None,
         K=4,
         generator=torch.Generator().manual_seed(6),
         max_batch=3,
     )
     g = torch.Generator().manual_seed(6)
-    singles = [iw_log_weights(d, oracle, x0, None, K=1, generator=g) for _ in range(4)]
+    singles = [iw_log_weights(model, x0, K=1, generator=g) for _ in range(4)]
     torch.testing.assert_close(log_w, torch.cat(singles), rtol=0, atol=0)
     bound = iw_log_likelihood(
-        d,
-        oracle,
+        model,
         x0,
-        None,
         K=4,
         generator=torch.Generator().manual_seed(6),
         max_batch=3,
@@ -112,13 +113,13 @@ def test_groups_of_one_chain_are_successive_single_chain_draws():
 
 def test_discretized_decoder_bound_matches_the_elbo():
     """Data on a grid of 16 levels: the decoder is discretized [Ho20] eq. (13)."""
-    d, oracle, _ = setting("large")
     levels = 16
+    model, _ = setting("large", levels=levels)
     x0 = draw_x0(2000, seed=7).clamp(-1, 1)
     x0 = torch.round((x0 + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1
     g = torch.Generator().manual_seed(8)
-    curve = iw_curve(d, oracle, x0, levels, Ks=(1, 16), generator=g)
-    ref = elbo_terms(d, oracle, x0, levels, generator=g).total()
+    curve = iw_curve(model, x0, Ks=(1, 16), generator=g)
+    ref = elbo_terms(model, x0, generator=g).total()
     se = math.hypot(curve[0].se_nats, ref.std().item() / math.sqrt(2000))
     assert abs(curve[0].nll_nats - ref.mean().item()) < K_SE * se
     assert z_score(curve[0].nll - curve[1].nll) > -K_SE  # E[L_16] >= E[L_1]
@@ -126,9 +127,9 @@ def test_discretized_decoder_bound_matches_the_elbo():
 
 
 def test_bad_numbers_of_samples_raise_config_errors():
-    d, oracle, _ = setting()
+    model, _ = setting()
     x0 = draw_x0(2, seed=9)
     with pytest.raises(ConfigError, match="K must be an integer >= 1"):
-        iw_log_likelihood(d, oracle, x0, None, K=0)
+        iw_log_likelihood(model, x0, K=0)
     with pytest.raises(ConfigError, match="Ks must be a non-empty sequence"):
-        iw_curve(d, oracle, x0, None, Ks=())
+        iw_curve(model, x0, Ks=())

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm.checkpoint import (
+from ddpm.errors import CheckpointError, DdpmError
+from ddpm.runs.checkpoint import (
+    TrainingState,
     atomic_write_bytes,
     load_checkpoint,
     load_json,
@@ -21,7 +23,6 @@ from ddpm.checkpoint import (
     save_json,
     save_tensors,
 )
-from ddpm.errors import CheckpointError, DdpmError
 
 
 def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -260,7 +261,9 @@ def test_optimizer_resume_is_bit_identical(tmp_path):
 
     model, opt = _model_and_optimizer()
     _train(model, opt, range(5))
-    save_checkpoint(tmp_path / "checkpoint.safetensors", model, optimizer=opt, step=5)
+    save_checkpoint(
+        tmp_path / "checkpoint.safetensors", TrainingState(model, optimizer=opt, step=5)
+    )
     del model, opt
 
     resumed, opt = _model_and_optimizer()  # fresh weights and an empty optimizer
@@ -275,12 +278,14 @@ def test_optimizer_resume_is_bit_identical(tmp_path):
 
 def test_optimizer_file_for_another_model(tmp_path):
     model, opt = _model_and_optimizer()
-    ckpt = load_checkpoint(save_checkpoint(tmp_path / "a.safetensors", model, optimizer=opt))
+    state = TrainingState(model, optimizer=opt)
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "a.safetensors", state))
     other = torch.optim.AdamW([nn.Parameter(torch.zeros(3))])
     with pytest.raises(CheckpointError, match="optimizer state does not match"):
         ckpt.load_optimizer(other)
     with pytest.raises(CheckpointError, match="not an optimizer checkpoint"):
-        load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", _mlp())).load_optimizer(opt)
+        plain = save_checkpoint(tmp_path / "m.safetensors", TrainingState(_mlp()))
+        load_checkpoint(plain).load_optimizer(opt)
 
 
 def test_run_checkpoint_keeps_every_part_apart(tmp_path):
@@ -290,7 +295,8 @@ def test_run_checkpoint_keeps_every_part_apart(tmp_path):
     _train(model, opt, range(2))
     ema = _model_and_optimizer()[0]
     sampler = {"terms": torch.arange(6, dtype=torch.float64).reshape(3, 2)}
-    path = save_checkpoint(tmp_path / "c.safetensors", model, ema, opt, sampler, 7, {"a": [1]})
+    state = TrainingState(model, ema, optimizer=opt, sampler_state=sampler, step=7)
+    path = save_checkpoint(tmp_path / "c.safetensors", state, {"a": [1]})
     ckpt = load_checkpoint(path)
     assert ckpt.step == 7 and ckpt.config == {"a": [1]}
     assert _bits_equal(ckpt.sampler_state()["terms"], sampler["terms"])

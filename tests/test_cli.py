@@ -13,7 +13,7 @@ import pytest
 from helpers import copy_run
 from PIL import Image
 
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.config import TrainConfig
 
 TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
@@ -181,8 +181,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list, str]]:
         (["train", "--data", "mnist"], "--data-root"),
         (["train", "--data", "mnist", "--data-root", tmp / "mnist"], "header says 5 images"),
         (["train", "--T", "0"], "T must be an integer >= 1"),
-        (["train", "--schedule", "quadratic"], "unknown schedule 'quadratic'"),
-        (["train", "--loss", "l1"], "unknown loss 'l1'"),
+        (["train", "--schedule", "quadratic"], "unknown --schedule 'quadratic'"),
+        (["train", "--loss", "l1"], "unknown --loss 'l1'"),
         (
             ["train", "--data", "gmm8", "--n-train", "10", "--batch-size", "64"],
             "larger than the 10",
@@ -195,12 +195,12 @@ def _bad_inputs(tmp: Path) -> list[tuple[list, str]]:
             ["theory", "gaussian", "--variance", "learned"],
             "a Bayes-optimal oracle uses small, large or optimal",
         ),
-        (["theory", "gmm8", "--n", "0"], "--n must be >= 2"),
+        (["theory", "gmm8", "--n", "0"], "--n must be an integer >= 2"),
         (["train", "--seed", "-1"], "seed must be >= 0"),
         (["train", "--device", "foo"], "--device 'foo'"),
         (["train", "--device", "cuda:0"], "CUDA is not available"),
         (["train", "--image-size", "16"], "apply to image folders"),
-        (["train", "--data", "gmm8", "--data-root", tmp], "--data-root is for --data mnist"),
+        (["train", "--data", "gmm8", "--data-root", tmp], "--data-root is for the data mnist"),
         (["forward", tmp / "nothing.png", "--size", "0"], "--size must be >= 2"),
     ]
 
@@ -240,7 +240,7 @@ def test_resume_from_the_cli_keeps_the_runs_settings(tmp_path, capsys):
 
 
 def test_speed_flags_map_onto_the_train_config():
-    from ddpm.cli import _parser, config_from_args
+    from ddpm.cli.main import _parser, config_from_args
 
     args = _parser().parse_args(["train", "--autocast", "bf16", "--compile"])
     assert config_from_args(args).train == TrainConfig(autocast="bf16", compile=True)

@@ -10,14 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.api import evaluate_steps_run, sample_run
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.data import load_dataset
 from ddpm.errors import DataError
-from ddpm.evaluate import evaluate
-from ddpm.respace import respace
-from ddpm.rng import KeyedNoise
-from ddpm.runs import load_run
+from ddpm.jobs.evaluate import evaluate_steps_run
+from ddpm.jobs.sample import sample_run
+from ddpm.likelihood.evaluate import evaluate
+from ddpm.loader import load
+from ddpm.model import Model
+from ddpm.process.respace import respace
+from ddpm.process.rng import KeyedNoise
+from ddpm.requests import EvaluationRequest, SamplingRequest
 
 TINY = ["--T", "12", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
 
@@ -48,28 +51,29 @@ def test_evaluate_steps_reports_one_exact_elbo_per_K(run12, tmp_path, capsys):
     plain = json.loads(capsys.readouterr().out)
     assert plain["neg_elbo"] == pytest.approx(doc["steps"][1]["neg_elbo"], rel=1e-12)
     # K = 3 is the run's network in the respaced process, evaluated with the same seed
-    run = load_run(run12)
-    x0 = load_dataset(run.config.data).test[:6]
+    model = load(run12)
+    x0 = load_dataset(model.data_config()).test[:6]
     noise = KeyedNoise(0, torch.arange(6))  # evaluation noise is keyed by (seed, example, t)
-    ev = evaluate(
-        respace(run.diffusion, 3), run.model, x0, run.spec, generator=noise, clip=run.clip
-    )
+    respaced = Model(respace(model.diffusion, 3), model.net, model.spec, clip=model.clip)
+    ev = evaluate(respaced, x0, generator=noise)
     assert doc["steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
     assert doc["steps"][0]["neg_elbo"] != pytest.approx(plain["neg_elbo"], rel=1e-3)
 
 
 def test_evaluate_steps_json_to_stdout(run12, tmp_path, capsys):
-    res = evaluate_steps_run(run12, (4,), n=3, out_dir=tmp_path)
+    res = evaluate_steps_run(run12, EvaluationRequest(n=3, steps=("4",)), out_dir=tmp_path)
     assert run_cli("evaluate", run12, "--steps", "4", "--n", "3", "--out", tmp_path, "--json") == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["steps"][0]["bits_per_dim"] == pytest.approx(res.evaluations[0].bits_per_dim)
 
 
 def test_ddim_eta_one_reproduces_ancestral_samples_of_the_respaced_run(run12, tmp_path):
-    a = sample_run(run12, n=5, out=tmp_path / "a.png", steps=4)
-    b = sample_run(run12, n=5, out=tmp_path / "b.png", steps=4, sampler="ddim", eta=1.0)
+    a = sample_run(run12, SamplingRequest(n=5, steps="4"), out=tmp_path / "a.png")
+    ddim = SamplingRequest(n=5, steps="4", sampler="ddim", eta=1.0)
+    b = sample_run(run12, ddim, out=tmp_path / "b.png")
     assert torch.allclose(a.x0, b.x0, rtol=0, atol=1e-5)
-    c = sample_run(run12, n=5, out=tmp_path / "c.png", steps=4, sampler="ddim", eta=0.0)
+    ddim = SamplingRequest(n=5, steps="4", sampler="ddim", eta=0.0)
+    c = sample_run(run12, ddim, out=tmp_path / "c.png")
     assert not torch.allclose(a.x0, c.x0, atol=1e-3)
 
 
@@ -83,7 +87,7 @@ def test_sample_cli_with_steps_and_ddim(run12, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["sample", "{run}", "--eta", "0.5"], "--eta 0.5 applies to --sampler ddim only"),
+        (["sample", "{run}", "--eta", "0.5"], "--eta applies to the --sampler 'ddim'"),
         (["sample", "{run}", "--sampler", "ddpm"], "sampler"),
         (["sample", "{run}", "--steps", "13"], "cannot respace 12 steps into 13"),
         (["sample", "{run}", "--sampler", "ddim", "--eta", "2"], "--eta must lie in [0, 1]"),
@@ -93,13 +97,16 @@ def test_sample_cli_with_steps_and_ddim(run12, tmp_path, capsys):
             ["sample", "{run}", "--steps", "3,3", "--spacing", "leading"],
             "spacing 'leading' applies to one count K, not to '3,3'",
         ),
-        (["sample", "{run}", "--spacing", "leading"], "--spacing leading applies with --steps"),
+        (
+            ["sample", "{run}", "--spacing", "leading"],
+            "--spacing 'leading' applies to respaced --steps",
+        ),
         (["sample", "{run}", "--steps", "ddim5"], "ddim5: no integer stride takes exactly 5 of 12"),
         (["sample", "{run}", "--steps", "5x"], "steps '5x': give a count K ('50')"),
-        (["sample", "{run}", "--steps", "3", "--spacing", "mid"], "unknown spacing 'mid'"),
-        (["evaluate", "{run}", "--spacing", "linspace"], "--spacing applies with --steps K"),
+        (["sample", "{run}", "--steps", "3", "--spacing", "mid"], "unknown --spacing 'mid'"),
+        (["evaluate", "{run}", "--spacing", "linspace"], "--spacing 'linspace' applies to"),
         (["evaluate", "{run}", "--steps", "ddim4", "2,2"], "both give K = 4 but keep different"),
-        (["theory", "gaussian", "--spacing", "leading"], "--spacing applies with --steps K"),
+        (["theory", "gaussian", "--spacing", "leading"], "--spacing 'leading' applies to"),
     ],
 )
 def test_bad_step_options_give_one_clear_line(run12, capsys, args, message):
@@ -117,11 +124,11 @@ def test_evaluate_records_each_spelling_and_spacing(run12, tmp_path, capsys):
     # in the first (0, 2, 5) and 5 in the second (6, 11); our t = index + 1
     assert rows == [(4, "ddim4", None, [1, 4, 7, 10]), (5, "3,2", None, [1, 3, 6, 7, 12])]
     assert [len(r["per_timestep"]) for r in doc["steps"]] == [4, 5]
-    run = load_run(run12)
-    x0 = load_dataset(run.config.data).test[:3]
+    model = load(run12)
+    x0 = load_dataset(model.data_config()).test[:3]
     noise = KeyedNoise(0, torch.arange(3))
-    ev = evaluate(respace(run.diffusion, "ddim4"), run.model, x0, run.spec, generator=noise,
-                  clip=run.clip)  # fmt: skip
+    respaced = Model(respace(model.diffusion, "ddim4"), model.net, model.spec, clip=model.clip)
+    ev = evaluate(respaced, x0, generator=noise)
     assert doc["steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
     argv = ["evaluate", run12, "--steps", "4", "--spacing", "trailing", "--n", "3"]
     assert run_cli(*argv, "--out", tmp_path, "--json") == 0
@@ -134,9 +141,12 @@ def test_sample_cli_with_a_spacing_is_the_library_call(run12, tmp_path, capsys):
     out = run12 / "samples_seed0_K6_trailing.png"
     assert str(out) in capsys.readouterr().out
     drawn = np.load(out.with_suffix(".npy"))
-    lib = sample_run(run12, n=3, out=tmp_path / "t.png", steps=6, spacing="trailing")
+    lib = sample_run(
+        run12, SamplingRequest(n=3, steps="6", spacing="trailing"), out=tmp_path / "t.png"
+    )
     assert np.array_equal(drawn, np.load(lib.array_path))
-    default = sample_run(run12, n=3, out=tmp_path / "d.png", steps=6)  # other steps, same noise
+    # other steps, same noise
+    default = sample_run(run12, SamplingRequest(n=3, steps="6"), out=tmp_path / "d.png")
     assert not np.allclose(drawn, np.load(default.array_path), atol=1e-3)
     assert run_cli("sample", run12, "--n", "2", "--steps", "3,2") == 0
     assert (run12 / "samples_seed0_K3-2.png").is_file()

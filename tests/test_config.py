@@ -118,12 +118,12 @@ def test_non_object_rejected():
         ),
         (
             {"variance": "learned", "loss": "simple"},
-            "variance 'learned' needs a loss that trains the variance: use --loss hybrid or vlb",
+            "variance 'learned' needs a loss that trains the variance: use loss hybrid or vlb",
         ),
-        ({"loss": "hybrid"}, "loss 'hybrid' trains a learned variance: add --variance learned"),
+        ({"loss": "hybrid"}, "loss 'hybrid' trains a learned variance: add variance learned"),
         (
             {"timestep_sampler": "importance"},
-            "importance-sampled timesteps are for --loss vlb only",
+            "importance-sampled timesteps are for loss vlb only",
         ),
         (
             {"variance": "learned", "loss": "hybrid", "hybrid_lambda": -0.1},

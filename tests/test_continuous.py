@@ -6,12 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm.continuous import ContinuousMixtureOracle, ContinuousSchedule, gaussian_flow_marginal
 from ddpm.data import GaussianMixture
-from ddpm.diffusion import Diffusion
 from ddpm.errors import ConfigError
-from ddpm.forward import x0_from_eps_at
-from ddpm.schedule import BETA_MAX, NoiseSchedule
+from ddpm.process.continuous import (
+    ContinuousMixtureOracle,
+    ContinuousSchedule,
+    gaussian_flow_marginal,
+)
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.forward import x0_from_eps_at
+from ddpm.process.schedule import BETA_MAX, NoiseSchedule
 
 F64 = torch.float64
 

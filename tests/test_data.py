@@ -198,7 +198,7 @@ def test_grayscale_converts_colour_and_palette_images(tmp_path):
     write_images(tmp_path / "mixed", rgb)
     Image.fromarray(rgb[0]).convert("P").save(tmp_path / "mixed" / "palette.png")
     write_images(tmp_path / "mixed" / "grey", random_pixels(1, (4, 4)))
-    raise_one_line(tmp_path / "mixed", "pass --grayscale")
+    raise_one_line(tmp_path / "mixed", "pass grayscale")
     data = load(tmp_path / "mixed", grayscale=True, test_fraction=0.25)
     assert data.spec.shape == (1, 4, 4)
     expected = model(np.asarray(Image.fromarray(rgb[0]).convert("L")))
@@ -211,7 +211,7 @@ def test_image_size_crops_the_centre_square_then_resizes(tmp_path):
     a[:, :2], a[:, 12:] = 0, 50
     b = np.full((12, 9), 30, np.uint8)  # different size: centre 9 x 9 square of 30s
     write_images(tmp_path / "sizes", [a, b])
-    raise_one_line(tmp_path / "sizes", "pass --image-size")
+    raise_one_line(tmp_path / "sizes", "pass image_size")
     data = load(tmp_path / "sizes", image_size=8)
     assert data.spec.shape == (1, 8, 8)
     found = sorted(torch.cat([data.train, data.test]).unique().tolist())
@@ -376,7 +376,7 @@ def test_mnist_accepts_the_dotted_file_names(tmp_path):
 
 
 def test_mnist_errors(tmp_path):
-    raise_one_line("mnist", "--data mnist needs --data-root DIR holding the MNIST IDX files")
+    raise_one_line("mnist", "data mnist needs root DIR holding the MNIST IDX files")
     raise_one_line("mnist", "does not exist", root=str(tmp_path / "nowhere"))
     raise_one_line("mnist", "no MNIST file train-images-idx3-ubyte", root=str(tmp_path))
     a = np.zeros((5, 28, 28))
@@ -426,7 +426,7 @@ def test_digits_are_stored_as_levels_and_give_the_float_values_of_before():
 
 
 def test_npy_is_memory_mapped_and_batches_match_the_in_memory_values(tmp_path):
-    from ddpm.train import Trainer
+    from ddpm.training.loop import Trainer
 
     values = np.random.default_rng(0).integers(0, 256, (4000, 1, 28, 28), dtype=np.uint8)
     np.save(tmp_path / "big.npy", values)  # 3 MB

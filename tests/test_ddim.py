@@ -8,31 +8,37 @@ import math
 import pytest
 import torch
 
-from ddpm.ddim import ddim_sample
-from ddpm.diffusion import Diffusion
+from ddpm.data import DataSpec
 from ddpm.errors import ConfigError
-from ddpm.oracles import GaussianOracle
-from ddpm.respace import respace
-from ddpm.reverse import Parameterisation
-from ddpm.sampling import sample
-from ddpm.schedule import NoiseSchedule
+from ddpm.likelihood.oracles import GaussianOracle
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.respace import respace
+from ddpm.process.reverse import Parameterisation
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.sampling.ancestral import sample
+from ddpm.sampling.ddim import ddim_sample
 
 M, S = 0.5, 0.5  # data N(M, S^2) per dimension
 
 
-def _oracle_process(T: int, K: int, prediction: str = "eps") -> tuple[Diffusion, GaussianOracle]:
+def _oracle_model(
+    T: int, K: int, prediction: str = "eps", clip: tuple[float, float] | None = None
+) -> Model:
+    """The Gaussian oracle of 2-d data N(M, S^2) on the K-step respaced T-step process."""
     full = NoiseSchedule.linear(T)
     mean, std = (torch.full((2,), v, dtype=torch.float64) for v in (M, S))
     d = respace(Diffusion(full, Parameterisation(prediction, "small")), K)
-    return d, GaussianOracle(full, mean, std, prediction)
+    oracle = GaussianOracle(full, mean, std, prediction)
+    return Model(d, oracle, DataSpec("x", (2,), None), clip=clip)
 
 
 @pytest.mark.parametrize("prediction, clip", [("eps", None), ("x0", None), ("v", (-0.3, 1.2))])
 def test_eta_one_is_ancestral_sampling_of_the_respaced_model(prediction, clip):
-    d, oracle = _oracle_process(300, 20, prediction)
-    kw = dict(n=500, device="cpu", clip=clip, capture=(20, 7))
-    a = sample(d, oracle, (2,), generator=torch.Generator().manual_seed(3), **kw)
-    b = ddim_sample(d, oracle, (2,), generator=torch.Generator().manual_seed(3), eta=1.0, **kw)
+    model = _oracle_model(300, 20, prediction, clip)
+    kw = dict(n=500, capture=(20, 7))
+    a = sample(model, generator=torch.Generator().manual_seed(3), **kw)
+    b = ddim_sample(model, generator=torch.Generator().manual_seed(3), eta=1.0, **kw)
     assert torch.allclose(b.x0, a.x0, rtol=0, atol=2e-5)
     assert b.steps == a.steps == [20, 7]
     assert torch.allclose(b.xt, a.xt, rtol=0, atol=2e-5)
@@ -63,13 +69,13 @@ def _ddim_chain(T: int, K: int, eta: float = 0.0) -> tuple[float, float, float]:
 
 def test_eta_zero_is_the_deterministic_map_of_x_T():
     T, K, n = 200, 15, 400
-    d, oracle = _oracle_process(T, K)
-    out = ddim_sample(d, oracle, (2,), n, generator=torch.Generator().manual_seed(5))
+    model = _oracle_model(T, K)
+    out = ddim_sample(model, n, generator=torch.Generator().manual_seed(5))
     x_T = torch.randn((n, 2), generator=torch.Generator().manual_seed(5))  # its first draw
     A, B, V = _ddim_chain(T, K)
     assert V == 0
     assert torch.allclose(out.x0.double(), A * x_T.double() + B, rtol=0, atol=2e-5)
-    again = ddim_sample(d, oracle, (2,), n, generator=torch.Generator().manual_seed(5))
+    again = ddim_sample(model, n, generator=torch.Generator().manual_seed(5))
     assert torch.equal(again.x0, out.x0)
 
 
@@ -78,8 +84,8 @@ def test_eta_zero_with_many_steps_reproduces_the_data_moments():
     data's N(0.5, 0.25) within 4 Monte Carlo standard errors (the discretisation bias here,
     from the affine map, is below 0.002 in both)."""
     n = 10_000
-    d, oracle = _oracle_process(1000, 1000)
-    out = ddim_sample(d, oracle, (2,), n, generator=torch.Generator().manual_seed(0), eta=0.0)
+    model = _oracle_model(1000, 1000)
+    out = ddim_sample(model, n, generator=torch.Generator().manual_seed(0), eta=0.0)
     x = out.x0.double().flatten()
     se_mean, se_var = S / math.sqrt(x.numel()), S**2 * math.sqrt(2 / (x.numel() - 1))
     assert abs(float(x.mean()) - M) < 4 * se_mean
@@ -99,9 +105,9 @@ def test_intermediate_eta_has_the_moments_of_the_linear_gaussian_chain(eta):
     mean B, variance A^2 + V and covariance A with the starting noise x_K match within 4
     standard errors; A depends on eta (A = 0.389 at eta = 0, 0.289 at 0.3, 0.057 at 0.7)."""
     T, K, n = 200, 12, 100_000
-    d, oracle = _oracle_process(T, K)
+    model = _oracle_model(T, K)
     g = torch.Generator().manual_seed(1)
-    out = ddim_sample(d, oracle, (2,), n // 2, generator=g, capture=(K,), eta=eta)
+    out = ddim_sample(model, n // 2, generator=g, capture=(K,), eta=eta)
     A, B, V = _ddim_chain(T, K, eta)
     var = A**2 + V
     x, x_K = out.x0.double().flatten(), out.xt[0].double().flatten()
@@ -115,6 +121,6 @@ def test_intermediate_eta_has_the_moments_of_the_linear_gaussian_chain(eta):
 
 @pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan")])
 def test_eta_outside_unit_interval_is_rejected(eta):
-    d, oracle = _oracle_process(20, 5)
-    with pytest.raises(ConfigError, match="--eta must lie in"):
-        ddim_sample(d, oracle, (2,), 4, eta=eta)
+    model = _oracle_model(20, 5)
+    with pytest.raises(ConfigError, match="^eta must lie in"):
+        ddim_sample(model, 4, eta=eta)

@@ -6,16 +6,19 @@ import pytest
 import torch
 from reference import LinearDenoiser
 
-from ddpm.bounds import iw_log_weights
 from ddpm.config import DiffusionConfig
-from ddpm.diffusion import Diffusion, Parameterisation, denoise
-from ddpm.elbo import elbo_terms
+from ddpm.data import DataSpec
 from ddpm.errors import ConfigError
-from ddpm.losses import training_loss
-from ddpm.sampling import sample
-from ddpm.schedule import NoiseSchedule
+from ddpm.likelihood.bounds import iw_log_weights
+from ddpm.likelihood.elbo import elbo_terms
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion, Parameterisation, denoise
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.sampling.ancestral import sample
+from ddpm.training.losses import training_loss
 
 T, D = 6, 3
+SPEC = DataSpec("x", (D,), None)  # continuous D-dimensional data
 
 
 class OnScaledTime:
@@ -54,14 +57,15 @@ def test_a_time_map_changes_nothing_but_the_network_input(variance):
     def g() -> torch.Generator:
         return torch.Generator().manual_seed(3)
 
-    a = elbo_terms(plain, model, x0, None, generator=g())
-    b = elbo_terms(mapped, foreign, x0, None, generator=g())
+    on_plain, on_mapped = Model(plain, model, SPEC), Model(mapped, foreign, SPEC)
+    a = elbo_terms(on_plain, x0, generator=g())
+    b = elbo_terms(on_mapped, x0, generator=g())
     assert torch.equal(a.per_timestep, b.per_timestep) and torch.equal(a.prior_kl, b.prior_kl)
-    wa = iw_log_weights(plain, model, x0, None, K=2, generator=g())
-    wb = iw_log_weights(mapped, foreign, x0, None, K=2, generator=g())
+    wa = iw_log_weights(on_plain, x0, K=2, generator=g())
+    wb = iw_log_weights(on_mapped, x0, K=2, generator=g())
     assert torch.equal(wa, wb)
-    xa = sample(plain, model, (D,), 4, generator=g()).x0
-    xb = sample(mapped, foreign, (D,), 4, generator=g()).x0
+    xa = sample(on_plain, 4, generator=g()).x0
+    xb = sample(on_mapped, 4, generator=g()).x0
     assert torch.equal(xa, xb)
     assert all(bool((t % 10 == 0).all()) and bool((t >= 10).all()) for t in foreign.seen)
 
@@ -71,7 +75,7 @@ def test_training_loss_refuses_a_config_that_contradicts_the_diffusion():
     d = Diffusion.of(DiffusionConfig(T=T))
     x0, t = torch.zeros(2, D), torch.tensor([1, 2])
     with pytest.raises(ConfigError, match="predicts 'eps' with variance 'small' but the config"):
-        training_loss(d, cfg, lambda x, tt: x, x0, t, None, None)
+        training_loss(Model(d, lambda x, tt: x, SPEC), cfg, x0, t, None)
 
 
 def test_time_map_length_is_checked():

@@ -10,16 +10,26 @@ import reference as ref
 import torch
 from reference import LinearDenoiser, Schedule, TimeOnlyDenoiser
 
-from ddpm.diffusion import Diffusion
-from ddpm.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb_term
-from ddpm.forward import q_sample
-from ddpm.reverse import Parameterisation
-from ddpm.schedule import NoiseSchedule
+from ddpm.data import DataSpec
+from ddpm.likelihood.elbo import ElboTerms, bits_per_dim, elbo_mc, elbo_terms, prior_kl, vb_term
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.forward import q_sample
+from ddpm.process.reverse import Parameterisation
+from ddpm.process.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("small", "large", "learned")
 f64 = torch.float64
+
+
+def model_of(diffusion, net, shape, levels=None) -> Model:
+    """p_theta from the process, the network and the data's shape and decoder levels."""
+    spec = (
+        DataSpec("x", shape, None) if levels is None else DataSpec.from_levels("x", shape, levels)
+    )
+    return Model(diffusion, net, spec)
 
 
 def grid_data(B: int, D: int, levels: int, seed: int) -> torch.Tensor:
@@ -64,7 +74,9 @@ def test_elbo_terms_match_reference(name, prediction, variance, T, levels):
     t = torch.arange(1, T + 1).repeat_interleave(B)
     eps = torch.randn(T * B, D, generator=torch.Generator().manual_seed(13), dtype=f64)
     terms = (
-        vb_term(Diffusion(s, param), model, x0.repeat(T, 1), t, levels, noise=eps).reshape(T, B).T
+        vb_term(model_of(Diffusion(s, param), model, (D,), levels), x0.repeat(T, 1), t, noise=eps)
+        .reshape(T, B)
+        .T
     )
     prior, kl, dec = ref_terms(s, param, model, x0, levels, lambda tt, b: eps[(tt - 1) * B + b])
     # prior_kl goes through the generic normal_kl, whose (1 - ab) - 1 - log(1 - ab) rounds to
@@ -91,10 +103,8 @@ def test_elbo_terms_chunking_on_a_noise_free_model(name, variance, levels):
         done = []
         g = torch.Generator().manual_seed(max_batch)
         e = elbo_terms(
-            Diffusion(s, param),
-            model,
+            model_of(Diffusion(s, param), model, (D,), levels),
             x0,
-            levels,
             generator=g,
             max_batch=max_batch,
             on_chunk=done.append,
@@ -112,15 +122,11 @@ def test_elbo_terms_is_reproducible_with_a_generator():
     param = Parameterisation(prediction="eps", variance="learned")
     model = LinearDenoiser(D, 2, T, seed=16)
     x0 = grid_data(B, D, 256, seed=17)
-    runs = [
-        elbo_terms(Diffusion(s, param), model, x0, 256, generator=torch.Generator().manual_seed(5))
-        for _ in range(2)
-    ]
+    p_theta = model_of(Diffusion(s, param), model, (D,), 256)
+    runs = [elbo_terms(p_theta, x0, generator=torch.Generator().manual_seed(5)) for _ in range(2)]
     assert torch.equal(runs[0].total(), runs[1].total())
     assert torch.equal(runs[0].per_timestep, runs[1].per_timestep)
-    other = elbo_terms(
-        Diffusion(s, param), model, x0, 256, generator=torch.Generator().manual_seed(6)
-    )
+    other = elbo_terms(p_theta, x0, generator=torch.Generator().manual_seed(6))
     assert not torch.equal(other.per_timestep, runs[0].per_timestep)
 
 
@@ -152,10 +158,8 @@ def test_total_from_elbo_terms_is_the_sum_of_its_terms():
     s = NoiseSchedule.linear(T)
     param = Parameterisation(prediction="v", variance="large")
     e = elbo_terms(
-        Diffusion(s, param),
-        LinearDenoiser(D, 1, T, seed=18),
+        model_of(Diffusion(s, param), LinearDenoiser(D, 1, T, seed=18), (D,), 17),
         grid_data(B, D, 17, 19),
-        17,
         generator=torch.Generator().manual_seed(0),
     )
     torch.testing.assert_close(
@@ -208,11 +212,15 @@ def test_perfect_denoiser_has_zero_kl_terms(name, prediction):
     x0 = x_star.expand(B, D)
     g = torch.Generator().manual_seed(21)
     small = elbo_terms(
-        Diffusion(s, Parameterisation(prediction, "small")), perfect, x0, None, generator=g
+        model_of(Diffusion(s, Parameterisation(prediction, "small")), perfect, (D,)),
+        x0,
+        generator=g,
     )
     assert float(small.kl.abs().max()) < 1e-10
     large = elbo_terms(
-        Diffusion(s, Parameterisation(prediction, "large")), perfect, x0, None, generator=g
+        model_of(Diffusion(s, Parameterisation(prediction, "large")), perfect, (D,)),
+        x0,
+        generator=g,
     )
     r = s.beta_tilde[2:] / s.beta[2:]
     expected = 0.5 * D * (-r.log() - 1 + r)
@@ -229,7 +237,7 @@ def test_perfect_denoiser_has_zero_kl_terms(name, prediction):
 def test_elbo_mc_agrees_with_elbo_terms(levels, stratified):
     # Both are unbiased for E_noise[-ELBO(x_0)]: elbo_mc over t and x_t, elbo_terms over x_t;
     # with strata, one t per stratum of log_strata(T, 4), weighted by the stratum's width.
-    from ddpm.elbo import log_strata
+    from ddpm.likelihood.elbo import log_strata
 
     T, D, n = 30 if stratified else 10, 2, 4000
     s = NoiseSchedule.linear(T)
@@ -238,13 +246,9 @@ def test_elbo_mc_agrees_with_elbo_terms(levels, stratified):
     x_one = data(1, D, levels, seed=23)
     x0 = x_one.expand(n, D)
     strata = log_strata(T, 4) if stratified else None
-    mc = elbo_mc(
-        Diffusion(s, param), model, x0, levels, K=1, generator=torch.Generator().manual_seed(24),
-        strata=strata,
-    )  # fmt: skip
-    full = elbo_terms(
-        Diffusion(s, param), model, x0, levels, generator=torch.Generator().manual_seed(25)
-    )
+    p_theta = model_of(Diffusion(s, param), model, (D,), levels)
+    mc = elbo_mc(p_theta, x0, K=1, generator=torch.Generator().manual_seed(24), strata=strata)
+    full = elbo_terms(p_theta, x0, generator=torch.Generator().manual_seed(25))
     full_total = full.total()
     se = math.sqrt(float(mc.var()) / n + float(full_total.var()) / n)
     assert abs(float(mc.mean()) - float(full_total.mean())) < 4 * se
@@ -266,7 +270,9 @@ def test_negative_elbo_bounds_exact_nll_of_linear_gaussian_model(prediction, var
         nll = -ref.gaussian_log_prob(x_value, mean0, var0)
         x0 = torch.full((n, 1), x_value, dtype=f64)
         neg_elbo = elbo_terms(
-            Diffusion(s, param), model, x0, None, generator=torch.Generator().manual_seed(26)
+            model_of(Diffusion(s, param), model, (1,)),
+            x0,
+            generator=torch.Generator().manual_seed(26),
         )
         total = neg_elbo.total()
         se = float(total.std()) / math.sqrt(n)
@@ -286,7 +292,7 @@ def test_vb_term_uses_the_given_noise():
     x0 = grid_data(B, D, 256, seed=27)
     t = torch.tensor([1, 2, 3, 6, 6])
     eps = torch.randn(B, D, generator=torch.Generator().manual_seed(28), dtype=f64)
-    vb_term(Diffusion(s, param), model, x0, t, 256, noise=eps)
+    vb_term(model_of(Diffusion(s, param), model, (D,), 256), x0, t, noise=eps)
     torch.testing.assert_close(seen["xt"], q_sample(s, x0, t, noise=eps), rtol=0, atol=0)
 
 
@@ -295,7 +301,7 @@ def test_vb_term_uses_the_given_noise():
 
 @pytest.mark.parametrize("T,K", [(1, 4), (10, 16), (1000, 16), (1000, 64), (4000, 3)])
 def test_log_strata_partition_one_to_T(T, K):
-    from ddpm.elbo import log_strata
+    from ddpm.likelihood.elbo import log_strata
 
     e = log_strata(T, K).tolist()
     assert e[0] == 1 and e[-1] == T + 1 and 1 <= len(e) - 1 <= K
@@ -307,8 +313,8 @@ def test_log_strata_partition_one_to_T(T, K):
 
 def test_stratified_timesteps_are_uniform_within_each_stratum():
     # Each t in stratum k has probability 1 / width_k: counts over many keyed draws.
-    from ddpm.elbo import log_strata
-    from ddpm.rng import KeyedNoise
+    from ddpm.likelihood.elbo import log_strata
+    from ddpm.process.rng import KeyedNoise
 
     T, K, n = 100, 6, 20_000
     strata = log_strata(T, K)
@@ -319,7 +325,7 @@ def test_stratified_timesteps_are_uniform_within_each_stratum():
         return torch.zeros_like(xt)
 
     diffusion = Diffusion(NoiseSchedule.linear(T), Parameterisation("eps", "small"))
-    elbo_mc(diffusion, record, torch.zeros(n, 1, dtype=f64), None, K, KeyedNoise(3),
+    elbo_mc(model_of(diffusion, record, (1,)), torch.zeros(n, 1, dtype=f64), K, KeyedNoise(3),
             strata=strata)  # fmt: skip
     t = torch.cat(seen)
     for lo, hi in zip(strata[:-1].tolist(), strata[1:].tolist(), strict=True):

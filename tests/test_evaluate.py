@@ -8,11 +8,18 @@ import pytest
 import torch
 
 from ddpm.data import DataSpec, GaussianMixture
-from ddpm.diffusion import Diffusion
-from ddpm.evaluate import evaluate, mean_se
-from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_log_likelihood
-from ddpm.reverse import Parameterisation
-from ddpm.schedule import NoiseSchedule
+from ddpm.likelihood.evaluate import evaluate, mean_se
+from ddpm.likelihood.oracles import (
+    GaussianOracle,
+    MixtureOracle,
+    gaussian_analysis,
+    gaussian_log_likelihood,
+)
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.reverse import Parameterisation
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.requests import EvaluationRequest
 
 D, T = 3, 20
 
@@ -33,8 +40,9 @@ def _gaussian_setup(n: int = 3000, seed: int = 0):
 def test_evaluator_on_the_gaussian_oracle_matches_the_closed_forms():
     s, an, oracle, x0, density, g = _gaussian_setup()
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
+    model = Model(Diffusion(s, Parameterisation("eps", "large")), oracle, spec)
     ev = evaluate(
-        Diffusion(s, Parameterisation("eps", "large")), oracle, x0, spec, iw=(1, 4), mc_timesteps=4,
+        model, x0, EvaluationRequest(iw=(1, 4), estimator="both", mc_timesteps=4),
         density=density, exact_log_prob=lambda x: gaussian_log_likelihood(an, x), generator=g,
     )  # fmt: skip
     assert abs(ev.neg_elbo - an.neg_elbo) < 4 * ev.neg_elbo_se
@@ -61,19 +69,20 @@ def test_evaluator_on_the_gaussian_oracle_matches_the_closed_forms():
 def test_mc_estimate_is_the_stratified_one():
     """evaluate's mc is elbo_mc over log_strata with the same keyed noise; on this oracle its
     SE is below that of uniform t at the same number of network calls."""
-    from ddpm.elbo import elbo_mc, log_strata
-    from ddpm.rng import KeyedNoise
+    from ddpm.likelihood.elbo import elbo_mc, log_strata
+    from ddpm.process.rng import KeyedNoise
 
     s, an, oracle, x0, _, _ = _gaussian_setup(n=2000)
-    diffusion = Diffusion(s, Parameterisation("eps", "large"))
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
-    ev = evaluate(diffusion, oracle, x0, spec, mc_timesteps=8, generator=KeyedNoise(5))
+    model = Model(Diffusion(s, Parameterisation("eps", "large")), oracle, spec)
+    request = EvaluationRequest(estimator="both", mc_timesteps=8)
+    ev = evaluate(model, x0, request, generator=KeyedNoise(5))
     strata = log_strata(T, 8)
     assert ev.mc_timesteps == len(strata) - 1
-    mc = elbo_mc(diffusion, oracle, x0, None, 8, KeyedNoise(5), strata=strata)
+    mc = elbo_mc(model, x0, 8, KeyedNoise(5), strata=strata)
     assert ev.neg_elbo_mc == pytest.approx(float(mc.mean()), rel=1e-12)
     assert abs(ev.neg_elbo_mc - an.neg_elbo) < 4 * ev.neg_elbo_mc_se
-    uniform = elbo_mc(diffusion, oracle, x0, None, ev.mc_timesteps, KeyedNoise(5))
+    uniform = elbo_mc(model, x0, ev.mc_timesteps, KeyedNoise(5))
     assert ev.neg_elbo_mc_se < mean_se(uniform)[1]
 
 
@@ -82,12 +91,12 @@ def test_log_jacobian_moves_densities_not_kls():
     units, KLs (differences of densities) stay the same."""
     s, an, oracle, x0, density, _ = _gaussian_setup(n=200)
     exact = lambda x: gaussian_log_likelihood(an, x)  # noqa: E731
-    args = (Diffusion(s, Parameterisation("eps", "large")), oracle, x0)
+    diffusion = Diffusion(s, Parameterisation("eps", "large"))
     unit = DataSpec(name="g", shape=(D,), levels=None)
     scaled = DataSpec(name="g", shape=(D,), levels=None, shift=1.0, scale=2.5)
-    ev1 = evaluate(*args, unit, density=density, exact_log_prob=exact,
+    ev1 = evaluate(Model(diffusion, oracle, unit), x0, density=density, exact_log_prob=exact,
                    generator=torch.Generator().manual_seed(1))  # fmt: skip
-    ev2 = evaluate(*args, scaled, density=density, exact_log_prob=exact,
+    ev2 = evaluate(Model(diffusion, oracle, scaled), x0, density=density, exact_log_prob=exact,
                    generator=torch.Generator().manual_seed(1))  # fmt: skip
     shift = D * math.log(2.5)
     assert ev2.log_jacobian == pytest.approx(-shift, rel=1e-12)
@@ -108,10 +117,8 @@ def test_kl_chain_for_the_mixture_oracle():
     g = torch.Generator().manual_seed(3)
     x0 = mixture.sample(400, generator=g)
     spec = DataSpec(name="gmm8", shape=(2,), levels=None)
-    ev = evaluate(
-        Diffusion(s, Parameterisation("eps", "small")), MixtureOracle(s, mixture), x0, spec,
-        iw=(1, 16), density=mixture, generator=g,
-    )  # fmt: skip
+    model = Model(Diffusion(s, Parameterisation("eps", "small")), MixtureOracle(s, mixture), spec)
+    ev = evaluate(model, x0, EvaluationRequest(iw=(1, 16)), density=mixture, generator=g)
     assert ev.log_likelihood_exact is False
     assert ev.neg_log_likelihood == ev.iw[-1].neg_log_likelihood
     assert ev.kl_joint - ev.kl_marginal == pytest.approx(ev.posterior_gap, rel=1e-9)
@@ -129,13 +136,11 @@ def test_mean_se():
 def test_per_timestep_se_is_the_standard_error_of_each_column():
     s, an, oracle, x0, density, _ = _gaussian_setup(n=50)
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
-    param = Parameterisation("eps", "large")
-    ev = evaluate(Diffusion(s, param), oracle, x0, spec, generator=torch.Generator().manual_seed(5))
-    from ddpm.elbo import elbo_terms
+    model = Model(Diffusion(s, Parameterisation("eps", "large")), oracle, spec)
+    ev = evaluate(model, x0, generator=torch.Generator().manual_seed(5))
+    from ddpm.likelihood.elbo import elbo_terms
 
-    per_t = elbo_terms(
-        Diffusion(s, param), oracle, x0, None, torch.Generator().manual_seed(5)
-    ).per_timestep
+    per_t = elbo_terms(model, x0, torch.Generator().manual_seed(5)).per_timestep
     want = per_t.std(dim=0) / math.sqrt(50)  # same draws: the same generator state
     torch.testing.assert_close(torch.tensor(ev.per_timestep_se, dtype=torch.float64), want)
 
@@ -145,13 +150,13 @@ def test_max_batch_bounds_every_network_call():
     s, an, oracle, x0, density, g = _gaussian_setup(n=10)
     sizes = []
 
-    def model(xt, t):
+    def net(xt, t):
         sizes.append(xt.shape[0])
         return oracle(xt, t)
 
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
-    d = Diffusion(s, Parameterisation("eps", "large"))
-    ev = evaluate(d, model, x0, spec, iw=(1, 3), max_batch=4, generator=g)
+    model = Model(Diffusion(s, Parameterisation("eps", "large")), net, spec)
+    ev = evaluate(model, x0, EvaluationRequest(iw=(1, 3), max_batch=4), generator=g)
     assert max(sizes) <= 4 and len(ev.per_timestep) == T
     assert ev.n == 10 and len(ev.per_example) == 10
 
@@ -161,10 +166,10 @@ def test_bad_evaluation_requests_are_refused_before_any_work():
 
     s, an, oracle, x0, density, g = _gaussian_setup(n=10)
     spec = DataSpec(name="gauss", shape=(D,), levels=None)
-    param = Parameterisation("eps", "large")
+    model = Model(Diffusion(s, Parameterisation("eps", "large")), oracle, spec)
     with pytest.raises(ConfigError, match="at least 2 examples"):
-        evaluate(Diffusion(s, param), oracle, x0[:1], spec)
-    with pytest.raises(ConfigError, match="must be >= 1"):
-        evaluate(Diffusion(s, param), oracle, x0, spec, iw=(0,))
-    with pytest.raises(ConfigError, match="must be >= 1"):
-        evaluate(Diffusion(s, param), oracle, x0, spec, mc_timesteps=-1)
+        evaluate(model, x0[:1])
+    with pytest.raises(ConfigError, match="iw must be an integer >= 1"):
+        evaluate(model, x0, EvaluationRequest(iw=(0,)))
+    with pytest.raises(ConfigError, match="mc_timesteps must be an integer >= 1"):
+        evaluate(model, x0, EvaluationRequest(estimator="both", mc_timesteps=-1))

@@ -1,8 +1,10 @@
-"""`ddpm evaluate` on run folders: sharded over processes, per-example output, and the same
-p_theta (clipped or not) as `ddpm sample`."""
+"""`ddpm evaluate` on run folders: sharded over processes, per-example output, the same
+p_theta (clipped or not) as `ddpm sample`, the Monte Carlo estimate alone, and the requests
+recorded beside the results."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,9 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import copy_run
+from torch import nn
 
-from ddpm import runs
-from ddpm.cli import main
+from ddpm.cli.main import main
+from ddpm.jobs.evaluate import evaluate_run
+from ddpm.jobs.sample import sample_run
+from ddpm.loader import load
+from ddpm.requests import EvaluationRequest, SamplingRequest
 
 TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -57,7 +63,8 @@ def test_two_processes_give_the_single_process_result(gmm8_run, tmp_path):
     """torchrun with 2 Gloo processes: each evaluates half of the examples; the gathered
     report and per-example -ELBO equal one process's to 1e-9."""
     # -n: torchrun's own parser takes --n for an abbreviation of its options
-    args = ["-n", "24", "--iw", "1", "2", "--mc", "3", "--max-batch", "4", "--device", "cpu"]
+    args = ["-n", "24", "--iw", "1", "2", "--mc", "3", "--estimator", "both", "--max-batch", "4",
+            "--device", "cpu"]  # fmt: skip
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
         "-m", "ddpm", "evaluate", str(gmm8_run), *args, "--json",
@@ -84,7 +91,8 @@ def test_per_example_values_do_not_depend_on_n_or_max_batch(gmm8_run, tmp_path):
     files = []
     for n, max_batch in (("10", "4096"), ("30", "7")):
         f = tmp_path / f"{n}.npy"
-        args = ["--n", n, "--max-batch", max_batch, "--mc", "3", "--per-example", f]
+        args = ["--n", n, "--max-batch", max_batch, "--mc", "3", "--estimator", "both",
+                "--per-example", f]  # fmt: skip
         assert run_cli("evaluate", gmm8_run, *args, "--out", tmp_path / n) == 0
         files.append(np.load(f))
     assert files[1].shape == (30,)
@@ -92,8 +100,7 @@ def test_per_example_values_do_not_depend_on_n_or_max_batch(gmm8_run, tmp_path):
 
 
 def test_evaluate_scores_the_p_theta_that_sample_draws_from(digits_run, tmp_path, capsys):
-    run = runs.load_run(digits_run)
-    assert run.clip == (-1.0, 1.0)  # discrete data: sampling clips x0_hat
+    assert load(digits_run).clip == (-1.0, 1.0)  # discrete data: sampling clips x0_hat
     capsys.readouterr()
     assert run_cli("evaluate", digits_run, "--n", "6", "--out", tmp_path / "a") == 0
     assert "p_theta scored: x0_hat clipped to [-1, 1]" in capsys.readouterr().out
@@ -128,3 +135,84 @@ def test_bad_clip_and_per_example_requests(gmm8_run, tmp_path, capsys):
     args = ["--n", "4", "--per-example", tmp_path / "e.txt", "--out", tmp_path]
     assert run_cli("evaluate", gmm8_run, *args) == 2
     assert "give a path ending in .npy" in capsys.readouterr().err
+
+
+# --- the Monte Carlo estimate alone ------------------------------------------------------------
+
+
+class CountingNet(nn.Module):
+    """The network it wraps, counting the examples passed through it."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.examples = 0
+
+    def forward(self, x, t):
+        self.examples += x.shape[0]
+        return self.net(x, t)
+
+
+def test_evaluate_mc_alone_reports_the_monte_carlo_estimate(gmm8_run, tmp_path, capsys):
+    capsys.readouterr()
+    args = ["--n", "8", "--mc", "3", "--json"]
+    assert run_cli("evaluate", gmm8_run, *args, "--out", tmp_path / "mc") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["estimator"] == "mc" and doc["mc_timesteps"] == 3
+    assert doc["neg_elbo"] == doc["neg_elbo_mc"] and doc["neg_elbo_se"] == doc["neg_elbo_mc_se"]
+    assert doc["terms"] == {} and doc["per_timestep"] == []
+    assert doc["request"]["estimator"] == "mc" and doc["request"]["mc_timesteps"] == 3
+    assert json.loads((tmp_path / "mc" / "eval_test.json").read_text())["estimator"] == "mc"
+    assert not (tmp_path / "mc" / "eval_test_per_timestep.png").exists()
+    assert not (tmp_path / "mc" / "eval_test_mse.png").exists()
+    # --estimator both: the same Monte Carlo estimate (keyed noise) beside the exact -ELBO
+    assert run_cli("evaluate", gmm8_run, *args, "--estimator", "both", "--out", tmp_path) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["estimator"] == "exact" and len(both["per_timestep"]) == 5
+    assert both["neg_elbo_mc"] == doc["neg_elbo_mc"] and both["neg_elbo"] != doc["neg_elbo"]
+    assert (tmp_path / "eval_test_per_timestep.png").exists()
+
+
+def test_evaluate_mc_alone_calls_the_network_k_over_t_as_often(gmm8_run, tmp_path):
+    model = load(gmm8_run)
+    n, K = 8, 3
+    counts, evaluations = {}, {}
+    for estimator, mc in (("exact", None), ("mc", K)):
+        net = CountingNet(model.net)
+        request = EvaluationRequest(n=n, estimator=estimator, mc_timesteps=mc)
+        res = evaluate_run(
+            dataclasses.replace(model, net=net), request, out_dir=tmp_path / estimator
+        )
+        counts[estimator], evaluations[estimator] = net.examples, res.evaluation
+    assert counts["exact"] == n * model.T
+    mc = evaluations["mc"]
+    assert mc.estimator == "mc" and mc.mc_timesteps == K and mc.neg_elbo == mc.neg_elbo_mc
+    assert counts["mc"] * model.T == counts["exact"] * K  # K / T of the exact loop's calls
+    assert evaluations["exact"].neg_elbo_mc is None and evaluations["exact"].estimator == "exact"
+
+
+# --- the request recorded beside the result ----------------------------------------------------
+
+
+def test_eval_json_holds_the_request_and_the_model(gmm8_run, tmp_path):
+    request = EvaluationRequest(
+        n=6, estimator="both", mc_timesteps=2, iw=(1, 2), seed=3, max_batch=7
+    )
+    res = evaluate_run(gmm8_run, request, out_dir=tmp_path)
+    doc = json.loads(res.json_path.read_text())
+    assert EvaluationRequest.from_dict(doc["request"]) == request
+    assert doc["model"] == load(gmm8_run).describe()
+    assert doc["model"]["source"] == "ddpm" and doc["model"]["path"] == str(gmm8_run)
+    assert doc["model"]["T"] == 5 and doc["model"]["clip"] is None
+    assert doc["n"] == 6 and [b["K"] for b in doc["iw"]] == [1, 2]
+
+
+def test_sample_run_writes_the_request_beside_the_samples(gmm8_run, tmp_path):
+    request = SamplingRequest(n=4, seed=2, sampler="ddim", eta=0.5, steps="3", trajectory=True,
+                              frames=3)  # fmt: skip
+    res = sample_run(gmm8_run, request, out=tmp_path / "s.png")
+    assert res.request_path == tmp_path / "s_request.json"
+    doc = json.loads(res.request_path.read_text())
+    assert SamplingRequest.from_dict(doc["request"]) == request
+    assert doc["model"] == load(gmm8_run).respaced("3").describe()
+    assert doc["model"]["T"] == 3

@@ -23,9 +23,10 @@ import pytest
 import torch
 
 import ddpm
-from ddpm import rundir, runs
-from ddpm.checkpoint import load_tensors
-from ddpm.cli import main
+from ddpm.cli.main import main
+from ddpm.runs import folder as rundir
+from ddpm.runs import run as runs
+from ddpm.runs.checkpoint import load_tensors
 
 ARGS = [
     "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--T", "10", "--steps", "60",
@@ -72,7 +73,7 @@ def _phase(out: Path) -> str:
         return "before the first checkpoint"
     if any(n.startswith(".samples") and n.endswith(".tmp") for n in names):
         return "sampling"
-    step = runs.load_run(out).step
+    step = runs.load_run_model(out).source.step
     if step == 60:
         return "final sampling"
     progress = out / "progress"
@@ -158,7 +159,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference, tmp_pa
             # the folder loads, or holds no run and the same command runs again
             assert (out / rundir.LOCK).exists()
             if (out / runs.CHECKPOINT).exists():
-                assert runs.load_run(out).step > 0
+                assert runs.load_run_model(out).source.step > 0
         _finish(out, capsys)
         tensors, _ = load_tensors(out / runs.CHECKPOINT)
         assert tensors.keys() == ref_tensors.keys()
@@ -193,8 +194,8 @@ def test_two_writers_the_second_gets_one_line_and_the_first_run_is_intact(tmp_pa
         assert code == 2 and len(err) == 1, (args, err)
         assert f"in use by another ddpm process (pid {proc.pid}, ddpm train)" in err[0], err
     assert proc.wait(timeout=300) == 0, proc.communicate()[1].decode()[-2000:]
-    run = runs.load_run(out)
-    assert run.step == 400 and run.config.train.steps == 400
+    model, (config, _) = runs.load_run_model(out), runs.load_config(out)
+    assert model.source.step == 400 and config.train.steps == 400
     assert [r["step"] for r in _log(out)] == list(range(1, 401))
 
 
@@ -207,5 +208,5 @@ def test_two_trainings_started_at_once_one_wins_one_gets_one_line(tmp_path):
     assert len(err_b.splitlines()) == 1, err_b
     # the loser meets the lock, or (had the winner finished first) the finished run
     assert "in use by another ddpm process (pid " in err_b or "already holds a run" in err_b
-    assert runs.load_run(out).step == 200
+    assert runs.load_run_model(out).source.step == 200
     assert [r["step"] for r in _log(out)] == list(range(1, 201))

@@ -25,8 +25,8 @@ import pytest
 import torch
 
 import ddpm
-from ddpm import runs
-from ddpm.cli import main
+from ddpm.cli.main import main
+from ddpm.runs import run as runs
 
 TRAIN = [
     "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "10", "--steps", "6",
@@ -150,7 +150,7 @@ def test_a_run_folder_whose_name_is_not_utf8_can_be_read_again(tmp_path, capsys)
     ):
         code, err = cli(capsys, *args)
         assert code == 0 and err == [], (args, err)
-    assert (out / "report.html").is_file() and runs.load_run(out).step == 9
+    assert (out / "report.html").is_file() and runs.load_run_model(out).source.step == 9
 
 
 # --- diffusers folders ---------------------------------------------------------------------------
@@ -244,11 +244,11 @@ def test_a_large_sample_is_drawn_in_chunks_into_a_memory_mapped_npy(
 ):
     """Requests beyond one chunk are drawn chunk by chunk (here of 7) into the .npy; the first
     chunk is what a request of 7 draws, and the PNG shows it."""
-    from ddpm import api
+    from ddpm.jobs import sample
 
     first = tmp_path / "first.png"
     assert cli(capsys, "sample", run, "--n", "7", "--out", first)[0] == 0
-    monkeypatch.setattr(api, "SAMPLE_CHUNK_EXAMPLES", 7)
+    monkeypatch.setattr(sample, "SAMPLE_CHUNK_EXAMPLES", 7)
     out = tmp_path / "all.png"
     code, err = cli(capsys, "sample", run, "--n", "30", "--out", out, "--trajectory")
     metrics = refused(capsys, "sample", run, "--n", "30", "--out", tmp_path / "m.png", "--metrics")
@@ -260,7 +260,8 @@ def test_a_large_sample_is_drawn_in_chunks_into_a_memory_mapped_npy(
     assert out.is_file() and (tmp_path / "all_trajectory.png").is_file()
     assert "--metrics" in metrics and "at most 7" in metrics
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "all.npy", "all.png", "all_trajectory.png", "first.npy", "first.png"
+        "all.npy", "all.png", "all_request.json", "all_trajectory.png", "first.npy",
+        "first.png", "first_request.json",
     ]  # fmt: skip
 
 

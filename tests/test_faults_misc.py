@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm import rundir, runs
-from ddpm.checkpoint import load_json
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.errors import ConfigError
+from ddpm.runs import folder as rundir
+from ddpm.runs import run as runs
+from ddpm.runs.checkpoint import load_json
 
 ARGS = [
     "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--T", "10", "--steps", "6",
@@ -67,7 +68,7 @@ def test_reading_a_run_a_killed_overwrite_left_in_its_backup_restores_it_first(
     code, err = cli(capsys, command, run, "--n", 4, "--out", out, "--threads", 1)
     assert code == 0, err
     assert runs.holds_run(run) and not (run / rundir.BACKUP).exists()
-    assert runs.load_run(run).step == 6
+    assert runs.load_run_model(run).source.step == 6
 
 
 def test_resume_after_a_killed_overwrite_keeps_the_run_settings(run, capsys):
@@ -75,7 +76,7 @@ def test_resume_after_a_killed_overwrite_keeps_the_run_settings(run, capsys):
     code, err = cli(capsys, "train", "--out", run, "--resume", "--steps", 9, "--quiet",
                     "--threads", 1)  # fmt: skip
     assert code == 0, err
-    assert runs.load_run(run).step == 9 and train_steps(run) == 9
+    assert runs.load_run_model(run).source.step == 9 and train_steps(run) == 9
     assert not (run / rundir.BACKUP).exists()
 
 
@@ -140,7 +141,7 @@ def test_a_failed_evaluate_lists_no_file_it_did_not_write(run, tmp_path, capsys)
 
 
 def test_a_failed_resume_leaves_config_json_as_the_checkpoint_has_it(run, monkeypatch, capsys):
-    from ddpm.train import Trainer
+    from ddpm.training.loop import Trainer
 
     def diverge(self):
         raise ConfigError("training diverged")
@@ -149,14 +150,14 @@ def test_a_failed_resume_leaves_config_json_as_the_checkpoint_has_it(run, monkey
     code, err = cli(capsys, "train", "--out", run, "--resume", "--steps", 9, "--quiet",
                     "--threads", 1)  # fmt: skip
     assert code == 2 and "diverged" in err, err
-    assert train_steps(run) == 6 and runs.load_run(run).step == 6
+    assert train_steps(run) == 6 and runs.load_run_model(run).source.step == 6
 
 
 def test_a_resume_updates_config_json_with_its_first_checkpoint(run, capsys):
     code, err = cli(capsys, "train", "--out", run, "--resume", "--steps", 9, "--quiet",
                     "--threads", 1)  # fmt: skip
     assert code == 0, err
-    assert train_steps(run) == 9 and runs.load_run(run).step == 9
+    assert train_steps(run) == 9 and runs.load_run_model(run).source.step == 9
 
 
 @pytest.mark.parametrize("elsewhere", [False, True])
@@ -170,13 +171,13 @@ def test_sample_of_a_file_says_it_is_not_a_run_folder(tmp_path, capsys, elsewher
 
 
 def test_report_on_a_locked_run_fails_before_computing(run, monkeypatch, capsys):
-    import ddpm.api
+    import ddpm.jobs.report
 
     def expensive(*args, **kwargs):
         raise AssertionError("computed before taking the lock")
 
-    monkeypatch.setattr(ddpm.api, "evaluate_run", expensive)
-    monkeypatch.setattr(ddpm.api, "sample_run", expensive)
+    monkeypatch.setattr(ddpm.jobs.report, "evaluate_run", expensive)
+    monkeypatch.setattr(ddpm.jobs.report, "sample_run", expensive)
     with rundir.locked(run, "train"):
         code, err = cli(capsys, "report", run, "--threads", 1)
     assert code == 2 and "in use by another ddpm process" in err, err

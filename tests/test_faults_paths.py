@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from helpers import one_line_error, run_cli
 
-from ddpm import rundir, runs
+from ddpm.runs import folder as rundir
+from ddpm.runs import run as runs
 
 TINY = [
     "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "5", "--steps", "4",

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.checkpoint import load_checkpoint, load_tensors, save_tensors
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.errors import CheckpointError
+from ddpm.runs.checkpoint import load_checkpoint, load_tensors, save_tensors
 
 ARGS = [
     "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--T", "10", "--batch-size", "16",
@@ -76,7 +76,7 @@ def test_non_finite_weights_are_refused(run, tmp_path, capsys, command, prefix, 
 
 
 def test_finite_check_names_the_first_bad_tensor_and_trusts_overflowing_sums():
-    from ddpm.checkpoint import check_finite
+    from ddpm.runs.checkpoint import check_finite
 
     big = torch.full((100,), 60000.0, dtype=torch.float16)  # finite, but its sum overflows
     assert not torch.isfinite(big.sum())

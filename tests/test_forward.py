@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.forward import (
+from ddpm.process.forward import (
     eps_from_x0,
     q_marginal,
     q_posterior,
@@ -19,7 +19,7 @@ from ddpm.forward import (
     x0_from_eps,
     x0_from_v,
 )
-from ddpm.schedule import NoiseSchedule
+from ddpm.process.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "cosine")
 

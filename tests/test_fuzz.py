@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from ddpm.cli import main
+from ddpm.cli.main import main
 
 FUZZ = settings(
     max_examples=40,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from reference import discretized_log_prob, log_interval_prob
 
-from ddpm.elbo import bits_per_dim
-from ddpm.gaussian import (
+from ddpm.likelihood.elbo import bits_per_dim
+from ddpm.process.gaussian import (
     discretized_gaussian_log_prob,
     gaussian_log_prob,
     log_normal_interval,

@@ -9,14 +9,17 @@ import pytest
 import torch
 from reference import LinearDenoiser
 
-from ddpm.diffusion import Diffusion, Parameterisation
-from ddpm.dist import DistInfo, shard
-from ddpm.elbo import elbo_terms
+from ddpm.data import DataSpec
 from ddpm.errors import ConfigError
-from ddpm.evaluate import ExampleTerms, example_terms
-from ddpm.oracles import GaussianOracle, gaussian_analysis, gaussian_elbo_terms
-from ddpm.rng import STREAM_IW, KeyedNoise, normal, uniform_t
-from ddpm.schedule import NoiseSchedule
+from ddpm.likelihood.elbo import elbo_terms
+from ddpm.likelihood.evaluate import ExampleTerms, example_terms
+from ddpm.likelihood.oracles import GaussianOracle, gaussian_analysis, gaussian_elbo_terms
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion, Parameterisation
+from ddpm.process.rng import STREAM_IW, KeyedNoise, normal, uniform_t
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.requests import EvaluationRequest
+from ddpm.training.dist import DistInfo, shard
 
 K_SE = 4.0
 F64 = torch.float64
@@ -83,12 +86,16 @@ def test_keyed_timesteps_are_uniform():
     assert torch.equal(uniform_t(KeyedNoise(5), T, torch.arange(10), chain=2), t[:10])
 
 
-def _setting(levels: int = 17, T: int = 12, D: int = 3):
+def _setting(
+    levels: int = 17, T: int = 12, D: int = 3, clip: tuple[float, float] | None = None
+) -> tuple[Model, torch.Tensor]:
+    """p_theta of a linear network on data on a grid of ``levels`` values, and 10 examples."""
     d = Diffusion(NoiseSchedule.linear(T), Parameterisation("x0", "learned"))
-    model = LinearDenoiser(D, 2, T, seed=1)
+    spec = DataSpec.from_levels("x", (D,), levels)
+    model = Model(d, LinearDenoiser(D, 2, T, seed=1), spec, clip=clip)
     g = torch.Generator().manual_seed(2)
     grid = torch.randint(0, levels, (10, D), generator=g)
-    return d, model, (grid.double() / (levels - 1) * 2 - 1), levels
+    return model, (grid.double() / (levels - 1) * 2 - 1)
 
 
 def _assert_rows_equal(part: ExampleTerms, full: ExampleTerms, rows: slice) -> None:
@@ -101,27 +108,29 @@ def _assert_rows_equal(part: ExampleTerms, full: ExampleTerms, rows: slice) -> N
 def test_an_examples_terms_do_not_depend_on_its_batch():
     """-ELBO terms, IW bounds and the K-timestep estimate of an example are the same for any
     number of examples, max_batch, or slice of the examples it is evaluated in."""
-    d, model, x0, levels = _setting()
-    kw = dict(iw=(1, 3), mc_timesteps=5, clip=(-1.0, 1.0))
-    full = example_terms(d, model, x0, levels, generator=KeyedNoise(7), **kw)
+    model, x0 = _setting(clip=(-1.0, 1.0))
+
+    def request(max_batch: int = 4096) -> EvaluationRequest:
+        return EvaluationRequest(iw=(1, 3), estimator="both", mc_timesteps=5, max_batch=max_batch)
+
+    full = example_terms(model, x0, request(), generator=KeyedNoise(7))
     for n, max_batch in ((4, 4096), (4, 3), (10, 7), (10, 1)):
-        part = example_terms(d, model, x0[:n], levels, generator=KeyedNoise(7),
-                             max_batch=max_batch, **kw)  # fmt: skip
+        part = example_terms(model, x0[:n], request(max_batch), generator=KeyedNoise(7))
         _assert_rows_equal(part, full, slice(0, n))
     # a shard that starts at example 6 keeps the keys of examples 6..9
     shard_noise = KeyedNoise(7, torch.arange(6, 10))
-    tail = example_terms(d, model, x0[6:], levels, generator=shard_noise, max_batch=5, **kw)
+    tail = example_terms(model, x0[6:], request(max_batch=5), generator=shard_noise)
     _assert_rows_equal(tail, full, slice(6, 10))
     # another seed draws other noise
-    other = example_terms(d, model, x0, levels, generator=KeyedNoise(8), **kw)
+    other = example_terms(model, x0, request(), generator=KeyedNoise(8))
     assert not torch.allclose(other.per_timestep, full.per_timestep)
 
 
 def test_with_a_torch_generator_the_numbers_depend_on_the_batch():
     # what keyed noise removes: drawn in order, the first 4 examples alone get other x_t
-    d, model, x0, levels = _setting()
-    alone = elbo_terms(d, model, x0[:4], levels, torch.Generator().manual_seed(0)).total()
-    inside = elbo_terms(d, model, x0, levels, torch.Generator().manual_seed(0)).total()[:4]
+    model, x0 = _setting()
+    alone = elbo_terms(model, x0[:4], torch.Generator().manual_seed(0)).total()
+    inside = elbo_terms(model, x0, torch.Generator().manual_seed(0)).total()[:4]
     assert not torch.allclose(alone, inside)
 
 
@@ -134,8 +143,9 @@ def test_keyed_noise_is_unbiased_for_the_closed_form_terms():
     an = gaussian_analysis(s, m, sd, "large")
     x0 = m + sd * torch.randn((n, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
     d = Diffusion(s, Parameterisation("eps", "large"))
-    terms = example_terms(d, GaussianOracle(s, m, sd), x0, None, iw=(1,), mc_timesteps=2,
-                          generator=KeyedNoise(1))  # fmt: skip
+    model = Model(d, GaussianOracle(s, m, sd), DataSpec("x", (2,), None))
+    request = EvaluationRequest(iw=(1,), estimator="both", mc_timesteps=2)
+    terms = example_terms(model, x0, request, generator=KeyedNoise(1))
     closed = gaussian_elbo_terms(an, x0)
     assert abs(_z(terms.per_timestep.sum(1) - closed.per_timestep.sum(1))) < K_SE
     assert abs(_z(terms.iw_nll[:, 0] - closed.total())) < K_SE

@@ -12,14 +12,24 @@ from reference import LinearDenoiser, TimeOnlyDenoiser
 from torch import nn
 
 from ddpm.config import DiffusionConfig
-from ddpm.diffusion import Diffusion
-from ddpm.elbo import bits_per_dim, elbo_terms
-from ddpm.forward import v_from_x0_eps
-from ddpm.losses import ImportanceSampler, UniformSampler, make_sampler, training_loss
-from ddpm.reverse import Parameterisation
-from ddpm.schedule import NoiseSchedule
+from ddpm.data import DataSpec
+from ddpm.likelihood.elbo import bits_per_dim, elbo_terms
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.forward import v_from_x0_eps
+from ddpm.process.reverse import Parameterisation
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.training.losses import ImportanceSampler, UniformSampler, make_sampler, training_loss
 
 f64 = torch.float64
+
+
+def model_of(diffusion, net, shape, levels=None) -> Model:
+    """p_theta from the process, the network and the data's shape and decoder levels."""
+    spec = (
+        DataSpec("x", shape, None) if levels is None else DataSpec.from_levels("x", shape, levels)
+    )
+    return Model(diffusion, net, spec)
 
 
 def grid_data(B: int, D: int, levels: int, seed: int) -> torch.Tensor:
@@ -49,12 +59,10 @@ def test_simple_loss_is_zero_for_the_true_target(prediction):
     g = torch.Generator().manual_seed(0)
     t = torch.randint(1, T + 1, (B,), generator=g)
     out = training_loss(
-        Diffusion(s, Parameterisation.of(cfg)),
+        model_of(Diffusion(s, Parameterisation.of(cfg)), exact, (D,)),
         cfg,
-        exact,
         x_star.expand(B, D),
         t,
-        None,
         None,
         generator=g,
     )
@@ -74,12 +82,10 @@ def test_simple_loss_of_a_zero_network_is_the_mean_square_target(prediction):
     t = torch.randint(1, T + 1, (B,), generator=g)
     target = {"eps": eps, "x0": x0, "v": v_from_x0_eps(s, x0, t, eps)}[prediction]
     out = training_loss(
-        Diffusion(s, Parameterisation.of(cfg)),
+        model_of(Diffusion(s, Parameterisation.of(cfg)), lambda x, tt: torch.zeros_like(x), (D,)),
         cfg,
-        lambda x, tt: torch.zeros_like(x),
         x0,
         t,
-        None,
         None,
         noise=eps,
     )
@@ -101,21 +107,10 @@ def test_vlb_loss_is_unbiased_for_the_full_negative_elbo(variance):
     g = torch.Generator().manual_seed(4)
     t, p_t = UniformSampler(T).sample(n, g, "cpu")
     assert bool((p_t == 1 / T).all())
-    out = training_loss(
-        Diffusion(s, Parameterisation.of(cfg)),
-        cfg,
-        model,
-        x_one.expand(n, D),
-        t,
-        p_t,
-        levels,
-        generator=g,
-    )
+    p_theta = model_of(Diffusion(s, Parameterisation.of(cfg)), model, (D,), levels)
+    out = training_loss(p_theta, cfg, x_one.expand(n, D), t, p_t, generator=g)
     assert out.mse is None and out.vb.shape == (n,)
-    param = Parameterisation.of(cfg)
-    full = bits_per_dim(
-        elbo_terms(Diffusion(s, param), model, x_one.expand(m, D), levels, generator=g).total(), D
-    )
+    full = bits_per_dim(elbo_terms(p_theta, x_one.expand(m, D), generator=g).total(), D)
     se = math.sqrt(float(out.loss.var()) / n + float(full.var()) / m)
     assert abs(float(out.loss.mean()) - float(full.mean())) < 4 * se
 
@@ -128,19 +123,11 @@ def test_vlb_loss_value_with_pinned_draws():
     param = Parameterisation.of(cfg)
     model = TimeOnlyDenoiser(D, 2, T, seed=5)  # terms do not depend on the x_t draw
     x0 = grid_data(B, D, levels, seed=6)
-    e = elbo_terms(Diffusion(s, param), model, x0, levels)
+    p_theta = model_of(Diffusion(s, param), model, (D,), levels)
+    e = elbo_terms(p_theta, x0)
     t = torch.tensor([1, 2, 7, 12, 12])
     p_t = torch.tensor([0.5, 0.1, 0.2, 0.1, 0.1], dtype=f64)
-    out = training_loss(
-        Diffusion(s, Parameterisation.of(cfg)),
-        cfg,
-        model,
-        x0,
-        t,
-        p_t,
-        levels,
-        generator=torch.Generator(),
-    )
+    out = training_loss(p_theta, cfg, x0, t, p_t, generator=torch.Generator())
     rows = torch.arange(B)
     term = e.per_timestep[rows, t - 1]
     torch.testing.assert_close(out.vb, term, rtol=1e-10, atol=1e-12)
@@ -216,19 +203,16 @@ def test_importance_weighted_vlb_is_unbiased():
     p = sampler.probs()
     assert float(p.max() / p.min()) > 2  # genuinely non-uniform
     x_one = grid_data(1, D, levels, seed=13)
-    exact = bits_per_dim(
-        float(elbo_terms(Diffusion(s, Parameterisation.of(cfg)), model, x_one, levels).total()), D
-    )
+    p_theta = model_of(Diffusion(s, Parameterisation.of(cfg)), model, (D,), levels)
+    exact = bits_per_dim(float(elbo_terms(p_theta, x_one).total()), D)
     g = torch.Generator().manual_seed(14)
     t, p_t = sampler.sample(n, g, "cpu")
     out = training_loss(
-        Diffusion(s, Parameterisation.of(cfg)),
+        p_theta,
         cfg,
-        model,
         x_one.expand(n, D),
         t,
         p_t,
-        levels,
         generator=g,
     )
     se = float(out.loss.std()) / math.sqrt(n)
@@ -275,7 +259,12 @@ def test_hybrid_vlb_part_trains_only_the_variance_head():
 
     def grads(cfg, pick):
         out = training_loss(
-            Diffusion(s, Parameterisation.of(cfg)), cfg, model, x0, t, p_t, levels, noise=eps
+            model_of(Diffusion(s, Parameterisation.of(cfg)), model, (D,), levels),
+            cfg,
+            x0,
+            t,
+            p_t,
+            noise=eps,
         )
         return torch.autograd.grad(pick(out).mean(), mean_head + var_head, allow_unused=True)
 

@@ -1,4 +1,4 @@
-"""load_model: one loader for ddpm run folders (diffusers folders: test_foreign_diffusers.py)."""
+"""load: one loader for ddpm run folders (diffusers folders: test_foreign_diffusers.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 import torch
 from helpers import copy_run
 
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.errors import CheckpointError
-from ddpm.models import load_model
-from ddpm.runs import load_run
+from ddpm.loader import load
+from ddpm.runs.checkpoint import load_checkpoint
+from ddpm.runs.run import CHECKPOINT, build, load_config
 
 TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
 
@@ -23,14 +24,25 @@ def run_dir(digits_tiny_run, tmp_path_factory) -> Path:
     return copy_run(digits_tiny_run, tmp_path_factory.mktemp("models") / "digits")
 
 
+def by_hand(run_dir: Path):
+    """The run rebuilt from its config and checkpoint: (config, diffusion, EMA network, clip)."""
+    cfg, spec = load_config(run_dir)
+    diffusion, net = build(cfg, spec)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    ckpt.load_weights(net, ema=True, best=ckpt.has_best)
+    clip = (-1.0, 1.0) if spec.discrete and cfg.diffusion.clip_x0 else None
+    return cfg, diffusion, net.eval(), clip
+
+
 def test_a_run_folder_loads_as_its_run(run_dir):
-    m, run = load_model(run_dir), load_run(run_dir)
-    assert m.source == "ddpm" and m.data == run.config.data and m.clip == run.clip
-    assert torch.equal(m.diffusion.schedule.beta, run.diffusion.schedule.beta)
-    assert m.diffusion.param == run.diffusion.param and m.diffusion.time_map is None
+    m = load(run_dir)
+    cfg, diffusion, net, clip = by_hand(run_dir)
+    assert m.source.kind == "ddpm" and m.source.data == cfg.data and m.clip == clip
+    assert torch.equal(m.diffusion.schedule.beta, diffusion.schedule.beta)
+    assert m.diffusion.param == diffusion.param and m.diffusion.time_map is None
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 3, 5])
     with torch.no_grad():
-        assert torch.equal(m.model(x, t), run.model(x, t))
+        assert torch.equal(m.net(x, t), net(x, t))
 
 
 def test_evaluate_data_flag_on_a_run(run_dir, tmp_path, capsys):
@@ -47,4 +59,4 @@ def test_evaluate_data_flag_on_a_run(run_dir, tmp_path, capsys):
 
 def test_a_folder_of_neither_kind_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="model_index.json"):
-        load_model(tmp_path)
+        load(tmp_path)

@@ -10,19 +10,30 @@ import math
 import pytest
 import torch
 
-from ddpm.cli import main
-from ddpm.continuous import ContinuousMixtureOracle, ContinuousSchedule, gaussian_flow_marginal
+from ddpm.cli.main import main
 from ddpm.data import DataSpec, GaussianMixture
 from ddpm.data.toys import gmm8
-from ddpm.diffusion import Diffusion
 from ddpm.errors import ConfigError
-from ddpm.gaussian import gaussian_log_prob
+from ddpm.likelihood.ode import (
+    OdeConfig,
+    ProbabilityFlow,
+    divergence,
+    flow_log_prob,
+    ode_likelihood,
+)
+from ddpm.model import Model
 from ddpm.nets.mlp import MLP
 from ddpm.nets.unet import UNet
-from ddpm.ode import OdeConfig, ProbabilityFlow, divergence, flow_log_prob, ode_likelihood
-from ddpm.reverse import Parameterisation
-from ddpm.rng import KeyedNoise
-from ddpm.schedule import NoiseSchedule
+from ddpm.process.continuous import (
+    ContinuousMixtureOracle,
+    ContinuousSchedule,
+    gaussian_flow_marginal,
+)
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.gaussian import gaussian_log_prob
+from ddpm.process.reverse import Parameterisation
+from ddpm.process.rng import KeyedNoise
+from ddpm.process.schedule import NoiseSchedule
 
 F64 = torch.float64
 K_SE = 4  # Monte Carlo tolerance in standard errors
@@ -43,6 +54,11 @@ def flow_of(name: str, T: int, prediction: str = "eps") -> ProbabilityFlow:
     return ProbabilityFlow(
         Diffusion(s, Parameterisation(prediction)), ContinuousSchedule.of(name, s)
     )
+
+
+def flow_model(flow: ProbabilityFlow, net, spec: DataSpec) -> Model:
+    """The model whose probability flow is ``flow`` with network ``net``, on data ``spec``."""
+    return Model(flow.diffusion, net, spec, continuous=flow.schedule)
 
 
 def q_log_prob(cs: ContinuousSchedule, m, sd, x: torch.Tensor, s: float) -> torch.Tensor:
@@ -173,12 +189,11 @@ def test_hutchinson_likelihood_matches_the_exact_one_within_its_probe_se():
     spec = DataSpec("corr", (2,), None)
     x = mix.sample(8, generator=torch.Generator().manual_seed(2))
     cfg = OdeConfig(rtol=1e-6, atol=1e-6)
-    exact = ode_likelihood(flow, oracle, x, spec, cfg)
+    model = flow_model(flow, oracle, spec)
+    exact = ode_likelihood(model, x, cfg)
     hutch = ode_likelihood(
-        flow,
-        oracle,
+        model,
         x,
-        spec,
         OdeConfig(rtol=1e-6, atol=1e-6, divergence="hutchinson", probes=16),
         torch.Generator().manual_seed(3),
     )
@@ -199,7 +214,9 @@ def test_image_flow_with_hutchinson_and_a_zero_unet():
     x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     spec = DataSpec("img", (1, 4, 4), None)
     res = ode_likelihood(
-        flow, net, x, spec, OdeConfig(rtol=1e-7, atol=1e-7, divergence="hutchinson", probes=2)
+        flow_model(flow, net, spec),
+        x,
+        OdeConfig(rtol=1e-7, atol=1e-7, divergence="hutchinson", probes=2),
     )
     assert res.divergence == "hutchinson" and res.probes == 2
     expected = -zero_flow_log_prob(flow.schedule, x.double(), 1 / T, "eps")
@@ -215,7 +232,9 @@ def test_discrete_data_is_dequantized_with_its_correction_and_scaling_in_raw_uni
     M, V = gaussian_flow_marginal(flow.schedule, m, sd, 1 / 100, 1.0)
     spec = DataSpec.from_levels("pix", (2,), 5)  # values -1, -0.5, 0, 0.5, 1; w = 0.5
     x0 = torch.tensor([[-1.0, 0.5], [0.0, 0.0], [1.0, -0.5]], dtype=F64)
-    res = ode_likelihood(flow, oracle, x0, spec, TIGHT, torch.Generator().manual_seed(5))
+    res = ode_likelihood(
+        flow_model(flow, oracle, spec), x0, TIGHT, torch.Generator().manual_seed(5)
+    )
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
     u = 0.5 * (1 + torch.erf(z / math.sqrt(2)))  # u = Phi(z)
     y = x0 + 0.5 * (u - 0.5)
@@ -223,7 +242,7 @@ def test_discrete_data_is_dequantized_with_its_correction_and_scaling_in_raw_uni
     torch.testing.assert_close(res.per_example, expected, rtol=SOLVE_TOL, atol=SOLVE_TOL)
     assert res.dequantization == pytest.approx(-2 * math.log(0.5))
     scaled = DataSpec("raw", (2,), None, shift=1.0, scale=3.0)
-    res = ode_likelihood(flow, oracle, x0, scaled, TIGHT)
+    res = ode_likelihood(flow_model(flow, oracle, scaled), x0, TIGHT)
     expected = -gaussian_log_prob(x0, M, V.log()).sum(1) + 2 * math.log(3.0)
     torch.testing.assert_close(res.per_example, expected, rtol=SOLVE_TOL, atol=SOLVE_TOL)
     assert res.bits_per_dim == pytest.approx(res.neg_log_likelihood / (2 * math.log(2)))
@@ -240,15 +259,16 @@ def test_results_do_not_depend_on_the_batching_or_on_the_other_examples():
     spec = DataSpec.from_levels("pix", (2,), 9)
     x = (x * 4).round() / 4  # on the grid of 9 levels in [-1, 1]
     cfg = OdeConfig(rtol=1e-8, atol=1e-8, divergence="hutchinson", probes=2)
-    whole = ode_likelihood(flow, oracle, x, spec, cfg, KeyedNoise(3))
-    parts = ode_likelihood(flow, oracle, x, spec, cfg, KeyedNoise(3), max_batch=3)
-    first = ode_likelihood(flow, oracle, x[:3], spec, cfg, KeyedNoise(3))
+    model = flow_model(flow, oracle, spec)
+    whole = ode_likelihood(model, x, cfg, KeyedNoise(3))
+    parts = ode_likelihood(model, x, cfg, KeyedNoise(3), max_batch=3)
+    first = ode_likelihood(model, x[:3], cfg, KeyedNoise(3))
     assert parts.batches == 3 and whole.batches == 1 and whole.probe_se > 0
     torch.testing.assert_close(parts.per_example, whole.per_example, rtol=SOLVE_TOL, atol=SOLVE_TOL)
     torch.testing.assert_close(
         first.per_example, whole.per_example[:3], rtol=SOLVE_TOL, atol=SOLVE_TOL
     )
-    other = ode_likelihood(flow, oracle, x, spec, cfg, KeyedNoise(4))
+    other = ode_likelihood(model, x, cfg, KeyedNoise(4))
     assert float((other.per_example - whole.per_example).abs().max()) > 1e-3  # the seed matters
 
 

@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.data import GaussianMixture
+from ddpm.data import DataSpec, GaussianMixture
 from ddpm.data.toys import gmm8
-from ddpm.diffusion import Diffusion
-from ddpm.elbo import elbo_mc, elbo_terms
 from ddpm.errors import ConfigError
-from ddpm.oracles import (
+from ddpm.likelihood.elbo import elbo_mc, elbo_terms
+from ddpm.likelihood.oracles import (
     GaussianOracle,
     MixtureOracle,
     gaussian_analysis,
     gaussian_elbo_terms,
     gaussian_log_likelihood,
 )
-from ddpm.reverse import Parameterisation, p_from_output, p_mean_var
-from ddpm.schedule import NoiseSchedule
+from ddpm.model import Model, p_mean_var
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.reverse import Parameterisation, p_from_output
+from ddpm.process.schedule import NoiseSchedule
 
 K_SE = 4  # Monte Carlo tolerance in standard errors
 VARIANCES = ["small", "large", "optimal"]
@@ -35,6 +36,11 @@ def gaussian_data(d: int) -> tuple[torch.Tensor, torch.Tensor]:
         torch.tensor([0.3, -1.0, 2.0], dtype=F64)[:d],
         torch.tensor([0.5, 1.5, 0.1], dtype=F64)[:d],
     )
+
+
+def p_theta(diffusion: Diffusion, denoiser, d: int) -> Model:
+    """The model of ``denoiser`` under ``diffusion`` on continuous data in R^d."""
+    return Model(diffusion, denoiser, DataSpec(name="x", shape=(d,), levels=None))
 
 
 def draw(mean: torch.Tensor, std: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -132,11 +138,12 @@ def test_elbo_terms_of_the_oracle_match_the_closed_form(d, T, schedule, variance
     g = torch.Generator().manual_seed(1000 * d + T)
     x0 = draw(m, sd, 2000, g)
     param, oracle = Parameterisation("eps", variance), GaussianOracle(s, m, sd, variance=variance)
-    terms = elbo_terms(Diffusion(s, param), oracle, x0, levels=None, generator=g)
+    model = p_theta(Diffusion(s, param), oracle, d)
+    terms = elbo_terms(model, x0, generator=g)
     assert_mc(terms.per_timestep, an.per_timestep)
     assert_mc(terms.prior_kl, an.prior_kl)
     assert_mc(terms.total(), an.neg_elbo)
-    mc = elbo_mc(Diffusion(s, param), oracle, x0, levels=None, K=3, generator=g)
+    mc = elbo_mc(model, x0, K=3, generator=g)
     assert_mc(mc, an.neg_elbo)
     diff = mc - terms.total()  # the same x0: the paired difference has mean zero
     assert_mc(diff, 0.0)
@@ -153,10 +160,8 @@ def test_conditional_expected_terms_match_monte_carlo_for_fixed_x0(variance):
     n = 3000
     param = Parameterisation("eps", variance)
     terms = elbo_terms(
-        Diffusion(s, param),
-        GaussianOracle(s, m, sd, variance=variance),
+        p_theta(Diffusion(s, param), GaussianOracle(s, m, sd, variance=variance), 2),
         x0.repeat(n, 1),
-        None,
         generator=g,
     )
     per_t = terms.per_timestep.reshape(n, 3, s.T)
@@ -188,11 +193,12 @@ def test_marginal_matches_ancestral_samples_of_the_reverse_chain(variance):
     m, sd = gaussian_data(2)
     an = gaussian_analysis(s, m, sd, variance)
     param, oracle = Parameterisation("eps", variance), GaussianOracle(s, m, sd, variance=variance)
+    model = p_theta(Diffusion(s, param), oracle, 2)
     g = torch.Generator().manual_seed(5)
     n = 20_000
     x = torch.randn(n, 2, generator=g, dtype=F64)
     for t in range(s.T, 0, -1):
-        p = p_mean_var(Diffusion(s, param), oracle, x, torch.full((n,), t))
+        p = p_mean_var(model, x, torch.full((n,), t))
         x = p.mean + (0.5 * p.log_var).exp() * torch.randn(n, 2, generator=g, dtype=F64)
     assert_mc(x, an.p_mean)
     sample_var = x.var(dim=0)
@@ -333,10 +339,10 @@ def test_mixture_oracle_on_gmm8_beats_a_wrong_denoiser_and_the_entropy_bound():
     wrong = GaussianOracle(s, *moment_matched_gaussian(mix))
     # the same seed draws the same x_t for both denoisers: a paired comparison
     best = elbo_terms(
-        Diffusion(s, param), oracle, x0, None, generator=torch.Generator().manual_seed(9)
+        p_theta(Diffusion(s, param), oracle, 2), x0, generator=torch.Generator().manual_seed(9)
     )
     worse = elbo_terms(
-        Diffusion(s, param), wrong, x0, None, generator=torch.Generator().manual_seed(9)
+        p_theta(Diffusion(s, param), wrong, 2), x0, generator=torch.Generator().manual_seed(9)
     )
     diff = worse.total() - best.total()
     assert diff.mean() > K_SE * diff.std() / math.sqrt(diff.numel())

@@ -157,7 +157,7 @@ def test_fid_and_kid_of_the_data_against_itself_and_its_two_halves(digits, class
 
 def test_scores_rank_data_then_a_model_then_independent_pixels_then_noise(digits, tmp_path):
     from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-    from ddpm.train import train
+    from ddpm.training.loop import train
 
     cfg = RunConfig(
         diffusion=DiffusionConfig(T=50),
@@ -253,7 +253,7 @@ def test_digits_carry_their_labels(digits):
 @pytest.fixture(scope="module")
 def tiny_gmm8_run(tmp_path_factory):
     from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-    from ddpm.train import train
+    from ddpm.training.loop import train
 
     cfg = RunConfig(
         diffusion=DiffusionConfig(T=20),
@@ -269,7 +269,7 @@ def tiny_gmm8_run(tmp_path_factory):
 def test_cli_sample_metrics_and_evaluate_samples(tiny_gmm8_run, tmp_path, capsys):
     import json
 
-    from ddpm.cli import main
+    from ddpm.cli.main import main
 
     png = tmp_path / "s.png"
     assert main(["sample", str(tiny_gmm8_run), "--n", "64", "--metrics", "--out", str(png)]) == 0
@@ -295,7 +295,7 @@ def test_cli_sample_metrics_and_evaluate_samples(tiny_gmm8_run, tmp_path, capsys
 
 
 def test_cli_rejects_too_few_samples_in_one_line(tiny_gmm8_run, capsys):
-    from ddpm.cli import main
+    from ddpm.cli.main import main
 
     def one_line(argv):
         assert main(argv) == 2
@@ -305,7 +305,7 @@ def test_cli_rejects_too_few_samples_in_one_line(tiny_gmm8_run, capsys):
 
     run = str(tiny_gmm8_run)
     assert one_line(["evaluate", run, "--samples", "1"]) == (
-        "ddpm evaluate: error: --samples must be >= 2 (got 1)"
+        "ddpm evaluate: error: --samples must be an integer >= 2 (got 1)"
     )
     assert "--samplers and --eta apply with --steps" in one_line(
         ["evaluate", run, "--samplers", "ddim"]
@@ -344,7 +344,7 @@ def test_quality_vs_steps_figure_plots_the_rows(tmp_path):
 def test_cli_evaluate_steps_with_samples_gives_the_quality_table(tiny_gmm8_run, tmp_path, capsys):
     import json
 
-    from ddpm.cli import main
+    from ddpm.cli.main import main
 
     args = ["evaluate", str(tiny_gmm8_run), "--n", "30", "--steps", "5", "20"]
     assert main([*args, "--samples", "40", "--out", str(tmp_path), "--json"]) == 0

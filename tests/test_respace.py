@@ -8,14 +8,16 @@ import random
 import pytest
 import torch
 
-from ddpm.diffusion import Diffusion, identity_time_map
-from ddpm.elbo import elbo_terms
+from ddpm.data import DataSpec
 from ddpm.errors import ConfigError
-from ddpm.evaluate import mean_se
-from ddpm.oracles import GaussianOracle, gaussian_analysis, gaussian_elbo_terms
-from ddpm.respace import respace, respaced_steps, space_timesteps, steps_by_K, steps_label
-from ddpm.reverse import Parameterisation, p_from_output
-from ddpm.schedule import NoiseSchedule
+from ddpm.likelihood.elbo import elbo_terms
+from ddpm.likelihood.evaluate import mean_se
+from ddpm.likelihood.oracles import GaussianOracle, gaussian_analysis, gaussian_elbo_terms
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion, identity_time_map
+from ddpm.process.respace import respace, respaced_steps, space_timesteps, steps_by_K, steps_label
+from ddpm.process.reverse import Parameterisation, p_from_output
+from ddpm.process.schedule import NoiseSchedule
 
 
 @pytest.mark.parametrize(
@@ -117,7 +119,8 @@ def test_respaced_elbo_of_gaussian_oracle_matches_the_closed_form(variance, K):
     oracle = GaussianOracle(full, m, sd)
     an = gaussian_analysis(r.schedule, m, sd, variance)
     x0 = m + sd * torch.randn(4000, 2, generator=g, dtype=torch.float64)
-    terms = elbo_terms(r, oracle, x0, levels=None, generator=g)
+    model = Model(r, oracle, DataSpec(name="x", shape=(2,), levels=None))
+    terms = elbo_terms(model, x0, generator=g)
     assert terms.kl.shape == (4000, K - 1)
     mean, se = mean_se(terms.total())
     assert abs(mean - an.neg_elbo) < 4 * se

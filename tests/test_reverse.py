@@ -9,16 +9,19 @@ import torch
 from reference import LinearDenoiser, Schedule
 from reference import p_mean_var as ref_p_mean_var
 
-from ddpm.diffusion import Diffusion
+from ddpm.data import DataSpec
 from ddpm.errors import ConfigError
-from ddpm.forward import eps_from_x0, q_posterior
-from ddpm.reverse import Parameterisation, p_from_output, p_mean_var, split_output
-from ddpm.schedule import NoiseSchedule
+from ddpm.model import Model, p_mean_var
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.forward import eps_from_x0, q_posterior
+from ddpm.process.reverse import Parameterisation, p_from_output, split_output
+from ddpm.process.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("small", "large", "learned")
 D = 3
+SPEC = DataSpec("x", (D,), None)  # continuous D-dimensional data
 
 
 @pytest.mark.parametrize("T", (1, 2, 10, 1000))
@@ -33,7 +36,7 @@ def test_p_mean_var_matches_reference(name, prediction, variance, T):
     per_t = 1 if T == 1000 else 3
     t = torch.arange(1, T + 1).repeat_interleave(per_t)
     xt = torch.randn(len(t), D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    p = p_mean_var(Diffusion(s, param), model, xt, t)
+    p = p_mean_var(Model(Diffusion(s, param), model, SPEC), xt, t)
     assert p.mean.shape == p.log_var.shape == p.x0_hat.shape == p.eps_hat.shape == (len(t), D)
     mean_ref, var_ref = [], []
     for i in range(len(t)):
@@ -55,7 +58,7 @@ def test_predictions_are_consistent(name, prediction):
     model = LinearDenoiser(D, 1, T, seed=9)
     t = torch.arange(1, T + 1)
     xt = torch.randn(T, D, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
-    p = p_mean_var(Diffusion(s, param), model, xt, t)
+    p = p_mean_var(Model(Diffusion(s, param), model, SPEC), xt, t)
     ab = s.alpha_bar[1:, None]
     torch.testing.assert_close(
         ab.sqrt() * p.x0_hat + (1 - ab).sqrt() * p.eps_hat, xt, rtol=1e-10, atol=1e-10

@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 
 from ddpm import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, train
-from ddpm.cli import main
-from ddpm.report.run_report import (
-    read_loss_log,
-    read_validation_log,
-    run_best_step,
-    write_run_report,
-)
+from ddpm.cli.main import main
+from ddpm.jobs.report import write_run_report
+from ddpm.requests import EvaluationRequest
+from ddpm.runs.logs import read_loss_log, read_validation_log, run_best_step
 
 SECTIONS = [
     "Summary",
@@ -65,20 +62,20 @@ def test_report_holds_every_section_and_only_embedded_pngs(digits_run, capsys):
     assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
     assert "http://" not in page and "https://" not in page and "<script" not in page
     # The numbers on the page are the evaluation's numbers.
-    rep = write_run_report(digits_run, n=8)
+    rep = write_run_report(digits_run, EvaluationRequest(n=8))
     assert f"{rep.evaluation.bits_per_dim:.4f}" in page
     assert rep.evaluation.n == 8 and not rep.evaluation_reused
 
 
 def test_report_reuses_a_fresh_evaluation_and_plots_bits_vs_steps(digits_run):
-    ev = write_run_report(digits_run, n=4).evaluation
+    ev = write_run_report(digits_run, EvaluationRequest(n=4)).evaluation
     doc = ev.to_dict()
     doc["steps"] = [
         {"K": 2, "bits_per_dim": 5.0, "bits_per_dim_se": 0.1},
         {"K": 10, "bits_per_dim": 4.0, "bits_per_dim_se": 0.1},
     ]
     (digits_run / "eval_test.json").write_text(json.dumps(doc))
-    rep = write_run_report(digits_run, n=4)
+    rep = write_run_report(digits_run, EvaluationRequest(n=4))
     assert rep.evaluation_reused and rep.evaluation.neg_elbo == ev.neg_elbo
     assert len(_images(rep.path.read_text())) == 6  # now with the bits/dim-vs-steps figure
     (digits_run / "eval_test.json").unlink()
@@ -109,7 +106,7 @@ def test_report_of_a_validating_run_plots_the_validation_curve_and_the_kept_step
     line, kept = fig.axes[0].lines
     assert list(line.get_xdata()) == steps and list(line.get_ydata()) == bpd
     assert list(kept.get_xdata()) == [res.validation.best_step] and kept.get_ydata()[0] == min(bpd)
-    rep = write_run_report(out, n=4)
+    rep = write_run_report(out, EvaluationRequest(n=4))
     assert len(_images(rep.path.read_text())) == 6  # the validation curve beside the five
 
 
@@ -159,7 +156,7 @@ def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)"
 )
 def test_report_in_headless_chromium(digits_run, tmp_path):
-    write_run_report(digits_run, n=8)
+    write_run_report(digits_run, EvaluationRequest(n=8))
     page = (digits_run / "report.html").read_text()
     probed = tmp_path / "probed.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1))

@@ -13,8 +13,9 @@ import pytest
 import torch
 from helpers import one_line_error, run_cli
 
-from ddpm import rundir, runs
-from ddpm.checkpoint import load_tensors
+from ddpm.runs import folder as rundir
+from ddpm.runs import run as runs
+from ddpm.runs.checkpoint import load_tensors
 
 TINY = [
     "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "5", "--steps", "4",
@@ -106,7 +107,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_checkpoints(tiny_run, tmp
     err = one_line_error(capsys, "train", "--out", run, "--overwrite", *TINY, "--lr", "inf")
     assert "diverged" in err
     assert tree(run) == before
-    assert runs.load_run(run).step == 4
+    assert runs.load_run_model(run).source.step == 4
 
 
 def test_a_failed_vae_overwrite_brings_the_old_vae_run_back_at_once(tmp_path, capsys):
@@ -142,7 +143,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_simply_be_run_again(t
     one_line_error(capsys, "train", "--out", out, *TINY, "--lr", "inf")
     assert not (out / runs.CHECKPOINT).exists()
     assert run_cli("train", "--out", out, *TINY) == 0
-    assert runs.load_run(out).step == 4
+    assert runs.load_run_model(out).source.step == 4
     capsys.readouterr()
 
 

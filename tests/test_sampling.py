@@ -9,12 +9,19 @@ import pytest
 import torch
 from reference import GaussianOracle, LinearDenoiser, Schedule, gaussian_chain_marginal
 
-from ddpm.diffusion import Diffusion
-from ddpm.reverse import Parameterisation, p_mean_var
-from ddpm.sampling import p_sample, sample
-from ddpm.schedule import NoiseSchedule
+from ddpm.data import DataSpec
+from ddpm.model import Model, p_mean_var
+from ddpm.process.diffusion import Diffusion
+from ddpm.process.reverse import Parameterisation
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.sampling.ancestral import p_sample, sample
 
 f64 = torch.float64
+
+
+def model_of(diffusion, net, shape) -> Model:
+    """p_theta on continuous data of one example's shape, x0_hat not clipped."""
+    return Model(diffusion, net, DataSpec("x", shape, None))
 
 
 @pytest.mark.parametrize("prediction", ("eps", "x0", "v"))
@@ -30,7 +37,9 @@ def test_samples_match_the_linear_gaussian_chain(name, variance, prediction):
     model = GaussianOracle(sched, m, s2, prediction)
     mean, var = gaussian_chain_marginal(sched, m, s2, variance, decoder_noise=False)
     g = torch.Generator().manual_seed(0)
-    out = sample(Diffusion(s, Parameterisation(prediction, variance)), model, (1,), n, generator=g)
+    out = sample(
+        model_of(Diffusion(s, Parameterisation(prediction, variance)), model, (1,)), n, generator=g
+    )
     x = out.x0.double().flatten()
     assert out.x0.shape == (n, 1)
     se_mean = math.sqrt(var / n)
@@ -48,10 +57,9 @@ def test_capture_shapes_and_contents():
     def net(x, t):  # per-example shape (2, 3): apply the linear map to each row
         return model(x.reshape(-1, 3), t.repeat_interleave(2)).reshape(x.shape)
 
+    p_theta = model_of(Diffusion(s, param), net, shape)
     out = sample(
-        Diffusion(s, param),
-        net,
-        shape,
+        p_theta,
         n,
         generator=torch.Generator().manual_seed(2),
         capture=(1, T, 5, 5, 0, T + 3),
@@ -64,16 +72,18 @@ def test_capture_shapes_and_contents():
     torch.testing.assert_close(out.xt[0], x_T, rtol=0, atol=0)
     # x0_hat at each captured step is the network's prediction at that x_t
     for k, t in enumerate(out.steps):
-        p = p_mean_var(Diffusion(s, param), net, out.xt[k], torch.full((n,), t))
+        p = p_mean_var(p_theta, out.xt[k], torch.full((n,), t))
         torch.testing.assert_close(out.x0_hat[k], p.x0_hat, rtol=1e-6, atol=1e-6)
     # the last step adds no noise: x_0 is the decoder mean at x_1
-    p1 = p_mean_var(Diffusion(s, param), net, out.xt[2], torch.ones(n, dtype=torch.long))
+    p1 = p_mean_var(p_theta, out.xt[2], torch.ones(n, dtype=torch.long))
     torch.testing.assert_close(out.x0, p1.mean, rtol=1e-6, atol=1e-6)
 
 
 def test_no_capture_gives_none():
     s = NoiseSchedule.linear(3)
-    out = sample(Diffusion(s, Parameterisation()), LinearDenoiser(2, 1, 3, seed=3), (2,), 4)
+    out = sample(
+        model_of(Diffusion(s, Parameterisation()), LinearDenoiser(2, 1, 3, seed=3), (2,)), 4
+    )
     assert out.steps == [] and out.xt is None and out.x0_hat is None
 
 
@@ -82,11 +92,9 @@ def test_same_seed_same_samples():
     s = NoiseSchedule.linear(T)
     param = Parameterisation("v", "learned")
     model = LinearDenoiser(4, 2, T, seed=4)
+    p_theta = model_of(Diffusion(s, param), model, (4,))
     a, b, c = (
-        sample(
-            Diffusion(s, param), model, (4,), 32, generator=torch.Generator().manual_seed(seed)
-        ).x0
-        for seed in (5, 5, 6)
+        sample(p_theta, 32, generator=torch.Generator().manual_seed(seed)).x0 for seed in (5, 5, 6)
     )
     assert torch.equal(a, b) and not torch.equal(a, c)
 
@@ -98,9 +106,10 @@ def test_p_sample_step():
     model = LinearDenoiser(2, 1, T, seed=7)
     xt = torch.randn(5, 2, dtype=f64, generator=torch.Generator().manual_seed(8))
     z = torch.randn(5, 2, dtype=f64, generator=torch.Generator().manual_seed(9))
-    x_prev, p = p_sample(Diffusion(s, param), model, xt, 4, noise=z)
+    p_theta = model_of(Diffusion(s, param), model, (2,))
+    x_prev, p = p_sample(p_theta, xt, 4, noise=z)
     torch.testing.assert_close(x_prev, p.mean + float(s.beta[4]) ** 0.5 * z, rtol=1e-14, atol=0)
-    x0, p1 = p_sample(Diffusion(s, param), model, xt, 1, noise=z)  # z is ignored at t = 1
+    x0, p1 = p_sample(p_theta, xt, 1, noise=z)  # z is ignored at t = 1
     torch.testing.assert_close(x0, p1.mean, rtol=0, atol=0)
 
 
@@ -108,9 +117,11 @@ def test_on_step_sees_every_t_descending():
     T = 6
     seen = []
     sample(
-        Diffusion(NoiseSchedule.cosine(T), Parameterisation()),
-        LinearDenoiser(1, 1, T, seed=10),
-        (1,),
+        model_of(
+            Diffusion(NoiseSchedule.cosine(T), Parameterisation()),
+            LinearDenoiser(1, 1, T, seed=10),
+            (1,),
+        ),
         2,
         on_step=seen.append,
     )

@@ -10,7 +10,7 @@ import torch
 from reference import Schedule, cosine_betas, cosine_f, linear_betas
 
 from ddpm.errors import ConfigError
-from ddpm.schedule import NoiseSchedule
+from ddpm.process.schedule import NoiseSchedule
 
 TS = (1, 2, 10, 1000)
 

@@ -11,20 +11,28 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.config import DiffusionConfig
-from ddpm.data import GaussianMixture
+from ddpm.data import DataSpec, GaussianMixture
 from ddpm.data.toys import gmm8
-from ddpm.diffusion import Diffusion, Parameterisation
-from ddpm.elbo import elbo_terms
 from ddpm.errors import ConfigError
-from ddpm.evaluate import coarse_to_fine, evaluate
-from ddpm.joint_kl import joint_kl, step_log_ratios
-from ddpm.oracles import GaussianOracle, MixtureOracle, gaussian_analysis, gaussian_posterior_var
-from ddpm.rng import KeyedNoise
-from ddpm.schedule import NoiseSchedule
-from ddpm.sweep import sweep_gaussian, sweep_mixture
-from ddpm.theory import TheoryResult, gaussian_data, half_band
+from ddpm.likelihood.elbo import elbo_terms
+from ddpm.likelihood.evaluate import coarse_to_fine, evaluate
+from ddpm.likelihood.joint_kl import joint_kl, step_log_ratios
+from ddpm.likelihood.oracles import (
+    ORACLE_VARIANCES,
+    GaussianOracle,
+    MixtureOracle,
+    gaussian_analysis,
+    gaussian_posterior_var,
+)
+from ddpm.likelihood.sweep import sweep_gaussian, sweep_mixture
+from ddpm.likelihood.theory import TheoryResult, gaussian_data, half_band
+from ddpm.model import Model
+from ddpm.process.diffusion import Diffusion, Parameterisation
+from ddpm.process.rng import KeyedNoise
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.requests import TheoryRequest
 
 K_SE = 4
 F64 = torch.float64
@@ -40,6 +48,11 @@ def one_component(m: torch.Tensor, sd: torch.Tensor) -> GaussianMixture:
 
 def assert_within_se(value: float, se: float, expected: float) -> None:
     assert abs(value - expected) < K_SE * se, f"{value} ± {se} vs {expected}"
+
+
+def p_theta(diffusion: Diffusion, denoiser, dim: int = 2) -> Model:
+    """The model of ``denoiser`` under ``diffusion`` on continuous data in R^dim."""
+    return Model(diffusion, denoiser, DataSpec(name="x", shape=(dim,), levels=None))
 
 
 # --- fixed variances do not become tight as T grows -----------------------------------------
@@ -174,9 +187,9 @@ def test_step_log_ratios_vanish_when_every_step_is_exact():
     g = torch.Generator().manual_seed(2)
     x0 = one_component(m, sd).sample(50, generator=g)
     d = Diffusion(s, Parameterisation("eps", "optimal"))
+    model = p_theta(d, GaussianOracle(s, m, sd, variance="optimal"))
     for t in (1, 2, 13, 25):
-        r = step_log_ratios(d, GaussianOracle(s, m, sd, variance="optimal"), one_component(m, sd),
-                            x0, torch.full((50,), t), g)  # fmt: skip
+        r = step_log_ratios(model, one_component(m, sd), x0, torch.full((50,), t), g)
         assert r.abs().max() < 1e-9
 
 
@@ -189,8 +202,10 @@ def test_joint_kl_matches_the_closed_form_step_by_step(variance):
     g = torch.Generator().manual_seed(3)
     x0 = density.sample(2000, generator=g)
     res = joint_kl(
-        Diffusion(s, Parameterisation("eps", variance)),
-        GaussianOracle(s, m, sd, variance=variance),
+        p_theta(
+            Diffusion(s, Parameterisation("eps", variance)),
+            GaussianOracle(s, m, sd, variance=variance),
+        ),
         density,
         x0,
         g,
@@ -214,9 +229,9 @@ def test_joint_kl_equals_the_paired_elbo_gap_on_a_mixture(variance, T, n):
     g = torch.Generator().manual_seed(4)
     x0 = mix.sample(n, generator=g)
     d = Diffusion(s, Parameterisation("eps", variance))
-    oracle = MixtureOracle(s, mix, variance=variance)
-    steps = joint_kl(d, oracle, mix, x0, g)
-    paired = elbo_terms(d, oracle, x0, None, generator=g).total() + mix.log_prob(x0)
+    model = p_theta(d, MixtureOracle(s, mix, variance=variance))
+    steps = joint_kl(model, mix, x0, g)
+    paired = elbo_terms(model, x0, generator=g).total() + mix.log_prob(x0)
     paired_se = paired.std().item() / math.sqrt(len(paired))
     diff = paired.mean().item() - steps.total
     assert abs(diff) < K_SE * math.hypot(paired_se, steps.total_se)
@@ -228,7 +243,8 @@ def test_joint_kl_equals_the_paired_elbo_gap_on_a_mixture(variance, T, n):
 
 
 def test_gaussian_sweep_reports_closed_forms_and_thresholds():
-    sw = sweep_gaussian([5, 2, 5], mean=0.3, n=40, seed=1)
+    request = TheoryRequest(T=(5, 2, 5), variance=ORACLE_VARIANCES, mean=0.3, n=40, iw=(), seed=1)
+    sw = sweep_gaussian(request)
     assert [(p.variance, p.T) for p in sw.points] == [
         (v, T) for v in ("small", "large", "optimal") for T in (2, 5)
     ]
@@ -245,7 +261,7 @@ def test_gaussian_sweep_reports_closed_forms_and_thresholds():
 
 
 def test_mixture_sweep_first_T_below_uses_the_step_wise_estimate():
-    sw = sweep_mixture([3, 40], "gmm8", ["optimal"], n=60, seed=2)
+    sw = sweep_mixture("gmm8", TheoryRequest(T=(3, 40), variance=("optimal",), n=60, iw=(), seed=2))
     big = sw.curve("optimal")[-1]
     assert big.kl_joint() == (big.joint.total, big.joint.total_se)
     hit = sw.first_T_below("optimal", 1e9)
@@ -289,8 +305,8 @@ def test_per_step_gap_to_the_bayes_optimal_model_is_paired_and_sums_to_the_gap()
     d = Diffusion(s, Parameterisation("eps", "small"))
     spec = gaussian_data(2, 0.0, 1.0)[3]
     evs = [
-        evaluate(d, model, x0, spec, name=name, generator=torch.Generator().manual_seed(6))
-        for name, model in (("trained", wrong), ("bayes-optimal", MixtureOracle(s, mix)))
+        evaluate(Model(d, net, spec).named(name), x0, generator=torch.Generator().manual_seed(6))
+        for name, net in (("trained", wrong), ("bayes-optimal", MixtureOracle(s, mix)))
     ]
     res = TheoryResult("gmm8", subject=evs[0], oracle=evs[1])
     gap, se = res.gap_per_timestep()
@@ -313,7 +329,7 @@ def test_prediction_errors_of_the_oracle_are_the_posterior_variance():
     g = torch.Generator().manual_seed(7)
     x0 = one_component(m, sd).sample(3000, generator=g)
     spec = gaussian_data(2, 0.0, 1.0)[3]
-    ev = evaluate(Diffusion(s), GaussianOracle(s, m, sd), x0, spec, generator=g)
+    ev = evaluate(Model(Diffusion(s), GaussianOracle(s, m, sd), spec), x0, generator=g)
     ab, omab = s.alpha_bar[1:, None], s.one_minus_alpha_bar[1:, None]
     var = gaussian_posterior_var(ab, omab, sd).mean(dim=1)  # [T]
     eps_var = (ab / omab * gaussian_posterior_var(ab, omab, sd)).mean(dim=1)
@@ -336,20 +352,23 @@ def test_prediction_errors_of_the_oracle_are_the_posterior_variance():
 def test_bayes_optimal_model_of_a_respaced_process_reads_process_steps():
     """For a fixed variance the oracle on the respaced schedule equals the T-step oracle called
     through the time map; a learned variance gets the exact 'optimal' one."""
-    from ddpm.respace import respace
-    from ddpm.reverse import p_mean_var
-    from ddpm.theory import bayes_optimal
+    from ddpm.likelihood.theory import bayes_optimal
+    from ddpm.model import p_mean_var
+    from ddpm.process.respace import respace
 
     s, mix = NoiseSchedule.linear(60), gmm8()
     d = respace(Diffusion(s, Parameterisation("v", "small")), 7)
-    od, oracle = bayes_optimal(d, mix)
+    via_map_model = p_theta(d, MixtureOracle(s, mix, "v"))  # the T-step oracle through tau_k
+    best = bayes_optimal(via_map_model, mix)
+    od = best.diffusion
     assert od.time_map is None and od.param == Parameterisation("v", "small")
     xt = torch.randn(7, 2, generator=torch.Generator().manual_seed(8), dtype=F64)
     k = torch.arange(1, 8)
-    via_map = p_mean_var(d, MixtureOracle(s, mix, "v"), xt, k)
-    direct = p_mean_var(od, oracle, xt, k)
+    via_map = p_mean_var(via_map_model, xt, k)
+    direct = p_mean_var(best, xt, k)
     torch.testing.assert_close(direct.mean, via_map.mean, rtol=1e-10, atol=1e-12)
-    learned = bayes_optimal(Diffusion(s, Parameterisation("eps", "learned")), mix)[0]
+    learned_model = p_theta(Diffusion(s, Parameterisation("eps", "learned")), MixtureOracle(s, mix))
+    learned = bayes_optimal(learned_model, mix).diffusion
     assert learned.param.variance == "optimal"
 
 
@@ -377,21 +396,22 @@ def test_theory_run_reports_the_per_step_gap_and_its_band(gmm8_run, tmp_path, ca
 
 
 def test_evaluate_steps_puts_the_bayes_optimal_model_beside_the_run(gmm8_run, tmp_path, capsys):
-    from ddpm.api import evaluate_steps_run
-    from ddpm.respace import respace
-    from ddpm.runs import load_run
-    from ddpm.theory import bayes_optimal, load_mixture
+    from ddpm.jobs.evaluate import evaluate_steps_run
+    from ddpm.likelihood.theory import bayes_optimal, load_mixture
+    from ddpm.loader import load
+    from ddpm.requests import EvaluationRequest
 
-    res = evaluate_steps_run(gmm8_run, (3, 12), n=20, out_dir=tmp_path)
+    request = EvaluationRequest(steps=("3", "12"), n=20)
+    res = evaluate_steps_run(gmm8_run, request, out_dir=tmp_path)
     d = json.loads((tmp_path / "eval_test_steps.json").read_text())
     assert [r["K"] for r in d["oracle_steps"]] == [3, 12]
     assert res.oracle_path.stat().st_size > 0
-    run = load_run(gmm8_run)
+    model = load(gmm8_run)
     from ddpm.data import load_dataset
 
-    x0 = load_dataset(run.config.data).test[:20]
-    od, oracle = bayes_optimal(respace(run.diffusion, 3), load_mixture("gmm8")[0])
-    ev = evaluate(od, oracle, x0, run.spec, generator=KeyedNoise(0, torch.arange(20)))
+    x0 = load_dataset(model.source.data).test[:20]
+    best = bayes_optimal(model.respaced(3), load_mixture("gmm8")[0])
+    ev = evaluate(best, x0, generator=KeyedNoise(0, torch.arange(20)))
     assert d["oracle_steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-10)
     # paired on the same x_t draws: trained minus optimal per example
     assert (

@@ -15,16 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm import dist, runs
-from ddpm.checkpoint import load_tensors
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
 from ddpm.errors import CheckpointError, ConfigError, DataError
-from ddpm.losses import training_loss
-from ddpm.rng import seeded_generator
-from ddpm.sampling import sample
-from ddpm.theory import theory_run
-from ddpm.train import train
+from ddpm.likelihood.theory import theory_run
+from ddpm.loader import load
+from ddpm.process.rng import seeded_generator
+from ddpm.requests import EvaluationRequest, SamplingRequest, TheoryRequest
+from ddpm.runs import run as runs
+from ddpm.runs.checkpoint import load_checkpoint, load_tensors
+from ddpm.runs.logs import run_best_step
+from ddpm.sampling.ancestral import sample
+from ddpm.training import dist
+from ddpm.training.loop import train
+from ddpm.training.losses import training_loss
 
 
 def gmm8_config(steps: int, **diffusion) -> RunConfig:
@@ -47,22 +51,23 @@ def test_training_on_gmm8_lowers_the_loss_and_samples_land_on_the_modes(gmm8_run
     assert [r["step"] for r in log] == list(range(100, 3001, 100))
     first, last = log[0]["loss"], sum(r["loss"] for r in log[-5:]) / 5
     assert last < first
-    run = runs.load_run(gmm8_run)
+    model = load(gmm8_run)
+    config, spec = runs.load_config(gmm8_run)
     # the same loss (same x0, t, noise) for the fresh network and the trained one
-    fresh = runs.build(run.config, run.spec)[1]
-    data = load_dataset(run.config.data).test
-    cfg = run.config.diffusion
+    fresh = runs.build(config, spec)[1]
+    data = load_dataset(config.data).test
+    cfg = config.diffusion
     t = torch.randint(1, cfg.T + 1, (len(data),), generator=seeded_generator(2))
     p_t = torch.full((len(data),), 1 / cfg.T, dtype=torch.float64)
     with torch.no_grad():
         losses = [
-            training_loss(run.diffusion, cfg, m, data, t, p_t, None, generator=seeded_generator(3))
+            training_loss(m, cfg, data, t, p_t, None, generator=seeded_generator(3))
             .loss.mean()
             .item()
-            for m in (fresh, run.model)
+            for m in (dataclasses.replace(model, net=fresh), model)
         ]
     assert losses[1] < 0.5 * losses[0]  # measured: about 0.22 vs 1.0
-    x = sample(run.diffusion, run.model, (2,), 2000, seeded_generator(1)).x0
+    x = sample(model, 2000, seeded_generator(1)).x0
     angles = torch.arange(8) * 2 * math.pi / 8
     modes = 2 * torch.stack([angles.cos(), angles.sin()], dim=1)
     dist_to_mode = torch.cdist(x, modes).min(dim=1).values
@@ -76,7 +81,7 @@ def test_training_on_gmm8_lowers_the_loss_and_samples_land_on_the_modes(gmm8_run
 def test_trained_gmm8_model_against_the_bayes_optimal_one(gmm8_run):
     """theory_run pairs the trained model and the oracle on the same x_0 and x_t draws: the
     oracle's ELBO is the best in the model family, so the paired gap is >= 0 (within SE)."""
-    res = theory_run(gmm8_run, n=400, iw=(1,))
+    res = theory_run(load(gmm8_run), TheoryRequest(n=400, iw=(1,)))
     gap, se = res.gap_to_oracle()
     assert gap > -4 * se
     assert se < 0.5 * res.subject.neg_elbo_se  # pairing removes most of the data variance
@@ -138,7 +143,7 @@ def test_resume_equals_training_in_one_go(tmp_path, diffusion):
 
 
 def test_ema_update_is_the_per_parameter_lerp():
-    from ddpm.train import ema_update
+    from ddpm.training.loop import ema_update
 
     torch.manual_seed(0)
     model, ema = (runs.build(_tiny_digits(1), load_dataset(DataConfig()).spec)[1] for _ in "ab")
@@ -157,7 +162,7 @@ def test_existing_run_is_never_overwritten_without_being_asked(tmp_path):
     out = tmp_path / "run"
     train(_tiny_digits(2), out, progress=False)
     before = (out / runs.CHECKPOINT).read_bytes()
-    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+    with pytest.raises(CheckpointError, match="already holds a run; pass resume"):
         train(_tiny_digits(2), out, progress=False)
     assert (out / runs.CHECKPOINT).read_bytes() == before
     train(_tiny_digits(3), out, overwrite=True, progress=False)
@@ -181,13 +186,13 @@ def test_corrupted_or_mismatched_checkpoints_are_reported(tmp_path):
     good = ckpt.read_bytes()
     ckpt.write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="checkpoint.safetensors"):
-        runs.load_run(out)
+        load(out)
     ckpt.write_bytes(good)
     doc = json.loads((out / runs.CONFIG).read_text())
     doc["config"]["model"]["channels"] = 16
     (out / runs.CONFIG).write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="config.json: key model.channels is 16 but"):
-        runs.load_run(out)
+        load(out)
 
 
 def test_batch_larger_than_the_data_is_refused(tmp_path):
@@ -233,26 +238,26 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
     log = [json.loads(x) for x in (out / runs.LOG).read_text().splitlines()]
     losses = [r for r in log if "loss" in r]
     assert losses[-1]["step"] == 6 and math.isfinite(losses[-1]["loss"])
-    run = runs.load_run(out)
-    assert run.step == 6
+    model = load(out)
+    assert load_checkpoint(out / runs.CHECKPOINT, metadata_only=True).step == 6
     # validation is sharded over the two processes and gathered: one process re-estimating the
     # kept (best) weights on the same held-out examples gets the logged value
-    from ddpm.validation import estimate_neg_elbo, validation_split
+    from ddpm.training.validation import estimate_neg_elbo, validation_split
 
     vals = [r for r in log if "val_neg_elbo" in r]
     assert [r["step"] for r in vals] == [3, 6]
     best = min(vals, key=lambda r: r["val_neg_elbo"])
-    assert run.best_step == best["step"]
-    x = load_dataset(run.config.data).train
+    assert run_best_step(out) == model.source.step == best["step"]
+    x = load_dataset(model.data_config()).train
     x_val = x[validation_split(x.shape[0], 0.1)[1]]
-    est = estimate_neg_elbo(run.diffusion, run.model, x_val, run.spec, 4, 0)
+    est = estimate_neg_elbo(model, x_val, 4, 0)
     assert est.neg_elbo == pytest.approx(best["val_neg_elbo"], abs=1e-5)
 
 
 def test_evaluate_run_reports_the_kl_chain_on_known_density(gmm8_run, tmp_path):
-    from ddpm.api import evaluate_run
+    from ddpm.jobs.evaluate import evaluate_run
 
-    res = evaluate_run(gmm8_run, n=200, iw=(1, 4), out_dir=tmp_path)
+    res = evaluate_run(gmm8_run, EvaluationRequest(n=200, iw=(1, 4)), out_dir=tmp_path)
     ev = res.evaluation
     assert (
         ev.log_likelihood_exact is False and ev.neg_log_likelihood == ev.iw[-1].neg_log_likelihood
@@ -269,7 +274,7 @@ def test_interrupted_resume_and_a_torn_log_line_leave_the_run_usable(tmp_path):
     train(_tiny_digits(4), out, progress=False)
     # a resume to 8 steps rewrites config.json at once; stop it before its first checkpoint
     runs.save_config(out, _tiny_digits(8), runs.load_config(out)[1])
-    assert runs.load_run(out).step == 4
+    assert load(out).source.step == 4
     with open(out / runs.LOG, "a") as f:
         f.write('{"step": 6, "lo')  # a line cut short by a crash
     train(_tiny_digits(8), out, resume=True, progress=False)
@@ -288,7 +293,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path):
 
 
 def test_one_dimensional_mixture_trains_and_samples(tmp_path):
-    from ddpm.api import sample_run
+    from ddpm.jobs.sample import sample_run
 
     spec = tmp_path / "m1.json"
     spec.write_text(
@@ -300,5 +305,5 @@ def test_one_dimensional_mixture_trains_and_samples(tmp_path):
         train=TrainConfig(steps=3, batch_size=16, num_samples=8),
     )
     train(cfg, tmp_path / "run", progress=False)
-    res = sample_run(tmp_path / "run", n=5, trajectory=True, frames=3)
+    res = sample_run(tmp_path / "run", SamplingRequest(n=5, trajectory=True, frames=3))
     assert res.x0.shape == (5, 1) and res.trajectory_path.exists()

@@ -11,15 +11,19 @@ import math
 import pytest
 import torch
 
-from ddpm.checkpoint import load_tensors
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import DataSpec
 from ddpm.errors import ConfigError
-from ddpm.gaussian import normal_kl
-from ddpm.rng import seeded_generator
-from ddpm.train import train
-from ddpm.vae import (
+from ddpm.jobs.vae import compare_runs
+from ddpm.loader import load
+from ddpm.process.gaussian import normal_kl
+from ddpm.process.rng import seeded_generator
+from ddpm.requests import VaeEvaluationRequest
+from ddpm.runs.checkpoint import load_tensors
+from ddpm.training.loop import train
+from ddpm.vae.evaluate import evaluate_vae
+from ddpm.vae.model import (
     Vae,
     VaeConfig,
     VaeRunConfig,
@@ -29,8 +33,7 @@ from ddpm.vae import (
     vae_iw_curve,
     vae_iw_log_weights,
 )
-from ddpm.vae_eval import compare_runs, evaluate_vae
-from ddpm.vae_train import load_vae_run, train_vae
+from ddpm.vae.train import load_vae_run, train_vae
 
 D, Z = 3, 2
 
@@ -124,7 +127,7 @@ def test_evaluation_terms_sum_to_neg_elbo_in_raw_units():
     vae, fa = factor_analysis(exact_posterior=False)
     x = data(64, fa, 6)
     spec = DataSpec("fa", (D,), None, shift=1.0, scale=0.5)  # log-Jacobian -D log 0.5
-    ev = evaluate_vae(vae, x, spec, iw=(1, 4), generator=seeded_generator(7))
+    ev = evaluate_vae(vae, x, spec, VaeEvaluationRequest(iw=(1, 4)), generator=seeded_generator(7))
     assert ev.terms["rate"] + ev.terms["distortion"] == pytest.approx(ev.neg_elbo, abs=1e-10)
     assert ev.log_jacobian == pytest.approx(-D * math.log(0.5))
     nll = float((-exact_log_p(fa, x)).mean()) - ev.log_jacobian
@@ -206,7 +209,8 @@ def test_view3_puts_a_ddpm_beside_a_vae(tmp_path):
     vae_args += ["--warmup", "2", "--log-every", "1", "--num-samples", "8", "--quiet"]
     vae_args += ["--params-like", str(tmp_path / "ddpm"), "--out", str(tmp_path / "vae")]
     assert main(vae_args) == 0
-    view = compare_runs(tmp_path / "ddpm", tmp_path / "vae", n=32, iw=(1, 8), ddpm_iw=(1, 2))
+    request = VaeEvaluationRequest(n=32, iw=(1, 8), ddpm_iw=(1, 2))
+    view = compare_runs(load(tmp_path / "ddpm"), tmp_path / "vae", request)
     ddpm_row, vae_row = view.rows
     for row, ev in zip(view.rows, view.evaluations, strict=True):
         assert row.rate + row.distortion == pytest.approx(row.neg_elbo, abs=1e-9)

@@ -13,18 +13,19 @@ import math
 import pytest
 import torch
 
-from ddpm import rundir, runs
-from ddpm.checkpoint import load_checkpoint, load_tensors
-from ddpm.cli import _parser, main
+from ddpm.cli.main import _parser, main
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
 from ddpm.errors import CheckpointError, ConfigError
-from ddpm.rng import seeded_generator
-from ddpm.train import lr_at, train
-from ddpm.vae import VaeConfig, VaeRunConfig
-from ddpm.vae_eval import evaluate_vae
-from ddpm.vae_train import VaeTrainer, load_vae_run, train_vae
-from ddpm.validation import VALIDATION_SEED, ValidationEstimate, validation_split
+from ddpm.process.rng import seeded_generator
+from ddpm.runs import folder as rundir
+from ddpm.runs import run as runs
+from ddpm.runs.checkpoint import load_checkpoint, load_tensors
+from ddpm.training.loop import lr_at, train
+from ddpm.training.validation import VALIDATION_SEED, ValidationEstimate, validation_split
+from ddpm.vae.evaluate import evaluate_vae
+from ddpm.vae.model import VaeConfig, VaeRunConfig
+from ddpm.vae.train import VaeTrainer, load_vae_run, train_vae
 
 DATA = DataConfig(name="gmm8", n_train=256, n_test=64)
 TINY_FLAGS = ["--data", "gmm8", "--n-train", "256", "--n-test", "64", "--hidden", "16",
@@ -182,7 +183,7 @@ def test_compile_compiles_the_networks_the_loss_calls(tmp_path, monkeypatch):
 
 
 def test_val_timesteps_is_refused_and_never_recorded(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="--val-timesteps"):
+    with pytest.raises(ConfigError, match="val_timesteps"):
         VaeRunConfig(train=TrainConfig(val_timesteps=4))
     cfg = tiny(2, val_every=1)
     assert "val_timesteps" not in cfg.to_dict()["train"]
@@ -278,7 +279,7 @@ def test_a_failed_overwrite_brings_the_old_run_back_and_a_locked_run_is_refused(
     after, _ = load_tensors(out / runs.CHECKPOINT)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert rundir.read_manifest(out) == manifest and not (out / rundir.BACKUP).exists()
-    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+    with pytest.raises(CheckpointError, match="already holds a run; pass resume"):
         train_vae(tiny(4), out, progress=False)
     with rundir.locked(out, "other"):
         with pytest.raises(rundir.RunLockedError, match="in use by another ddpm process"):

@@ -11,19 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import runs
-from ddpm.checkpoint import load_checkpoint, load_tensors
-from ddpm.cli import main
+from ddpm.cli.main import main
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ddpm.data import load_dataset
-from ddpm.elbo import elbo_mc, elbo_terms, log_strata
 from ddpm.errors import CheckpointError, ConfigError
-from ddpm.evaluate import mean_se
-from ddpm.models import load_model
-from ddpm.presets import PRESETS, apply_preset
-from ddpm.rng import KeyedNoise
-from ddpm.train import Trainer, lr_at, train
-from ddpm.validation import (
+from ddpm.likelihood.elbo import elbo_mc, elbo_terms, log_strata
+from ddpm.likelihood.evaluate import mean_se
+from ddpm.loader import load
+from ddpm.model import Model
+from ddpm.process.rng import KeyedNoise
+from ddpm.runs import run as runs
+from ddpm.runs.checkpoint import load_checkpoint, load_tensors
+from ddpm.runs.logs import run_best_step
+from ddpm.training.loop import Trainer, lr_at, train
+from ddpm.training.presets import PRESETS, apply_preset
+from ddpm.training.validation import (
     ValidationEstimate,
     ValidationState,
     estimate_neg_elbo,
@@ -72,12 +74,11 @@ def test_validation_estimate_is_the_stratified_elbo_in_bits_per_dim():
     cfg = _tiny(2)
     data = load_dataset(cfg.data)
     trainer = Trainer(cfg, data, torch.device("cpu"))
-    est = estimate_neg_elbo(
-        trainer.diffusion, trainer.ema, trainer.val_x, data.spec, 4, 0, trainer.clip
-    )
+    ema = Model(trainer.diffusion, trainer.ema, data.spec, clip=trainer.clip)
+    est = estimate_neg_elbo(ema, trainer.val_x, 4, 0)
     nelbo = elbo_mc(
-        trainer.diffusion, trainer.ema.eval(), trainer.val_x, data.spec.levels, 4,
-        KeyedNoise(0, torch.arange(trainer.val_x.shape[0])), trainer.clip,
+        Model(trainer.diffusion, trainer.ema.eval(), data.spec, clip=trainer.clip),
+        trainer.val_x, 4, KeyedNoise(0, torch.arange(trainer.val_x.shape[0])),
         strata=log_strata(5, 4),
     )  # fmt: skip
     mean, se = mean_se(nelbo)
@@ -85,9 +86,7 @@ def test_validation_estimate_is_the_stratified_elbo_in_bits_per_dim():
     assert est.neg_elbo_se == pytest.approx(se, rel=1e-12)
     assert est.bits_per_dim == pytest.approx(mean / (64 * math.log(2)), rel=1e-12)
     # the same noise every time: a second estimate of the same weights is identical
-    again = estimate_neg_elbo(
-        trainer.diffusion, trainer.ema, trainer.val_x, data.spec, 4, 0, trainer.clip
-    )
+    again = estimate_neg_elbo(ema, trainer.val_x, 4, 0)
     assert again.neg_elbo == est.neg_elbo
 
 
@@ -96,13 +95,14 @@ def test_stratified_estimate_has_a_much_smaller_standard_error_than_uniform_t():
     cfg = RunConfig(data=DataConfig(name="gmm8", n_train=600, n_test=10))
     data = load_dataset(cfg.data)
     torch.manual_seed(0)
-    diffusion, model = runs.build(cfg, data.spec)
+    diffusion, net = runs.build(cfg, data.spec)
+    model = Model(diffusion, net, data.spec)
     x = data.train[:500]
     noise = KeyedNoise(1)
     with torch.no_grad():
-        uniform = elbo_mc(diffusion, model, x, None, 16, noise)
-        strat = elbo_mc(diffusion, model, x, None, 16, noise, strata=log_strata(1000, 16))
-        exact = elbo_terms(diffusion, model, x[:100], None, KeyedNoise(2)).total()
+        uniform = elbo_mc(model, x, 16, noise)
+        strat = elbo_mc(model, x, 16, noise, strata=log_strata(1000, 16))
+        exact = elbo_terms(model, x[:100], KeyedNoise(2)).total()
     (_, se_u), (ms, se_s), (me, se_e) = mean_se(uniform), mean_se(strat), mean_se(exact)
     assert se_s < se_u / 3
     assert abs(ms - me) < 4 * math.hypot(se_s, se_e)  # and it estimates the same -ELBO
@@ -144,14 +144,14 @@ def test_training_logs_validations_and_keeps_the_best_weights(tmp_path, capsys):
     assert res.validation.best_step == best["step"]
     ckpt = load_checkpoint(out / runs.CHECKPOINT)
     assert ckpt.has_best and ckpt.meta["validation"]["best_step"] == best["step"]
-    run = runs.load_run(out)
-    assert run.best_step == best["step"]
-    for name, p in run.model.state_dict().items():
+    model = load(out)
+    assert model.source.step == best["step"]
+    for name, p in model.net.state_dict().items():
         assert torch.equal(p, ckpt.tensors[f"best.{name}"])
     # re-estimating the loaded weights gives the logged best value
-    data = load_dataset(run.config.data)
+    data = load_dataset(model.data_config())
     _, held = validation_split(data.train.shape[0], 0.1)
-    est = estimate_neg_elbo(run.diffusion, run.model, data.train[held], run.spec, 4, 0, run.clip)
+    est = estimate_neg_elbo(model, data.train[held], 4, 0)
     assert est.neg_elbo == pytest.approx(best["val_neg_elbo"], abs=1e-5)
     # ddpm evaluate says which weights it scored, on the terminal and in its JSON
     capsys.readouterr()
@@ -166,9 +166,9 @@ def test_a_run_without_validation_has_no_best_weights(tmp_path):
     res = train(_tiny(4, val_every=0), out, progress=False)
     assert res.validation is None
     assert not load_checkpoint(out / runs.CHECKPOINT).has_best
-    assert runs.load_run(out).best_step is None
-    assert load_model(out).weights == "EMA weights of step 4"
-    assert load_model(out, ema=False).weights == "training weights (not the EMA) of step 4"
+    assert run_best_step(out) == -1
+    assert load(out).source.weights == "EMA weights of step 4"
+    assert load(out, weights="raw").source.weights == "training weights (not the EMA) of step 4"
 
 
 def test_resume_with_validation_equals_training_in_one_go(tmp_path):
@@ -187,10 +187,10 @@ def test_resume_with_validation_equals_training_in_one_go(tmp_path):
 def test_patience_stops_training_and_a_resume_respects_it(tmp_path, monkeypatch):
     values = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0, 2.0, 2.0, 2.0])
 
-    def fake(diffusion, model, x_val, spec, K, step, clip=None, info=None, max_batch=4096):
+    def fake(model, x_val, K, step, info=None, max_batch=4096):
         return _est(step, next(values))
 
-    monkeypatch.setattr(importlib.import_module("ddpm.train"), "estimate_neg_elbo", fake)
+    monkeypatch.setattr(importlib.import_module("ddpm.training.loop"), "estimate_neg_elbo", fake)
     out = tmp_path / "run"
     res = train(_tiny(40, val_every=2, patience=2), out, progress=False)
     # validations at 2, 4 (best), 6, 8: two without improvement -> stop at step 8
@@ -204,7 +204,7 @@ def test_patience_stops_training_and_a_resume_respects_it(tmp_path, monkeypatch)
 
 
 def test_patience_without_validation_is_refused():
-    with pytest.raises(ConfigError, match="--val-every"):
+    with pytest.raises(ConfigError, match="add val_every N"):
         TrainConfig(patience=3)
     with pytest.raises(ConfigError, match="val_fraction"):
         TrainConfig(val_every=10, val_fraction=1.0)

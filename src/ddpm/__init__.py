@@ -15,43 +15,58 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import types
 
 __version__ = "0.1.0"
 
 # module -> the public names it provides
 _MODULES: dict[str, tuple[str, ...]] = {
-    "ddpm.api": ("evaluate_run", "evaluate_steps_run", "forward_strip", "sample_run"),
-    "ddpm.bounds": ("iw_curve", "iw_log_likelihood"),
     "ddpm.config": ("DataConfig", "DiffusionConfig", "ModelConfig", "RunConfig", "TrainConfig"),
-    "ddpm.continuous": ("ContinuousMixtureOracle", "ContinuousSchedule"),
     "ddpm.data": ("Dataset", "DataSpec", "GaussianMixture", "load_dataset"),
-    "ddpm.ddim": ("ddim_sample",),
-    "ddpm.diffusion": ("denoise", "Diffusion"),
-    "ddpm.elbo": ("bits_per_dim", "elbo_mc", "elbo_terms", "ElboTerms", "prior_kl", "vb_term"),
     "ddpm.errors": ("CheckpointError", "ConfigError", "DataError", "DdpmError"),
-    "ddpm.evaluate": ("evaluate", "Evaluation"),
-    "ddpm.forward": ("q_marginal", "q_posterior", "q_sample", "q_step"),
-    "ddpm.joint_kl": ("joint_kl", "JointKl"),
-    "ddpm.losses": ("training_loss",),
-    "ddpm.models": ("load_model", "LoadedModel"),
+    "ddpm.jobs.evaluate": ("evaluate_run", "evaluate_steps_run"),
+    "ddpm.jobs.forward": ("forward_strip",),
+    "ddpm.jobs.report": ("write_run_report",),
+    "ddpm.jobs.sample": ("sample_run",),
+    "ddpm.likelihood.bounds": ("iw_curve", "iw_log_likelihood"),
+    "ddpm.likelihood.elbo": (
+        "bits_per_dim",
+        "elbo_mc",
+        "elbo_terms",
+        "ElboTerms",
+        "prior_kl",
+        "vb_term",
+    ),
+    "ddpm.likelihood.evaluate": ("evaluate", "Evaluation"),
+    "ddpm.likelihood.joint_kl": ("joint_kl", "JointKl"),
+    "ddpm.likelihood.ode": ("ode_likelihood", "OdeConfig", "OdeLikelihood", "ProbabilityFlow"),
+    "ddpm.likelihood.oracles": ("gaussian_analysis", "GaussianOracle", "MixtureOracle"),
+    "ddpm.likelihood.sweep": ("Sweep", "sweep_gaussian", "sweep_mixture"),
+    "ddpm.likelihood.theory": ("bayes_optimal", "theory_gaussian", "theory_mixture", "theory_run"),
+    "ddpm.loader": ("load",),
+    "ddpm.model": ("Model", "p_mean_var", "Source"),
     "ddpm.nets": ("build_model",),
-    "ddpm.ode": ("ode_likelihood", "OdeConfig", "OdeLikelihood", "ProbabilityFlow"),
-    "ddpm.oracles": ("gaussian_analysis", "GaussianOracle", "MixtureOracle"),
-    "ddpm.presets": ("apply_preset",),
-    "ddpm.respace": ("respace", "respaced_steps", "space_timesteps"),
-    "ddpm.reverse": ("p_mean_var", "Parameterisation"),
-    "ddpm.rng": ("KeyedNoise",),
-    "ddpm.runs": ("load_run", "Run"),
-    "ddpm.sampling": ("p_sample", "sample"),
-    "ddpm.schedule": ("NoiseSchedule",),
-    "ddpm.sweep": ("Sweep", "sweep_gaussian", "sweep_mixture"),
-    "ddpm.theory": ("theory_gaussian", "theory_mixture", "theory_run"),
-    "ddpm.train": ("train", "TrainResult"),
-    "ddpm.vae": ("Vae", "VaeConfig", "VaeRunConfig"),
-    "ddpm.vae_eval": ("compare_runs", "evaluate_vae"),
-    "ddpm.vae_train": ("load_vae_run", "train_vae"),
+    "ddpm.process.continuous": ("ContinuousMixtureOracle", "ContinuousSchedule"),
+    "ddpm.process.diffusion": ("denoise", "Diffusion", "Parameterisation"),
+    "ddpm.process.forward": ("q_marginal", "q_posterior", "q_sample", "q_step"),
+    "ddpm.process.respace": ("respace", "respaced_steps", "space_timesteps"),
+    "ddpm.process.rng": ("KeyedNoise",),
+    "ddpm.process.schedule": ("NoiseSchedule",),
+    "ddpm.requests": (
+        "EvaluationRequest",
+        "QualityRequest",
+        "SamplingRequest",
+        "TheoryRequest",
+        "VaeEvaluationRequest",
+    ),
+    "ddpm.sampling.ancestral": ("p_sample", "sample"),
+    "ddpm.sampling.ddim": ("ddim_sample",),
+    "ddpm.training.loop": ("train", "TrainResult"),
+    "ddpm.training.losses": ("training_loss",),
+    "ddpm.training.presets": ("apply_preset",),
+    "ddpm.jobs.vae": ("compare_runs", "evaluate_vae_run"),
+    "ddpm.vae.evaluate": ("evaluate_vae",),
+    "ddpm.vae.model": ("Vae", "VaeConfig", "VaeRunConfig"),
+    "ddpm.vae.train": ("load_vae_run", "train_vae"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)
@@ -59,7 +74,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
-    if module is None:  # a submodule not imported yet, as ``ddpm.runs``
+    if module is None:  # a submodule not imported yet, as ``ddpm.runs.run``
         if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
             raise AttributeError(f"module 'ddpm' has no attribute {name!r}")
         return importlib.import_module(f"{__name__}.{name}")
@@ -70,17 +85,3 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """The package object: a public name that is also a submodule's name (``ddpm.train`` the
-    function, ``ddpm/train.py`` the module) keeps meaning the public object after the submodule
-    is imported, as it did when this file imported everything eagerly."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, types.ModuleType) and name in _EXPORTS:
-            return  # the import system binding the submodule over the public name
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,5 +1,5 @@
 import sys
 
-from ddpm.cli import main
+from ddpm.cli.main import main
 
 sys.exit(main())

@@ -114,12 +114,18 @@ class DiffusionConfig(_Serialisable):
         require_choice("timestep sampler", self.timestep_sampler, get_args(TimestepSampler))
         if self.variance == "learned" and self.loss == "simple":
             raise ConfigError(
-                "variance 'learned' needs a loss that trains the variance: use --loss hybrid or vlb"
+                "variance 'learned' needs a loss that trains the variance: use loss hybrid or vlb",
+                params=("loss",),
             )
         if self.variance != "learned" and self.loss == "hybrid":
-            raise ConfigError("loss 'hybrid' trains a learned variance: add --variance learned")
+            raise ConfigError(
+                "loss 'hybrid' trains a learned variance: add variance learned",
+                params=("variance",),
+            )
         if self.timestep_sampler == "importance" and self.loss != "vlb":
-            raise ConfigError("importance-sampled timesteps are for --loss vlb only")
+            raise ConfigError(
+                "importance-sampled timesteps are for loss vlb only", params=("loss",)
+            )
         if self.hybrid_lambda < 0:
             raise ConfigError(f"hybrid_lambda must be >= 0 (got {self.hybrid_lambda})")
 
@@ -189,8 +195,8 @@ class TrainConfig(_Serialisable):
     sample_every: int = 0  # 0: sample grid only at the end
     checkpoint_every: int = 1000
     num_samples: int = 64
-    # Validation (ddpm.validation): every val_every steps (0: off, all training examples are
-    # trained on) a val_timesteps-timestep -ELBO estimate on the held-out val_fraction of the
+    # Validation (ddpm.training.validation): every val_every steps (0: off, all training examples
+    # are trained on) a val_timesteps-timestep -ELBO estimate on the held-out val_fraction of the
     # training examples; the best weights by it are kept, and training stops after `patience`
     # validations without improvement (0: never).
     val_every: int = 0
@@ -212,7 +218,10 @@ class TrainConfig(_Serialisable):
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1) (got {self.val_fraction})")
         if self.patience and not self.val_every:
-            raise ConfigError("--patience counts validations: add --val-every N (e.g. 500)")
+            raise ConfigError(
+                "patience counts validations: add val_every N (e.g. 500)",
+                params=("patience", "val_every"),
+            )
         if self.warmup < 0 or self.sample_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("warmup, sample_every and checkpoint_every must be >= 0")
         if self.seed < 0:
@@ -231,3 +240,39 @@ class RunConfig(_Serialisable):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --- the probability-flow ODE likelihood (ddpm.likelihood.ode) --------------------------------
+EXACT_MAX_DIMS = 16  # 'auto' takes the exact divergence up to this many dimensions
+Divergence = Literal["auto", "exact", "hutchinson"]
+OdeMethod = Literal["RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"]
+
+
+@dataclass(frozen=True)
+class OdeConfig(_Serialisable):
+    """How the likelihood of the probability-flow ODE is computed (``ddpm.likelihood.ode``)."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    method: OdeMethod = "RK45"  # a solver of scipy.integrate.solve_ivp
+    divergence: Divergence = "auto"  # auto: exact up to EXACT_MAX_DIMS dimensions, else hutchinson
+    probes: int = 1  # K Rademacher probes per example for Hutchinson's estimator
+    s_min: float | None = None  # start of the flow; None: 1 / T
+
+    def __post_init__(self) -> None:
+        require_choice("ODE method", self.method, get_args(OdeMethod))
+        require_choice("divergence", self.divergence, get_args(Divergence))
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ConfigError(
+                f"ODE tolerances must be > 0 (got rtol={self.rtol}, atol={self.atol})"
+            )
+        if isinstance(self.probes, bool) or not isinstance(self.probes, int) or self.probes < 1:
+            raise ConfigError(f"ODE probes K must be an integer >= 1 (got {self.probes!r})")
+        if self.s_min is not None and not 0 < self.s_min < 1:
+            raise ConfigError(f"ODE s_min must lie in (0, 1) (got {self.s_min})")
+
+    def divergence_for(self, dims: int) -> str:
+        """'exact' or 'hutchinson' for data of ``dims`` dimensions."""
+        if self.divergence == "auto":
+            return "exact" if dims <= EXACT_MAX_DIMS else "hutchinson"
+        return self.divergence

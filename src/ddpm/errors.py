@@ -2,7 +2,16 @@
 
 
 class DdpmError(Exception):
-    """Bad input from the user: says what is wrong, where, and what to do."""
+    """Bad input from the user: says what is wrong, where, and what to do.
+
+    The message speaks of the library's parameters by name ("n must be >= 1"); ``params``
+    lists the names it uses, so the command line can say its flags instead
+    (``ddpm.cli.main.in_flags``).
+    """
+
+    def __init__(self, message: str = "", *, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
 
 
 class ConfigError(DdpmError):
@@ -30,7 +39,8 @@ class PeerLostError(DdpmError):
 
 
 def require_choice(name: str, value: object, choices: tuple) -> None:
-    """Raise ConfigError unless value is one of choices."""
+    """Raise ConfigError unless value is one of choices (name: the parameter)."""
     if value not in choices:
         opts = ", ".join(repr(c) for c in choices)
-        raise ConfigError(f"unknown {name} {value!r}: choose one of {opts}")
+        params = (name,) if name.isidentifier() else ()
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {opts}", params=params)

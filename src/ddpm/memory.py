@@ -57,20 +57,27 @@ def describe(needed: float, available: float, kind: str = "") -> str:
 
 
 def check_fits(
-    needed: float, what: str, hint: str, device: torch.device | str | None = None
+    needed: float,
+    what: str,
+    hint: str,
+    device: torch.device | str | None = None,
+    params: tuple[str, ...] = (),
 ) -> None:
     """Raise TooLargeError '<what> needs ~X GiB, Y GiB available; <hint>' when needed bytes
-    exceed the memory available on device (None: the machine's)."""
+    exceed the memory available on device (None: the machine's); params: the parameters the
+    message names."""
     if needed < SMALL:
         return
     available = available_bytes(device)
     if needed > available:
         on = device is not None and torch.device(device).type != "cpu"
         where = f" on {device}" if on else ""
-        raise TooLargeError(f"{what} {describe(needed, available)}{where}; {hint}")
+        raise TooLargeError(f"{what} {describe(needed, available)}{where}; {hint}", params=params)
 
 
-def check_disk(needed: float, path: str | os.PathLike, what: str, hint: str) -> None:
+def check_disk(
+    needed: float, path: str | os.PathLike, what: str, hint: str, params: tuple[str, ...] = ()
+) -> None:
     """Raise TooLargeError when needed bytes exceed the free disk space where path goes."""
     if needed < SMALL:
         return
@@ -79,7 +86,7 @@ def check_disk(needed: float, path: str | os.PathLike, what: str, hint: str) -> 
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise TooLargeError(f"{what} {describe(needed, free, 'of disk')}; {hint}")
+        raise TooLargeError(f"{what} {describe(needed, free, 'of disk')}; {hint}", params=params)
 
 
 def schedule_bytes(T: int) -> int:

@@ -170,7 +170,7 @@ def torch_threads(n: int | None) -> Iterator[ThreadChoice]:
             yield ThreadChoice(before, adaptive is not None)
         return
     if n < 1:
-        raise ConfigError(f"--threads must be >= 1 (got {n})")
+        raise ConfigError(f"threads must be >= 1 (got {n})", params=("threads",))
     torch.set_num_threads(n)
     try:
         yield ThreadChoice(n)

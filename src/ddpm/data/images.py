@@ -102,11 +102,13 @@ def _check_same_layout(paths: list[Path], images: list[np.ndarray]) -> None:
         if img.shape[0] != ref.shape[0]:
             grey, colour = (first, path) if ref.shape[0] == 1 else (path, first)
             raise DataError(
-                f"images mix grey ({grey}) and colour ({colour}); pass --grayscale to load all "
-                "as grey"
+                f"images mix grey ({grey}) and colour ({colour}); pass grayscale to load all "
+                "as grey",
+                params=("grayscale",),
             )
         if img.shape != ref.shape:
             raise DataError(
                 f"images have different sizes: {first} is {ref.shape[1]}x{ref.shape[2]}, {path} "
-                f"is {img.shape[1]}x{img.shape[2]} (HxW); pass --image-size N to resize them"
+                f"is {img.shape[1]}x{img.shape[2]} (HxW); pass image_size N to resize them",
+                params=("image_size",),
             )

@@ -61,7 +61,10 @@ def _check_options_apply(cfg: DataConfig) -> None:
     folder = cfg.name not in BUILTIN_NAMES and Path(cfg.name).expanduser().is_dir()
     if (cfg.image_size is not None or cfg.grayscale) and not folder:
         raise ConfigError(
-            f"--image-size and --grayscale apply to image folders, not to {cfg.name!r}; drop them"
+            f"image_size and grayscale apply to image folders, not to {cfg.name!r}; drop them",
+            params=("image_size", "grayscale"),
         )
     if cfg.root is not None and cfg.name != "mnist":
-        raise ConfigError(f"--data-root is for --data mnist, not {cfg.name!r}; drop it")
+        raise ConfigError(
+            f"root is for the data mnist, not {cfg.name!r}; drop it", params=("root",)
+        )

@@ -97,10 +97,10 @@ def read_idx_images(path: Path) -> np.ndarray:
 def load_mnist(root: str | Path | None) -> Dataset:
     """MNIST train [60000, 1, 28, 28] and test (t10k) [10000, 1, 28, 28] in [-1, 1]."""
     if root is None:
-        raise DataError("--data mnist needs --data-root DIR holding the MNIST IDX files")
+        raise DataError("data mnist needs root DIR holding the MNIST IDX files", params=("root",))
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"MNIST folder {root} does not exist; pass --data-root DIR")
+        raise DataError(f"MNIST folder {root} does not exist; pass root DIR", params=("root",))
     train_path, test_path = find_idx_file(root, "train"), find_idx_file(root, "t10k")
     train, test = read_idx_images(train_path), read_idx_images(test_path)
     if train.shape[1:] != test.shape[1:]:

@@ -37,18 +37,20 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ddpm.checkpoint import check_finite, load_json
-from ddpm.diffusion import Diffusion, Parameterisation
+from ddpm.data import DataSpec
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.memory import FLOAT32, check_fits, check_steps
-from ddpm.schedule import NoiseSchedule
+from ddpm.model import Model, Source
+from ddpm.process.continuous import ContinuousSchedule
+from ddpm.process.diffusion import Diffusion, Parameterisation
+from ddpm.process.schedule import NoiseSchedule
+from ddpm.runs.checkpoint import check_finite, load_json
 
 INSTALL = 'pip install -e ".[diffusers]"'
 MODEL_INDEX = "model_index.json"
@@ -59,6 +61,8 @@ UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 VARIANCES = {"fixed_small": "small", "fixed_large": "large", "learned_range": "learned"}
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# beta_schedule -> the continuous form ddpm knows of it (ddpm.process.continuous)
+CONTINUOUS = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # all equal for the full T-step chain
 
 # DDPMScheduler's keys and defaults (diffusers 0.2x-0.4x); a saved config may omit any of them.
@@ -155,8 +159,11 @@ def diffusers_betas(c: dict[str, Any]) -> Tensor:
 
 def diffusion_from_scheduler(
     config: dict[str, Any], where: str = "scheduler config"
-) -> tuple[Diffusion, tuple[float, float] | None]:
-    """(Diffusion, sampling clip range) for a DDPMScheduler config (see the module docstring)."""
+) -> tuple[Diffusion, tuple[float, float] | None, ContinuousSchedule | None]:
+    """(Diffusion, sampling clip range, continuous form of the schedule) for a DDPMScheduler
+    config (see the module docstring). The continuous form is that of ``linear`` and
+    ``squaredcos_cap_v2`` ([ND21]'s cosine, ``ddpm.process.continuous``); other schedules have
+    none here."""
     c = scheduler_settings(config, where)
     T = c["num_train_timesteps"]
     try:
@@ -173,7 +180,11 @@ def diffusion_from_scheduler(
     param = Parameterisation(PREDICTIONS[c["prediction_type"]], VARIANCES[c["variance_type"]])
     time_map = torch.arange(T + 1, dtype=torch.long) - 1  # step t is diffusers' timestep t - 1
     r = float(c["clip_sample_range"])
-    return Diffusion(NoiseSchedule(beta), param, time_map), ((-r, r) if c["clip_sample"] else None)
+    schedule = NoiseSchedule(beta)
+    kind = None if c["trained_betas"] is not None else CONTINUOUS.get(c["beta_schedule"])
+    continuous = None if kind is None else ContinuousSchedule.of(kind, schedule)
+    clip = (-r, r) if c["clip_sample"] else None
+    return Diffusion(schedule, param, time_map), clip, continuous
 
 
 # --- the network -----------------------------------------------------------------------------
@@ -291,18 +302,9 @@ def _unet_bytes(config: dict[str, Any], where: str, example_numel: int) -> int:
     return 2 * FLOAT32 * params + FLOAT32 * example_numel * (1 + chans[0])
 
 
-@dataclass(frozen=True, eq=False)
-class DiffusersModel:
-    """What a diffusers folder holds, in ddpm's terms."""
-
-    diffusion: Diffusion
-    model: DiffusersUNet
-    shape: tuple[int, int, int]  # one example (C, H, W)
-    clip: tuple[float, float] | None  # clip_sample range for sampling
-
-
-def load_diffusers(folder: str | Path, device: torch.device | str = "cpu") -> DiffusersModel:
-    """The process, the wrapped network and the example shape of a diffusers folder."""
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Model:
+    """The model of a diffusers folder: its process, the wrapped network, 8-bit images of the
+    UNet's shape in [-1, 1] (decoder levels 256), and the scheduler's sampling clip."""
     folder = Path(folder)
     check_pipeline(folder)
     for name in (SCHEDULER_CONFIG, UNET_CONFIG, UNET_WEIGHTS):
@@ -311,7 +313,7 @@ def load_diffusers(folder: str | Path, device: torch.device | str = "cpu") -> Di
                 f"{folder / name}: missing; save the pipeline with "
                 "save_pretrained(DIR, safe_serialization=True)"
             )
-    diffusion, clip = diffusion_from_scheduler(
+    diffusion, clip, continuous = diffusion_from_scheduler(
         load_json(folder / SCHEDULER_CONFIG), str(folder / SCHEDULER_CONFIG)
     )
     shape = unet_shape(load_json(folder / UNET_CONFIG), diffusion.param, str(folder / UNET_CONFIG))
@@ -334,7 +336,10 @@ def load_diffusers(folder: str | Path, device: torch.device | str = "cpu") -> Di
         diffusers.utils.logging.set_verbosity(verbosity)
     check_loading_info(info, list(unet.state_dict()), str(folder / UNET_WEIGHTS))
     check_finite(unet.state_dict(), str(folder / UNET_WEIGHTS))
-    return DiffusersModel(diffusion, DiffusersUNet(unet).to(device).eval(), shape, clip)
+    net = DiffusersUNet(unet).to(device).eval()
+    spec = DataSpec.from_levels(folder.name or "diffusers", shape, 256)
+    source = Source("diffusers", folder, "the diffusers folder's UNet2DModel")
+    return Model(diffusion, net, spec, clip, continuous, source)
 
 
 def check_loading_info(info: dict[str, list], order: list[str], where: str) -> None:

@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ddpm.checkpoint import load_json, load_tensors, save_json, save_tensors
 from ddpm.data.spec import Dataset
 from ddpm.errors import CheckpointError, DataError
+from ddpm.storage import load_json, load_tensors, save_json, save_tensors
 
 FEATURE_DIM = 64
 HIDDEN = 256

@@ -32,7 +32,9 @@ class StepRow:
     report: QualityReport
     bits_per_dim: float | None = None
     bits_per_dim_se: float | None = None
-    steps: str | None = None  # how the K steps were chosen: spelling and spacing, ddpm.respace
+    steps: str | None = (
+        None  # how the K steps were chosen: spelling and spacing, ddpm.process.respace
+    )
     spacing: str | None = None
 
     def headline(self) -> dict[str, float]:

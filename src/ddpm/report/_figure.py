@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpm.checkpoint import atomic_write_bytes
 from ddpm.errors import DataError
+from ddpm.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

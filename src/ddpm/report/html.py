@@ -8,9 +8,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ddpm.checkpoint import atomic_write_bytes
 from ddpm.errors import DataError
 from ddpm.report._figure import printable
+from ddpm.storage import atomic_write_bytes
 
 __all__ = ["html_table", "write_html"]
 

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ddpm.checkpoint import atomic_write_bytes
 from ddpm.errors import ConfigError, DataError
+from ddpm.storage import atomic_write_bytes
 
 __all__ = ["to_uint8", "default_scale", "image_grid", "save_image_grid", "save_png"]
 

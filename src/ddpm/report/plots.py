@@ -68,15 +68,14 @@ def save_per_timestep(
     logy: bool = True,
     title: str = "",
     se: Mapping[str, Tensor | np.ndarray] | None = None,
-    span: tuple[int, int] | None = None,
-    span_label: str = "",
+    span: tuple[int, int, str] | None = None,
 ) -> Path:
     """Line plot over t = 1..T (log axis) of per-timestep values, one line per model (legend).
 
     ``per_t[name]`` has shape [T] with entry t-1 for timestep t (e.g. the mean ELBO terms
     L_0, L_1, ..., L_{T-1} of [Ho20] eq. (5) indexed by the t of p_theta(x_{t-1} | x_t)).
     The t axis is logarithmic: most of the bound lives in the first steps. ``se[name]`` [T]
-    draws a +-1 SE band; ``span`` = (t_lo, t_hi) shades those steps (``span_label`` in the
+    draws a +-1 SE band; ``span`` = (t_lo, t_hi, label) shades those steps (label in the
     legend). The y-axis is logarithmic when ``logy`` and every finite value is positive;
     otherwise a zero line is drawn, and values of both signs spanning more than three decades
     (a negative continuous decoder term beside small KLs) get a symmetric-log axis.
@@ -87,7 +86,7 @@ def save_per_timestep(
     fig = new_figure(7.0, 4.0)
     ax = fig.add_subplot()
     if span is not None:
-        ax.axvspan(span[0] - 0.5, span[1] + 0.5, color="C3", alpha=0.12, lw=0, label=span_label)
+        ax.axvspan(span[0] - 0.5, span[1] + 0.5, color="C3", alpha=0.12, lw=0, label=span[2])
     for i, (name, v) in enumerate(series.items()):
         t = np.arange(1, len(v) + 1)
         ax.plot(t, v, marker="o" if len(v) <= 50 else None, ms=3, lw=1.2, label=name, c=f"C{i}")

@@ -14,10 +14,10 @@ import torch
 from PIL import Image, PngImagePlugin
 from torch import Tensor
 
-from ddpm.checkpoint import atomic_write_bytes
 from ddpm.data import DataSpec
 from ddpm.report.images import save_image_grid
 from ddpm.report.plots import save_scatter_2d
+from ddpm.storage import atomic_write_bytes
 
 GRID_IMAGES = 256  # images drawn of a request too large to hold at once
 # PNG text key under which a samples PNG lists the files written beside it

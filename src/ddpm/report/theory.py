@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.checkpoint import save_json
 from ddpm.report.html import html_table, write_html
 from ddpm.report.plots import save_bar_chain, save_per_timestep, save_sweep
+from ddpm.storage import save_json
 
 
 def _chain_bars(ev, prefix: str) -> dict[str, tuple[float, float]]:
@@ -36,7 +36,7 @@ def _rows(ev) -> list[dict]:
 def write_theory_report(res, out_dir: str | Path) -> list[Path]:
     """Write theory.json, theory_per_timestep.png, theory_chain.png, theory_mse.png,
     theory_gap_per_timestep.png (a trained model beside the Bayes-optimal one) and theory.html
-    into out_dir for a ``ddpm.theory.TheoryResult``; returns the paths."""
+    into out_dir for a ``ddpm.likelihood.theory.TheoryResult``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = [res.subject] + ([res.oracle] if res.oracle is not None else [])
@@ -76,8 +76,11 @@ def write_theory_report(res, out_dir: str | Path) -> list[Path]:
             logy=False,
             title=f"{res.name}: where the trained model loses its nats (paired, ± SE)",
             se={"trained - Bayes-optimal": se},
-            span=(band["t_lo"], band["t_hi"]),
-            span_label=f"t = {band['t_lo']}..{band['t_hi']}: half of the gap",
+            span=(
+                band["t_lo"],
+                band["t_hi"],
+                f"t = {band['t_lo']}..{band['t_hi']}: half of the gap",
+            ),
         )
         sections.append(("Where the trained model loses its nats", gap_png))
         paths.append(gap_png)
@@ -105,7 +108,7 @@ def save_mse_per_timestep(models, path: str | Path, name: str) -> Path:
 
 def write_sweep_report(sweep, out_dir: str | Path) -> list[Path]:
     """sweep.json, sweep.png (-ELBO and KL_joint against T) and sweep.html for a
-    ``ddpm.sweep.Sweep``; returns the paths."""
+    ``ddpm.likelihood.sweep.Sweep``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = save_json(out / "sweep.json", sweep.to_dict())

@@ -1,0 +1,51 @@
+"""What every job shares: a model given as a value or as a folder to load, under the lock of
+the folder it writes into."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from ddpm.errors import ConfigError
+from ddpm.loader import load
+from ddpm.model import Model
+from ddpm.runs import folder as rundir
+
+ModelLike = Model | str | Path  # a model, or the folder ``ddpm.load`` reads it from
+
+
+def home(model: ModelLike) -> Path | None:
+    """The folder a model came from: where its results go unless told otherwise."""
+    return model.source.path if isinstance(model, Model) else Path(model)
+
+
+def out_folder(model: ModelLike, out_dir: str | Path | None) -> Path:
+    """Where a job writes: out_dir, else the model's own folder."""
+    if out_dir is not None:
+        return Path(out_dir)
+    folder = home(model)
+    if folder is None:
+        raise ConfigError("the model was built in Python and has no folder: give out_dir")
+    return folder
+
+
+def loaded(model: ModelLike, device: torch.device | str) -> Model:
+    """The model itself, or the one loaded from its folder onto device."""
+    return model if isinstance(model, Model) else load(model, device=device)
+
+
+@contextlib.contextmanager
+def writing(
+    model: ModelLike, paths: Iterable[Path], command: str, beside: Iterable[Path] = ()
+) -> Iterator[None]:
+    """Hold the lock of the model's folder while paths are written into it and record them in
+    its manifest (``ddpm.runs.folder.writing_outputs``); a model without a folder takes none."""
+    folder = home(model)
+    if folder is None:
+        yield
+        return
+    with rundir.writing_outputs(folder, paths, command, beside=beside):
+        yield
