@@ -6,12 +6,20 @@ A session run is never changed in place: a module or a test that writes into a r
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import DIGITS_TINY, GMM8_TINY, copy_run
 
 from ddpm.cli.main import main
+
+# The suite runs in two processes (pytest-xdist, pyproject's addopts), one test file each at a
+# time (--dist loadfile: a module's fixtures are built once). One torch thread per process, so
+# that they do not fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def _train(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str]) -> Path:

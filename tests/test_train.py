@@ -39,7 +39,7 @@ def gmm8_config(steps: int, **diffusion) -> RunConfig:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # trained once per process, kept while other modules run
 def gmm8_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gmm8") / "run"
     train(gmm8_config(3000), out, progress=False)
