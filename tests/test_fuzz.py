@@ -27,7 +27,6 @@ from PIL import Image
 
 from ddpm.cli.main import main
 
-
 FUZZ = settings(
     max_examples=40,
     deadline=None,
