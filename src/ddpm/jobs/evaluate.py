@@ -117,7 +117,7 @@ def evaluate_run(
         ev = summarise(m, terms, request, time.perf_counter() - t0)
         if request.ode is not None and info.is_main:
             res = ode_likelihood(
-                m, x0.to(dev), request.ode, KeyedNoise(request.seed), 1024, progress
+                m, x0.to(dev), request.ode, KeyedNoise(request.seed), request.max_batch, progress
             )
             ev = dataclasses.replace(ev, ode=res)
         result = EvalResult(ev, outputs[0], None, None, info.is_main, weights=m.source.weights)
