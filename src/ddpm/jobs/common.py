@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+from ddpm.data import Dataset, load_dataset
 from ddpm.errors import ConfigError
 from ddpm.loader import load
 from ddpm.model import Model
+from ddpm.requests import EvaluationRequest
 from ddpm.runs import folder as rundir
 
 ModelLike = Model | str | Path  # a model, or the folder ``ddpm.load`` reads it from
@@ -28,13 +30,23 @@ def out_folder(model: ModelLike, out_dir: str | Path | None) -> Path:
         return Path(out_dir)
     folder = home(model)
     if folder is None:
-        raise ConfigError("the model was built in Python and has no folder: give out_dir")
+        raise ConfigError("the model was built in Python and has no folder: give where to write")
     return folder
 
 
 def loaded(model: ModelLike, device: torch.device | str) -> Model:
     """The model itself, or the one loaded from its folder onto device."""
     return model if isinstance(model, Model) else load(model, device=device)
+
+
+def scored_on_data(
+    model: ModelLike, request: EvaluationRequest, device: torch.device | str
+) -> tuple[Model, Dataset]:
+    """The model as the request scores it (its clipping) and the data it is scored on (the
+    request's, else its own), the decoder on that data's grid."""
+    m = loaded(model, device).clipped(request.clip)
+    dataset = load_dataset(m.data_config(request.data))
+    return m.on(dataset.spec), dataset
 
 
 @contextlib.contextmanager

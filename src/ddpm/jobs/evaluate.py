@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.data import load_dataset
 from ddpm.errors import ConfigError
-from ddpm.jobs.common import ModelLike, loaded, out_folder, writing
+from ddpm.jobs.common import ModelLike, out_folder, scored_on_data, writing
 from ddpm.jobs.quality import write_quality_steps
 from ddpm.likelihood.evaluate import Evaluation, check_examples, evaluate, example_terms, summarise
 from ddpm.likelihood.ode import ProbabilityFlow, ode_likelihood
@@ -99,9 +98,7 @@ def evaluate_run(
     # Under torchrun rank 0 alone writes, so it alone holds the folder's lock.
     with writing(model, outputs if dist.launched_as_main() else [], "evaluate"):
         info, dev = dist.init_distributed(dist.pick_device(device))
-        m = loaded(model, dev).clipped(request.clip)
-        dataset = load_dataset(m.data_config(request.data))
-        m = m.on(dataset.spec)
+        m, dataset = scored_on_data(model, request, dev)
         x0 = getattr(dataset, f"{split}_examples")[: request.n]
         check_examples(x0.shape[0])
         if request.ode is not None:
@@ -196,9 +193,7 @@ def evaluate_steps_run(
     outputs += [out / "quality_steps.json", out / "quality_steps.png"] if request.quality else []
     with writing(model, outputs, "evaluate"):
         dev = dist.pick_device(device)
-        m = loaded(model, dev).clipped(request.clip)
-        dataset = load_dataset(m.data_config(request.data))
-        m = m.on(dataset.spec)
+        m, dataset = scored_on_data(model, request, dev)
         x0 = getattr(dataset, f"{split}_examples")[: request.n].to(dev)
         density = dataset.density.to(dev) if dataset.density is not None else None
         chosen = steps_by_K(m.T, request.steps, request.spacing)  # every K checked first

@@ -21,7 +21,7 @@ from numpy.lib.format import open_memmap
 
 from ddpm.data import DataSpec
 from ddpm.errors import ConfigError, NonFiniteError
-from ddpm.jobs.common import ModelLike, home, loaded, writing
+from ddpm.jobs.common import ModelLike, home, loaded, out_folder, writing
 from ddpm.memory import FLOAT64, check_disk
 from ddpm.process.respace import steps_label
 from ddpm.process.rng import seeded_generator
@@ -113,9 +113,7 @@ def evenly_spaced_steps(T: int, frames: int) -> list[int]:
 
 def default_out(model: ModelLike, request: SamplingRequest) -> Path:
     """samples_seed<seed>[_K<steps>][_ddim_eta<eta>].png in the model's folder."""
-    folder = home(model)
-    if folder is None:
-        raise ConfigError("the model was built in Python and has no folder: give out")
+    folder = out_folder(model, None)
     how = "" if request.steps is None else f"_K{steps_label(request.steps, request.spacing)}"
     how += f"_ddim_eta{request.eta or 0:g}" if request.sampler == "ddim" else ""
     return folder / f"samples_seed{request.seed}{how}.png"

@@ -248,7 +248,7 @@ def theory_gaussian(request: TheoryRequest | None = None, progress: bool = False
         "posterior_gap": an.posterior_gap,
     }
     if request.ode is not None:
-        flow_model = _continuous_oracle(request.schedule, T, density, spec)
+        flow_model = _named_continuous_oracle(request.schedule, T, density, spec)
         res = ode_likelihood(
             flow_model, x0, request.ode, KeyedNoise(request.seed), progress=progress
         )
@@ -266,13 +266,22 @@ def theory_gaussian(request: TheoryRequest | None = None, progress: bool = False
     return TheoryResult(name=name, subject=ev, closed_form=closed)
 
 
-def _continuous_oracle(schedule: str, T: int, density: GaussianMixture, spec: DataSpec) -> Model:
-    """The Bayes-optimal denoiser at continuous time of the T-step process: the model whose
-    probability flow (``ddpm.likelihood.ode``) the theory lab scores."""
-    s = NoiseSchedule.from_name(schedule, T)
-    cs = ContinuousSchedule.of(schedule, s)
+def continuous_oracle(
+    s: NoiseSchedule, cs: ContinuousSchedule, density: GaussianMixture, spec: DataSpec
+) -> Model:
+    """The Bayes-optimal denoiser at continuous time (schedule cs, the continuous form of s) of
+    data from ``density``: the model whose probability flow (``ddpm.likelihood.ode``) the
+    theory lab scores beside a trained one's."""
     oracle = ContinuousMixtureOracle(cs, density)
     return Model(Diffusion(s), oracle, spec, continuous=cs, source=Source("oracle", name=ORACLE))
+
+
+def _named_continuous_oracle(
+    schedule: str, T: int, density: GaussianMixture, spec: DataSpec
+) -> Model:
+    """``continuous_oracle`` of the named T-step schedule."""
+    s = NoiseSchedule.from_name(schedule, T)
+    return continuous_oracle(s, ContinuousSchedule.of(schedule, s), density, spec)
 
 
 def load_mixture(name: str) -> tuple[GaussianMixture, DataSpec]:
@@ -306,7 +315,7 @@ def theory_mixture(
         progress=progress,
     )  # fmt: skip
     if request.ode is not None:
-        flow_model = _continuous_oracle(request.schedule, T, mixture, spec)
+        flow_model = _named_continuous_oracle(request.schedule, T, mixture, spec)
         res = ode_likelihood(
             flow_model, x0, request.ode, KeyedNoise(request.seed), progress=progress
         )
@@ -359,10 +368,7 @@ def theory_run(
         res = ode_likelihood(model, x0, request.ode, noise, progress=progress)
         trained = dataclasses.replace(trained, ode=res)
         cs = ProbabilityFlow.of(model).schedule
-        flow_model = Model(
-            Diffusion(model.diffusion.schedule), ContinuousMixtureOracle(cs, density),
-            data.spec, continuous=cs, source=Source("oracle", name=ORACLE),
-        )  # fmt: skip
+        flow_model = continuous_oracle(model.diffusion.schedule, cs, density, data.spec)
         res = ode_likelihood(flow_model, x0, request.ode, noise, progress=progress)
         best = dataclasses.replace(best, ode=res)
     where = model.source.path.name if model.source.path is not None else model.source.kind
