@@ -1,8 +1,8 @@
 """The default `ddpm train` on a shared machine: alone, beside one busy process, beside two.
 
 Each contender trains the bundled digits for --steps steps with one sample at the end
-(`ddpm train --data digits --steps S --num-samples 1`), timed end to end (wall), in three
-surroundings:
+(`ddpm train --data digits --max-steps S --num-samples 1`), timed end to end (wall), in
+three surroundings:
 
   alone      nothing else running
   busy1      beside one busy loop (a Python `while True: pass`)
@@ -69,7 +69,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def _train_cmd(out: Path, steps: int, flags: list[str], extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "ddpm", "train", "--data", "digits", "--steps", str(steps),
+    return [sys.executable, "-m", "ddpm", "train", "--data", "digits", "--max-steps", str(steps),
             "--num-samples", "1", "--out", str(out), "--overwrite", "--quiet",
             *flags, *extra]  # fmt: skip
 
@@ -150,7 +150,7 @@ def main() -> None:
     extra: list[str] = []
     if args.quick:
         args.steps, args.repeats = 2, 1
-        extra = ["--T", "5", "--channels", "8", "--batch-size", "8"]
+        extra = ["--diffusion-steps", "5", "--channels", "8", "--batch-size", "8"]
     times: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
@@ -160,7 +160,7 @@ def main() -> None:
                     times.setdefault(c, {}).setdefault(s, []).append(t)
                     print(f"repeat {r + 1}/{args.repeats}  {s:6s} {c:9s} {t:7.1f} s", flush=True)
     res = summarise(times)
-    command = "ddpm train --data digits --steps S --num-samples 1"
+    command = "ddpm train --data digits --max-steps S --num-samples 1"
     doc = {"steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(),
            "command": command, "results": res}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

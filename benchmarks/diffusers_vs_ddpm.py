@@ -11,8 +11,8 @@ In one process, training alternates in chunks between
 until each has used --minutes of CPU time (time.process_time: robust to other processes on a
 shared machine). The cosine schedule needs a step count: it is the budget divided by the CPU
 time per step of the first chunk. Then both are saved (the diffusers one with save_pretrained,
-EMA weights) and scored with ``ddpm evaluate --no-clip``: the exact T = 1000 -ELBO in bits/dim
-± SE on the digits test split.
+EMA weights) and scored with ``ddpm evaluate --no-clip-denoised``: the exact T = 1000 -ELBO in
+bits/dim ± SE on the digits test split.
 
     OMP_NUM_THREADS=1 python benchmarks/diffusers_vs_ddpm.py --minutes 3 --out runs/vs
     python benchmarks/diffusers_vs_ddpm.py --out runs/vs --eval-only      # score saved models
@@ -189,7 +189,7 @@ def train_both(args: argparse.Namespace, out: Path) -> dict:
 
 
 def evaluate_one(folder: Path, n: int | None) -> dict:
-    """`ddpm evaluate FOLDER --data digits --no-clip`: exact T-step -ELBO of the unclipped
+    """`ddpm evaluate FOLDER --data digits --no-clip-denoised`: exact T-step -ELBO of the unclipped
     p_theta (the same for both, whatever their sampling settings) on the digits test split."""
     from ddpm.jobs.evaluate import evaluate_run
     from ddpm.requests import EvaluationRequest

@@ -4,7 +4,7 @@ Each row trains one run with `ddpm train` (one thread, so CPU-minutes = the proc
 that log.jsonl records, validation included) and scores it on the test split:
   * digits rows with `ddpm evaluate RUN` (exact T = 1000 -ELBO of the p_theta that `ddpm sample`
     draws from, bits/dim ± SE over the 297 test images);
-  * gmm8 rows with `ddpm theory RUN --n 2000` (exact -ELBO in nats on the 2000 test points,
+  * gmm8 rows with `ddpm theory RUN -n 2000` (exact -ELBO in nats on the 2000 test points,
     beside the Bayes-optimal model of the same family and the paired gap to it).
 The diffusers row comes from `benchmarks/diffusers_vs_ddpm.py --only diffusers --minutes 30`.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 ROWS: dict[str, list[str]] = {
     "digits-default": ["--data", "digits"],
-    "digits-likelihood": ["--data", "digits", "--preset", "likelihood", "--steps", "10000"],
-    "gmm8-default": ["--data", "gmm8", "--steps", "6000"],
+    "digits-likelihood": ["--data", "digits", "--preset", "likelihood", "--max-steps", "10000"],
+    "gmm8-default": ["--data", "gmm8", "--max-steps", "6000"],
     "gmm8-small": [
         "--data",
         "gmm8",
@@ -38,16 +38,16 @@ ROWS: dict[str, list[str]] = {
         "likelihood",
         "--variance",
         "small",
-        "--steps",
+        "--max-steps",
         "30000",
     ],  # fmt: skip
-    "gmm8-learned": ["--data", "gmm8", "--preset", "likelihood", "--steps", "30000"],
+    "gmm8-learned": ["--data", "gmm8", "--preset", "likelihood", "--max-steps", "30000"],
 }
 
 
 def _preset(data: str, steps: int, val_every: int, *flags: str) -> list[str]:
     """The flags of a short run of the likelihood preset on data, with flags added."""
-    return ["--data", data, "--preset", "likelihood", "--steps", str(steps),
+    return ["--data", data, "--preset", "likelihood", "--max-steps", str(steps),
             "--val-every", str(val_every), *flags]  # fmt: skip
 
 
@@ -88,7 +88,7 @@ def score(name: str, run: Path) -> dict:
         ev = json.loads(ddpm("evaluate", str(run), "--json", "--threads", "1"))
         keys = ("bits_per_dim", "bits_per_dim_se", "neg_elbo", "neg_elbo_se", "n")
         return {k: ev[k] for k in keys}
-    th = json.loads(ddpm("theory", str(run), "--n", "2000", "--iw", "--json", "--threads", "1"))
+    th = json.loads(ddpm("theory", str(run), "-n", "2000", "--iw", "--json", "--threads", "1"))
     return {
         "neg_elbo": th["neg_elbo"],
         "neg_elbo_se": th["neg_elbo_se"],

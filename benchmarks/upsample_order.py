@@ -55,7 +55,7 @@ def variant() -> Iterator[None]:
 
 
 # --quick: a smoke test of the script (tiny nets, batches and runs; the numbers mean nothing)
-QUICK_TRAIN = ["--steps", "2", "--T", "5", "--channels", "8", "--batch-size", "8",
+QUICK_TRAIN = ["--max-steps", "2", "--diffusion-steps", "5", "--channels", "8", "--batch-size", "8",
                "--num-samples", "2", "--log-every", "1"]  # fmt: skip
 QUICK_EVAL = ["-n", "4"]
 

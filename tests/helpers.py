@@ -11,13 +11,13 @@ from ddpm.runs import folder as rundir
 
 # a tiny digits run (8x8 images, a UNet of 8 channels)
 DIGITS_TINY = [
-    "--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--num-samples", "4",
-    "--quiet",
+    "--diffusion-steps", "5", "--max-steps", "3", "--batch-size", "16", "--channels", "8",
+    "--num-samples", "4", "--quiet",
 ]  # fmt: skip
 # a tiny gmm8 run (2-d points, an MLP) with a checkpoint every 2 steps and a log line per step
 GMM8_TINY = [
-    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "5", "--steps", "4",
-    "--batch-size", "8", "--hidden", "16", "--depth", "1", "--num-samples", "4",
+    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--diffusion-steps", "5",
+    "--max-steps", "4", "--batch-size", "8", "--hidden", "16", "--depth", "1", "--num-samples", "4",
     "--log-every", "1", "--checkpoint-every", "2", "--warmup", "0", "--quiet", "--threads", "1",
 ]  # fmt: skip
 

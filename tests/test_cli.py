@@ -16,7 +16,8 @@ from PIL import Image
 from ddpm.cli.main import main
 from ddpm.config import TrainConfig
 
-TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
+TINY = ["--diffusion-steps", "5", "--max-steps", "3", "--batch-size", "16",
+        "--channels", "8", "--quiet"]  # fmt: skip
 
 
 def run_cli(*args: str) -> int:
@@ -49,8 +50,7 @@ def test_train_writes_a_complete_run_folder(digits_run, capsys):
 def test_sample_and_trajectory(digits_run, tmp_path, capsys):
     out = tmp_path / "s.png"
     assert (
-        run_cli("sample", digits_run, "--n", "6", "--out", out, "--trajectory", "--frames", "3")
-        == 0
+        run_cli("sample", digits_run, "-n", "6", "--out", out, "--trajectory", "--frames", "3") == 0
     )
     printed = capsys.readouterr().out
     assert str(out) in printed and "trajectory" in printed
@@ -63,7 +63,7 @@ def test_sampling_is_reproducible_by_seed(digits_run, tmp_path):
     for name in ("a", "b"):
         assert (
             run_cli(
-                "sample", digits_run, "--n", "3", "--seed", "7", "--out", tmp_path / f"{name}.png"
+                "sample", digits_run, "-n", "3", "--seed", "7", "--out", tmp_path / f"{name}.png"
             )
             == 0
         )
@@ -74,14 +74,14 @@ def test_forward_strip(tmp_path, capsys):
     img = tmp_path / "img.png"
     Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(img)
     out = tmp_path / "fwd.png"
-    assert run_cli("forward", img, "--out", out, "--T", "100", "--frames", "5") == 0
+    assert run_cli("forward", img, "--out", out, "--diffusion-steps", "100", "--frames", "5") == 0
     assert Image.open(out).size[0] > 0
 
 
 def test_evaluate_json_schema(digits_run, tmp_path, capsys):
     capsys.readouterr()
     assert (
-        run_cli("evaluate", digits_run, "--n", "8", "--iw", "1", "2", "--json", "--out", tmp_path)
+        run_cli("evaluate", digits_run, "-n", "8", "--iw", "1", "2", "--json", "--out", tmp_path)
         == 0
     )
     doc = json.loads(capsys.readouterr().out)
@@ -96,7 +96,8 @@ def test_evaluate_json_schema(digits_run, tmp_path, capsys):
 
 
 def test_theory_gaussian_json(tmp_path, capsys):
-    args = ["theory", "gaussian", "--dim", "2", "--T", "20", "--n", "400", "--iw", "1", "8"]
+    args = ["theory", "gaussian", "--dim", "2", "--diffusion-steps", "20", "-n", "400",
+            "--iw", "1", "8"]  # fmt: skip
     assert run_cli(*args, "--json", "--out", tmp_path) == 0
     doc = json.loads(capsys.readouterr().out)
     for key in ("entropy", "kl_joint", "kl_marginal", "neg_log_likelihood", "log_likelihood_exact"):
@@ -180,7 +181,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list, str]]:
         (["train", "--data", rank], "rank"),
         (["train", "--data", "mnist"], "--data-root"),
         (["train", "--data", "mnist", "--data-root", tmp / "mnist"], "header says 5 images"),
-        (["train", "--T", "0"], "T must be an integer >= 1"),
+        (["train", "--diffusion-steps", "0"], "T must be an integer >= 1"),
         (["train", "--schedule", "quadratic"], "unknown --schedule 'quadratic'"),
         (["train", "--loss", "l1"], "unknown --loss 'l1'"),
         (
@@ -195,13 +196,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[list, str]]:
             ["theory", "gaussian", "--variance", "learned"],
             "a Bayes-optimal oracle uses small, large or optimal",
         ),
-        (["theory", "gmm8", "--n", "0"], "--n must be an integer >= 2"),
+        (["theory", "gmm8", "-n", "0"], "--num-examples must be an integer >= 2"),
         (["train", "--seed", "-1"], "seed must be >= 0"),
         (["train", "--device", "foo"], "--device 'foo'"),
         (["train", "--device", "cuda:0"], "CUDA is not available"),
         (["train", "--image-size", "16"], "apply to image folders"),
         (["train", "--data", "gmm8", "--data-root", tmp], "--data-root is for the data mnist"),
-        (["forward", tmp / "nothing.png", "--size", "0"], "--size must be >= 2"),
+        (["forward", tmp / "nothing.png", "--image-size", "0"], "--image-size must be >= 2"),
     ]
 
 
@@ -230,12 +231,15 @@ def test_existing_run_and_corrupted_checkpoint(digits_run, tmp_path, capsys):
 def test_resume_from_the_cli_keeps_the_runs_settings(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("train", "--out", out, *TINY, "--num-samples", "2") == 0
-    # only --steps given: T, channels, batch size come from the saved run
-    assert run_cli("train", "--out", out, "--resume", "--steps", "5", "--quiet") == 0
+    # only --max-steps given: T, channels, batch size come from the saved run
+    assert run_cli("train", "--out", out, "--resume", "--max-steps", "5", "--quiet") == 0
     assert "final loss" in capsys.readouterr().out
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 5
-    assert run_cli("train", "--out", out, "--resume", "--steps", "6", "--T", "7") == 2
+    assert (
+        run_cli("train", "--out", out, "--resume", "--max-steps", "6", "--diffusion-steps", "7")
+        == 2
+    )
     assert "does not match the saved run (diffusion.T: 5 vs 7)" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""Fewer steps from the command line: `--steps K` for sample, evaluate and theory, DDIM."""
+"""Fewer steps from the command line: `--respacing K` for sample, evaluate and theory, DDIM."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from ddpm.process.respace import respace
 from ddpm.process.rng import KeyedNoise
 from ddpm.requests import EvaluationRequest, SamplingRequest
 
-TINY = ["--T", "12", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
+TINY = ["--diffusion-steps", "12", "--max-steps", "3", "--batch-size", "16",
+        "--channels", "8", "--quiet"]  # fmt: skip
 
 
 def run_cli(*args) -> int:
@@ -37,7 +38,7 @@ def run12(tmp_path_factory) -> Path:
 
 
 def test_evaluate_steps_reports_one_exact_elbo_per_K(run12, tmp_path, capsys):
-    assert run_cli("evaluate", run12, "--steps", "12", "3", "--n", "6", "--out", tmp_path) == 0
+    assert run_cli("evaluate", run12, "--respacing", "12", "3", "-n", "6", "--out", tmp_path) == 0
     printed = capsys.readouterr().out
     doc = json.loads((tmp_path / "eval_test_steps.json").read_text())
     assert [r["K"] for r in doc["steps"]] == [3, 12] and doc["T"] == 12
@@ -47,7 +48,7 @@ def test_evaluate_steps_reports_one_exact_elbo_per_K(run12, tmp_path, capsys):
     for r in doc["steps"]:  # the table shows the reported numbers
         assert f"{r['bits_per_dim']:.4f}" in printed
     # K = T is the run's own process: the same number as a plain evaluation with that seed
-    assert run_cli("evaluate", run12, "--n", "6", "--out", tmp_path, "--json") == 0
+    assert run_cli("evaluate", run12, "-n", "6", "--out", tmp_path, "--json") == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain["neg_elbo"] == pytest.approx(doc["steps"][1]["neg_elbo"], rel=1e-12)
     # K = 3 is the run's network in the respaced process, evaluated with the same seed
@@ -62,7 +63,9 @@ def test_evaluate_steps_reports_one_exact_elbo_per_K(run12, tmp_path, capsys):
 
 def test_evaluate_steps_json_to_stdout(run12, tmp_path, capsys):
     res = evaluate_steps_run(run12, EvaluationRequest(n=3, steps=("4",)), out_dir=tmp_path)
-    assert run_cli("evaluate", run12, "--steps", "4", "--n", "3", "--out", tmp_path, "--json") == 0
+    assert (
+        run_cli("evaluate", run12, "--respacing", "4", "-n", "3", "--out", tmp_path, "--json") == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["steps"][0]["bits_per_dim"] == pytest.approx(res.evaluations[0].bits_per_dim)
 
@@ -78,7 +81,7 @@ def test_ddim_eta_one_reproduces_ancestral_samples_of_the_respaced_run(run12, tm
 
 
 def test_sample_cli_with_steps_and_ddim(run12, tmp_path, capsys):
-    assert run_cli("sample", run12, "--n", "4", "--steps", "5", "--sampler", "ddim") == 0
+    assert run_cli("sample", run12, "-n", "4", "--respacing", "5", "--sampler", "ddim") == 0
     out = run12 / "samples_seed0_K5_ddim_eta0.png"
     assert str(out) in capsys.readouterr().out
     assert np.load(out.with_suffix(".npy")).shape == (4, 1, 8, 8)
@@ -89,24 +92,39 @@ def test_sample_cli_with_steps_and_ddim(run12, tmp_path, capsys):
     [
         (["sample", "{run}", "--eta", "0.5"], "--eta applies to the --sampler 'ddim'"),
         (["sample", "{run}", "--sampler", "ddpm"], "sampler"),
-        (["sample", "{run}", "--steps", "13"], "cannot respace 12 steps into 13"),
+        (["sample", "{run}", "--respacing", "13"], "cannot respace 12 steps into 13"),
         (["sample", "{run}", "--sampler", "ddim", "--eta", "2"], "--eta must lie in [0, 1]"),
-        (["evaluate", "{run}", "--steps", "0", "--n", "2"], "K must be an integer >= 1"),
-        (["theory", "gmm8", "--steps", "5"], "--steps applies to `ddpm theory gaussian`"),
+        (["evaluate", "{run}", "--respacing", "0", "-n", "2"], "K must be an integer >= 1"),
+        (["theory", "gmm8", "--respacing", "5"], "--respacing applies to `ddpm theory gaussian`"),
         (
-            ["sample", "{run}", "--steps", "3,3", "--spacing", "leading"],
-            "spacing 'leading' applies to one count K, not to '3,3'",
+            ["sample", "{run}", "--respacing", "3,3", "--timestep-spacing", "leading"],
+            "--timestep-spacing 'leading' applies to one count K, not to '3,3'",
         ),
         (
-            ["sample", "{run}", "--spacing", "leading"],
-            "--spacing 'leading' applies to respaced --steps",
+            ["sample", "{run}", "--timestep-spacing", "leading"],
+            "--timestep-spacing 'leading' applies to a respaced process; give --respacing",
         ),
-        (["sample", "{run}", "--steps", "ddim5"], "ddim5: no integer stride takes exactly 5 of 12"),
-        (["sample", "{run}", "--steps", "5x"], "steps '5x': give a count K ('50')"),
-        (["sample", "{run}", "--steps", "3", "--spacing", "mid"], "unknown --spacing 'mid'"),
-        (["evaluate", "{run}", "--spacing", "linspace"], "--spacing 'linspace' applies to"),
-        (["evaluate", "{run}", "--steps", "ddim4", "2,2"], "both give K = 4 but keep different"),
-        (["theory", "gaussian", "--spacing", "leading"], "--spacing 'leading' applies to"),
+        (
+            ["sample", "{run}", "--respacing", "ddim5"],
+            "ddim5: no integer stride takes exactly 5 of 12",
+        ),
+        (["sample", "{run}", "--respacing", "5x"], "--respacing '5x': give a count K ('50')"),
+        (
+            ["sample", "{run}", "--respacing", "3", "--timestep-spacing", "mid"],
+            "unknown --timestep-spacing 'mid'",
+        ),
+        (
+            ["evaluate", "{run}", "--timestep-spacing", "linspace"],
+            "--timestep-spacing 'linspace' applies to",
+        ),
+        (
+            ["evaluate", "{run}", "--respacing", "ddim4", "2,2"],
+            "both give K = 4 but keep different",
+        ),
+        (
+            ["theory", "gaussian", "--timestep-spacing", "leading"],
+            "--timestep-spacing 'leading' applies to",
+        ),
     ],
 )
 def test_bad_step_options_give_one_clear_line(run12, capsys, args, message):
@@ -116,7 +134,8 @@ def test_bad_step_options_give_one_clear_line(run12, capsys, args, message):
 
 
 def test_evaluate_records_each_spelling_and_spacing(run12, tmp_path, capsys):
-    argv = ["evaluate", run12, "--steps", "3,2", "ddim4", "--n", "3", "--out", tmp_path, "--json"]
+    argv = ["evaluate", run12, "--respacing", "3,2", "ddim4", "-n", "3", "--out", tmp_path,
+            "--json"]  # fmt: skip
     assert run_cli(*argv) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = [(r["K"], r["steps"], r["spacing"], r["tau"]) for r in doc["steps"]]
@@ -130,14 +149,17 @@ def test_evaluate_records_each_spelling_and_spacing(run12, tmp_path, capsys):
     respaced = Model(respace(model.diffusion, "ddim4"), model.net, model.spec, clip=model.clip)
     ev = evaluate(respaced, x0, generator=noise)
     assert doc["steps"][0]["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
-    argv = ["evaluate", run12, "--steps", "4", "--spacing", "trailing", "--n", "3"]
+    argv = ["evaluate", run12, "--respacing", "4", "--timestep-spacing", "trailing", "-n", "3"]
     assert run_cli(*argv, "--out", tmp_path, "--json") == 0
     row = json.loads(capsys.readouterr().out)["steps"][0]
     assert (row["steps"], row["spacing"], row["tau"]) == ("4", "trailing", [3, 6, 9, 12])
 
 
 def test_sample_cli_with_a_spacing_is_the_library_call(run12, tmp_path, capsys):
-    assert run_cli("sample", run12, "--n", "3", "--steps", "6", "--spacing", "trailing") == 0
+    assert (
+        run_cli("sample", run12, "-n", "3", "--respacing", "6", "--timestep-spacing", "trailing")
+        == 0
+    )
     out = run12 / "samples_seed0_K6_trailing.png"
     assert str(out) in capsys.readouterr().out
     drawn = np.load(out.with_suffix(".npy"))
@@ -148,26 +170,29 @@ def test_sample_cli_with_a_spacing_is_the_library_call(run12, tmp_path, capsys):
     # other steps, same noise
     default = sample_run(run12, SamplingRequest(n=3, steps="6"), out=tmp_path / "d.png")
     assert not np.allclose(drawn, np.load(default.array_path), atol=1e-3)
-    assert run_cli("sample", run12, "--n", "2", "--steps", "3,2") == 0
+    assert run_cli("sample", run12, "-n", "2", "--respacing", "3,2") == 0
     assert (run12 / "samples_seed0_K3-2.png").is_file()
 
 
 def test_theory_gaussian_records_the_spelling_and_spacing(tmp_path, capsys):
-    argv = ["theory", "gaussian", "--T", "12", "--steps", "4", "--spacing", "leading"]
-    assert run_cli(*argv, "--n", "50", "--iw", "1", "--out", tmp_path, "--json") == 0
+    argv = ["theory", "gaussian", "--diffusion-steps", "12", "--respacing", "4",
+            "--timestep-spacing", "leading"]  # fmt: skip
+    assert run_cli(*argv, "-n", "50", "--iw", "1", "--out", tmp_path, "--json") == 0
     cf = json.loads(capsys.readouterr().out)["closed_form"]
     assert cf["steps"] == 4 and len(cf["per_timestep"]) == 4
     assert cf["respacing"] == {"steps": "4", "spacing": "leading", "tau": [1, 4, 7, 10]}
 
 
 def test_theory_gaussian_steps_uses_the_respaced_closed_form(tmp_path, capsys):
-    argv = ["theory", "gaussian", "--T", "100", "--steps", "8", "--n", "2000", "--iw", "1"]
+    argv = ["theory", "gaussian", "--diffusion-steps", "100", "--respacing", "8", "-n", "2000",
+            "--iw", "1"]  # fmt: skip
     assert run_cli(*argv, "--out", tmp_path, "--json") == 0
     doc = json.loads(capsys.readouterr().out)
     cf = doc["closed_form"]
     assert cf["steps"] == 8 and doc["T"] == 8 and len(cf["per_timestep"]) == 8
     assert abs(doc["neg_elbo"] - cf["neg_elbo"]) < 4 * doc["neg_elbo_se"]
-    full = ["theory", "gaussian", "--T", "100", "--n", "2000", "--iw", "1", "--out", tmp_path]
+    full = ["theory", "gaussian", "--diffusion-steps", "100", "-n", "2000", "--iw", "1",
+            "--out", tmp_path]  # fmt: skip
     assert run_cli(*full, "--json") == 0
     assert json.loads(capsys.readouterr().out)["closed_form"]["neg_elbo"] < cf["neg_elbo"]
 

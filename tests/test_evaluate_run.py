@@ -22,7 +22,8 @@ from ddpm.jobs.sample import sample_run
 from ddpm.loader import load
 from ddpm.requests import EvaluationRequest, SamplingRequest
 
-TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
+TINY = ["--diffusion-steps", "5", "--max-steps", "3", "--batch-size", "16",
+        "--channels", "8", "--quiet"]  # fmt: skip
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -62,7 +63,7 @@ def _numbers(doc: dict, prefix: str = "") -> dict[str, float]:
 def test_two_processes_give_the_single_process_result(gmm8_run, tmp_path):
     """torchrun with 2 Gloo processes: each evaluates half of the examples; the gathered
     report and per-example -ELBO equal one process's to 1e-9."""
-    # -n: torchrun's own parser takes --n for an abbreviation of its options
+    # -n: torchrun's own parser would take a long --n for an abbreviation of its options
     args = ["-n", "24", "--iw", "1", "2", "--mc", "3", "--estimator", "both", "--max-batch", "4",
             "--device", "cpu"]  # fmt: skip
     cmd = [
@@ -91,7 +92,7 @@ def test_per_example_values_do_not_depend_on_n_or_max_batch(gmm8_run, tmp_path):
     files = []
     for n, max_batch in (("10", "4096"), ("30", "7")):
         f = tmp_path / f"{n}.npy"
-        args = ["--n", n, "--max-batch", max_batch, "--mc", "3", "--estimator", "both",
+        args = ["-n", n, "--max-batch", max_batch, "--mc", "3", "--estimator", "both",
                 "--per-example", f]  # fmt: skip
         assert run_cli("evaluate", gmm8_run, *args, "--out", tmp_path / n) == 0
         files.append(np.load(f))
@@ -102,37 +103,46 @@ def test_per_example_values_do_not_depend_on_n_or_max_batch(gmm8_run, tmp_path):
 def test_evaluate_scores_the_p_theta_that_sample_draws_from(digits_run, tmp_path, capsys):
     assert load(digits_run).clip == (-1.0, 1.0)  # discrete data: sampling clips x0_hat
     capsys.readouterr()
-    assert run_cli("evaluate", digits_run, "--n", "6", "--out", tmp_path / "a") == 0
+    assert run_cli("evaluate", digits_run, "-n", "6", "--out", tmp_path / "a") == 0
     assert "p_theta scored: x0_hat clipped to [-1, 1]" in capsys.readouterr().out
     clipped = json.loads((tmp_path / "a" / "eval_test.json").read_text())
     assert clipped["clip"] == [-1.0, 1.0]
-    assert run_cli("evaluate", digits_run, "--n", "6", "--no-clip", "--out", tmp_path / "b") == 0
+    assert (
+        run_cli("evaluate", digits_run, "-n", "6", "--no-clip-denoised", "--out", tmp_path / "b")
+        == 0
+    )
     assert "p_theta scored: x0_hat not clipped" in capsys.readouterr().out
     unclipped = json.loads((tmp_path / "b" / "eval_test.json").read_text())
     assert unclipped["clip"] is None and unclipped["neg_elbo"] != clipped["neg_elbo"]
     explicit = tmp_path / "c"
-    assert run_cli("evaluate", digits_run, "--n", "6", "--clip", "--out", explicit) == 0
+    assert run_cli("evaluate", digits_run, "-n", "6", "--clip-denoised", "--out", explicit) == 0
     assert json.loads((explicit / "eval_test.json").read_text())["neg_elbo"] == clipped["neg_elbo"]
     # sampling: the default is the clipped chain, --no-clip another one
     drawn = {}
-    for flag in ("", "--clip", "--no-clip"):
+    for flag in ("", "--clip-denoised", "--no-clip-denoised"):
         path = tmp_path / f"s{flag}.png"
         assert (
-            run_cli("sample", digits_run, "--n", "4", "--out", path, *[f for f in [flag] if f]) == 0
+            run_cli("sample", digits_run, "-n", "4", "--out", path, *[f for f in [flag] if f]) == 0
         )
         drawn[flag] = np.load(path.with_suffix(".npy"))
-    assert np.array_equal(drawn[""], drawn["--clip"])
-    assert not np.array_equal(drawn[""], drawn["--no-clip"])
+    assert np.array_equal(drawn[""], drawn["--clip-denoised"])
+    assert not np.array_equal(drawn[""], drawn["--no-clip-denoised"])
 
 
 def test_bad_clip_and_per_example_requests(gmm8_run, tmp_path, capsys):
     capsys.readouterr()
-    assert run_cli("evaluate", gmm8_run, "--n", "4", "--clip", "--out", tmp_path) == 2
+    assert run_cli("evaluate", gmm8_run, "-n", "4", "--clip-denoised", "--out", tmp_path) == 2
     err = capsys.readouterr().err
-    assert "continuous data" in err and "drop --clip" in err and len(err.strip().splitlines()) == 1
-    assert run_cli("sample", gmm8_run, "--n", "4", "--clip", "--out", tmp_path / "s.png") == 2
-    assert "drop --clip" in capsys.readouterr().err
-    args = ["--n", "4", "--per-example", tmp_path / "e.txt", "--out", tmp_path]
+    assert (
+        "continuous data" in err
+        and "drop --clip-denoised" in err
+        and len(err.strip().splitlines()) == 1
+    )
+    assert (
+        run_cli("sample", gmm8_run, "-n", "4", "--clip-denoised", "--out", tmp_path / "s.png") == 2
+    )
+    assert "drop --clip-denoised" in capsys.readouterr().err
+    args = ["-n", "4", "--per-example", tmp_path / "e.txt", "--out", tmp_path]
     assert run_cli("evaluate", gmm8_run, *args) == 2
     assert "give a path ending in .npy" in capsys.readouterr().err
 
@@ -155,7 +165,7 @@ class CountingNet(nn.Module):
 
 def test_evaluate_mc_alone_reports_the_monte_carlo_estimate(gmm8_run, tmp_path, capsys):
     capsys.readouterr()
-    args = ["--n", "8", "--mc", "3", "--json"]
+    args = ["-n", "8", "--mc", "3", "--json"]
     assert run_cli("evaluate", gmm8_run, *args, "--out", tmp_path / "mc") == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["estimator"] == "mc" and doc["mc_timesteps"] == 3

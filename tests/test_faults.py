@@ -29,8 +29,8 @@ from ddpm.runs import run as runs
 from ddpm.runs.checkpoint import load_tensors
 
 ARGS = [
-    "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--T", "10", "--steps", "60",
-    "--batch-size", "16", "--hidden", "16", "--depth", "1", "--log-every", "1",
+    "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--diffusion-steps", "10",
+    "--max-steps", "60", "--batch-size", "16", "--hidden", "16", "--depth", "1", "--log-every", "1",
     "--checkpoint-every", "3", "--sample-every", "20", "--num-samples", "64", "--warmup", "5",
     "--threads", "1", "--quiet",
 ]  # fmt: skip
@@ -175,15 +175,15 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference, tmp_pa
 
 def test_two_writers_the_second_gets_one_line_and_the_first_run_is_intact(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = _start(out, "--steps", "400")
+    proc = _start(out, "--max-steps", "400")
     _wait_for(out / runs.CONFIG, proc)
     for args in (
         ["train", "--out", out, *ARGS],
         ["train", "--out", out, *ARGS, "--overwrite"],
-        ["train", "--out", out, "--resume", "--steps", "500"],
-        ["sample", out, "--n", "2"],
-        ["evaluate", out, "--n", "4"],
-        ["theory", out, "--n", "4"],
+        ["train", "--out", out, "--resume", "--max-steps", "500"],
+        ["sample", out, "-n", "2"],
+        ["evaluate", out, "-n", "4"],
+        ["theory", out, "-n", "4"],
     ):
         if proc.poll() is not None:
             break
@@ -201,7 +201,7 @@ def test_two_writers_the_second_gets_one_line_and_the_first_run_is_intact(tmp_pa
 
 def test_two_trainings_started_at_once_one_wins_one_gets_one_line(tmp_path):
     out = tmp_path / "run"
-    procs = [_start(out, "--steps", "200") for _ in range(2)]
+    procs = [_start(out, "--max-steps", "200") for _ in range(2)]
     results = sorted((p.wait(timeout=300), p.communicate()[1].decode()) for p in procs)
     (code_a, _), (code_b, err_b) = results
     assert (code_a, code_b) == (0, 2), results

@@ -29,8 +29,8 @@ from ddpm.cli.main import main
 from ddpm.runs import run as runs
 
 TRAIN = [
-    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "10", "--steps", "6",
-    "--batch-size", "16", "--hidden", "16", "--depth", "1", "--log-every", "1",
+    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--diffusion-steps", "10",
+    "--max-steps", "6", "--batch-size", "16", "--hidden", "16", "--depth", "1", "--log-every", "1",
     "--checkpoint-every", "3", "--num-samples", "16", "--threads", "1", "--quiet",
 ]  # fmt: skip
 # progress output (a tqdm bar, or LineProgress lines on a stream that is not a terminal)
@@ -95,10 +95,13 @@ def nan_outputs(monkeypatch):
 @pytest.mark.parametrize(
     "command, words",
     [
-        (["evaluate", "--n", "8"], ["-ELBO term is NaN or inf at t = 1", "8 of 8 examples"]),
-        (["evaluate", "--n", "8", "--steps", "3", "7"], ["K=3", "NaN or inf at t = 1, 2, 3 for"]),
-        (["report", "--n", "8"], ["NaN or inf"]),
-        (["sample", "--n", "8"], ["8 of 8 samples are NaN or inf"]),
+        (["evaluate", "-n", "8"], ["-ELBO term is NaN or inf at t = 1", "8 of 8 examples"]),
+        (
+            ["evaluate", "-n", "8", "--respacing", "3", "7"],
+            ["K=3", "NaN or inf at t = 1, 2, 3 for"],
+        ),
+        (["report", "-n", "8"], ["NaN or inf"]),
+        (["sample", "-n", "8"], ["8 of 8 samples are NaN or inf"]),
     ],
     ids=["evaluate", "evaluate-steps", "report", "sample"],
 )
@@ -117,7 +120,7 @@ def test_resume_skips_and_reports_log_lines_that_are_not_utf8(run, tmp_path, cap
     shutil.copytree(run, out)
     lines = (out / runs.LOG).read_bytes().splitlines(keepends=True)
     (out / runs.LOG).write_bytes(b"".join([lines[0], b'{"step": \xff\xfe}\n', *lines[1:]]))
-    code, err = cli(capsys, "train", "--out", out, "--resume", "--steps", "9", "--quiet")
+    code, err = cli(capsys, "train", "--out", out, "--resume", "--max-steps", "9", "--quiet")
     assert code == 0, err
     warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warned) == 1 and "skipped 1 unreadable line" in warned[0], warned
@@ -143,10 +146,10 @@ def test_a_run_folder_whose_name_is_not_utf8_can_be_read_again(tmp_path, capsys)
     out = tmp_path / f"run{NOT_UTF8}"
     assert cli(capsys, "train", "--out", out, *TRAIN) == (0, [])
     for args in (
-        ["sample", out, "--n", "4"],
-        ["evaluate", out, "--n", "4"],
-        ["report", out, "--n", "4"],
-        ["train", "--out", out, "--resume", "--steps", "9", "--quiet"],
+        ["sample", out, "-n", "4"],
+        ["evaluate", out, "-n", "4"],
+        ["report", out, "-n", "4"],
+        ["train", "--out", out, "--resume", "--max-steps", "9", "--quiet"],
     ):
         code, err = cli(capsys, *args)
         assert code == 0 and err == [], (args, err)
@@ -210,15 +213,17 @@ def test_a_diffusers_folder_that_cannot_load_is_one_line(
     config = folder / name
     config.write_text(json.dumps(edit(json.loads(config.read_text()))))
     before = tree(folder)
-    line = refused(capsys, "sample", folder, "--n", "2", "--out", tmp_path / "s.png")
+    line = refused(capsys, "sample", folder, "-n", "2", "--out", tmp_path / "s.png")
     assert all(w in line for w in words), line
     assert tree(folder) == before and not (tmp_path / "s.png").exists()
 
 
 # --- sizes that cannot fit -----------------------------------------------------------------------
 def test_train_with_a_T_that_cannot_fit_is_refused_up_front(tmp_path, capsys, small_machine):
-    line = refused(capsys, "train", "--out", tmp_path / "run", "--T", "1000000000", "--quiet")
-    assert "--T: T = 1000000000 steps needs ~" in line and "GiB, 4 GiB available" in line
+    args = ["--diffusion-steps", "1000000000", "--quiet"]
+    line = refused(capsys, "train", "--out", tmp_path / "run", *args)
+    assert "--diffusion-steps: T = 1000000000 steps needs ~" in line
+    assert "GiB, 4 GiB available" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -228,8 +233,8 @@ def test_forward_at_a_size_that_cannot_fit_is_refused(tmp_path, capsys, small_ma
     image = tmp_path / "x.png"
     Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
     out = tmp_path / "f.png"
-    line = refused(capsys, "forward", image, "--size", "100000", "--out", out)
-    assert "--size 100000: 8 frames of a 3x100000x100000 image needs ~" in line
+    line = refused(capsys, "forward", image, "--image-size", "100000", "--out", out)
+    assert "--image-size 100000: 8 frames of a 3x100000x100000 image needs ~" in line
     assert "4 GiB available" in line and not out.exists()
 
 
@@ -247,11 +252,11 @@ def test_a_large_sample_is_drawn_in_chunks_into_a_memory_mapped_npy(
     from ddpm.jobs import sample
 
     first = tmp_path / "first.png"
-    assert cli(capsys, "sample", run, "--n", "7", "--out", first)[0] == 0
+    assert cli(capsys, "sample", run, "-n", "7", "--out", first)[0] == 0
     monkeypatch.setattr(sample, "SAMPLE_CHUNK_EXAMPLES", 7)
     out = tmp_path / "all.png"
-    code, err = cli(capsys, "sample", run, "--n", "30", "--out", out, "--trajectory")
-    metrics = refused(capsys, "sample", run, "--n", "30", "--out", tmp_path / "m.png", "--metrics")
+    code, err = cli(capsys, "sample", run, "-n", "30", "--out", out, "--trajectory")
+    metrics = refused(capsys, "sample", run, "-n", "30", "--out", tmp_path / "m.png", "--metrics")
     assert code == 0 and err == [], err
     x = np.load(out.with_suffix(".npy"))
     assert x.shape == (30, 2) and np.isfinite(x).all()
@@ -270,8 +275,8 @@ def test_a_sample_whose_npy_cannot_fit_on_the_disk_is_refused(run, tmp_path, cap
 
     monkeypatch.setattr(memory.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 0, 1))
     out = tmp_path / "s.png"
-    line = refused(capsys, "sample", run, "--n", "100000000", "--out", out)
-    assert "--n 100000000: the samples' s.npy needs ~1.49 GiB of disk" in line, line
+    line = refused(capsys, "sample", run, "-n", "100000000", "--out", out)
+    assert "--num-samples 100000000: the samples' s.npy needs ~1.49 GiB of disk" in line, line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -294,8 +299,9 @@ def test_when_a_torchrun_peer_dies_the_survivor_says_which_in_one_line(tmp_path)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
         "--log-dir", str(logs), "--redirects", "2", "-m", "ddpm", "train", "--data", "gmm8",
-        "--T", "10", "--steps", "1000000", "--batch-size", "32", "--n-train", "200",
-        "--n-test", "50", "--out", str(out), "--device", "cpu", "--quiet", "--log-every", "1",
+        "--diffusion-steps", "10", "--max-steps", "1000000", "--batch-size", "32",
+        "--n-train", "200", "--n-test", "50", "--out", str(out), "--device", "cpu", "--quiet",
+        "--log-every", "1",
     ]  # fmt: skip
     agent = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -19,8 +19,8 @@ from ddpm.runs import run as runs
 from ddpm.runs.checkpoint import load_json
 
 ARGS = [
-    "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--T", "10", "--steps", "6",
-    "--batch-size", "16", "--hidden", "16", "--depth", "1", "--log-every", "1",
+    "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--diffusion-steps", "10",
+    "--max-steps", "6", "--batch-size", "16", "--hidden", "16", "--depth", "1", "--log-every", "1",
     "--checkpoint-every", "3", "--sample-every", "0", "--num-samples", "64", "--warmup", "5",
     "--threads", "1", "--quiet",
 ]  # fmt: skip
@@ -65,7 +65,7 @@ def test_reading_a_run_a_killed_overwrite_left_in_its_backup_restores_it_first(
     killed_overwrite(run)
     elsewhere = tmp_path / "elsewhere"
     out = elsewhere / "s.png" if command == "sample" else elsewhere
-    code, err = cli(capsys, command, run, "--n", 4, "--out", out, "--threads", 1)
+    code, err = cli(capsys, command, run, "-n", 4, "--out", out, "--threads", 1)
     assert code == 0, err
     assert runs.holds_run(run) and not (run / rundir.BACKUP).exists()
     assert runs.load_run_model(run).source.step == 6
@@ -73,7 +73,7 @@ def test_reading_a_run_a_killed_overwrite_left_in_its_backup_restores_it_first(
 
 def test_resume_after_a_killed_overwrite_keeps_the_run_settings(run, capsys):
     killed_overwrite(run)
-    code, err = cli(capsys, "train", "--out", run, "--resume", "--steps", 9, "--quiet",
+    code, err = cli(capsys, "train", "--out", run, "--resume", "--max-steps", 9, "--quiet",
                     "--threads", 1)  # fmt: skip
     assert code == 0, err
     assert runs.load_run_model(run).source.step == 9 and train_steps(run) == 9
@@ -123,7 +123,7 @@ def test_a_full_disk_names_the_file_and_says_the_disk_is_full(
 
     monkeypatch.setattr(os, "fsync", fsync)
     out = tmp_path / "out" / "s.png"
-    status, err = cli(capsys, "sample", run, "--n", 4, "--out", out, "--threads", 1)
+    status, err = cli(capsys, "sample", run, "-n", 4, "--out", out, "--threads", 1)
     assert status == 2
     assert f"{out.with_suffix('.npy')}: the disk is full ({os.strerror(code)})" in err, err
     assert "permissions" not in err
@@ -134,7 +134,7 @@ def test_a_failed_evaluate_lists_no_file_it_did_not_write(run, tmp_path, capsys)
     before = rundir.read_manifest(run)
     bad = tmp_path / "wide.npy"
     np.save(bad, np.random.default_rng(0).normal(size=(64, 3)))  # 3-D examples; the run takes 2-D
-    code, err = cli(capsys, "evaluate", run, "--data", bad, "--n", 4, "--threads", 1)
+    code, err = cli(capsys, "evaluate", run, "--data", bad, "-n", 4, "--threads", 1)
     assert code == 2 and "shape" in err, err
     assert rundir.read_manifest(run) == before
     assert not list(run.glob("eval_*"))
@@ -147,14 +147,14 @@ def test_a_failed_resume_leaves_config_json_as_the_checkpoint_has_it(run, monkey
         raise ConfigError("training diverged")
 
     monkeypatch.setattr(Trainer, "train_step", diverge)
-    code, err = cli(capsys, "train", "--out", run, "--resume", "--steps", 9, "--quiet",
+    code, err = cli(capsys, "train", "--out", run, "--resume", "--max-steps", 9, "--quiet",
                     "--threads", 1)  # fmt: skip
     assert code == 2 and "diverged" in err, err
     assert train_steps(run) == 6 and runs.load_run_model(run).source.step == 6
 
 
 def test_a_resume_updates_config_json_with_its_first_checkpoint(run, capsys):
-    code, err = cli(capsys, "train", "--out", run, "--resume", "--steps", 9, "--quiet",
+    code, err = cli(capsys, "train", "--out", run, "--resume", "--max-steps", 9, "--quiet",
                     "--threads", 1)  # fmt: skip
     assert code == 0, err
     assert train_steps(run) == 9 and runs.load_run_model(run).source.step == 9

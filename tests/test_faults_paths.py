@@ -23,8 +23,8 @@ from ddpm.runs import folder as rundir
 from ddpm.runs import run as runs
 
 TINY = [
-    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "5", "--steps", "4",
-    "--batch-size", "8", "--hidden", "16", "--depth", "1", "--num-samples", "4",
+    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--diffusion-steps", "5",
+    "--max-steps", "4", "--batch-size", "8", "--hidden", "16", "--depth", "1", "--num-samples", "4",
     "--log-every", "1", "--checkpoint-every", "2", "--warmup", "0", "--quiet", "--threads", "1",
 ]  # fmt: skip
 
@@ -99,19 +99,19 @@ def test_sample_refuses_to_replace_an_array_it_did_not_write(run, tmp_path, caps
     """`ddpm sample RUN --out X.png` writes X.npy beside the PNG: a user's X.npy stays."""
     folder = tmp_path / "x"
     before = user_folder(folder, {"X.npy": "the user's array", "Y_trajectory.png": "a figure"})
-    err = one_line_error(capsys, "sample", run, "--n", "4", "--out", folder / "X.png")
+    err = one_line_error(capsys, "sample", run, "-n", "4", "--out", folder / "X.png")
     assert err == (
         f"ddpm sample: error: {folder / 'X.npy'}: already exists and is not a file ddpm wrote; "
         "`ddpm sample` writes it beside the --out you named: move it away or choose another --out"
     )
     err = one_line_error(
-        capsys, "sample", run, "--n", "4", "--out", folder / "Y.png", "--trajectory"
+        capsys, "sample", run, "-n", "4", "--out", folder / "Y.png", "--trajectory"
     )
     assert f"{folder / 'Y_trajectory.png'}: already exists and is not a file ddpm wrote" in err
     assert snapshot(folder) == before  # X.png and Y.png not written either
     # Its own outputs in the run folder are replaced by the same command run again.
     for _ in range(2):
-        assert run_cli("sample", run, "--n", "4") == 0
+        assert run_cli("sample", run, "-n", "4") == 0
     assert rundir.written_by(run)["samples_seed0.npy"] == "sample"
 
 
@@ -120,18 +120,18 @@ def test_sample_to_a_named_png_again_replaces_only_what_it_wrote_there(run, tmp_
     `ddpm sample --out X.png` runs again, but an X.npy that someone changed since stays."""
     out = tmp_path / "elsewhere" / "X.png"
     for seed in (0, 1, 2):  # each run replaces the last one's PNG, .npy and trajectory
-        assert run_cli("sample", run, "--n", "4", "--seed", seed, "--out", out, "--trajectory") == 0
+        assert run_cli("sample", run, "-n", "4", "--seed", seed, "--out", out, "--trajectory") == 0
         assert np.load(out.with_suffix(".npy")).shape == (4, 2)
     capsys.readouterr()
     out.with_suffix(".npy").write_bytes(b"the user's own array now")
-    err = one_line_error(capsys, "sample", run, "--n", "4", "--out", out, "--trajectory")
+    err = one_line_error(capsys, "sample", run, "-n", "4", "--out", out, "--trajectory")
     assert f"{out.with_suffix('.npy')}: already exists and is not a file ddpm wrote" in err
     assert out.with_suffix(".npy").read_bytes() == b"the user's own array now"
 
 
 def test_sample_refuses_the_run_own_samples(run, capsys):
     before = snapshot(run)
-    err = one_line_error(capsys, "sample", run, "--n", "4", "--out", run / runs.SAMPLES)
+    err = one_line_error(capsys, "sample", run, "-n", "4", "--out", run / runs.SAMPLES)
     assert err == (
         f"ddpm sample: error: {run / runs.SAMPLES}: written by `ddpm train` into the run "
         "folder; `ddpm sample` never replaces another command's file: choose another path"

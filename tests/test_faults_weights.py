@@ -22,8 +22,9 @@ from ddpm.errors import CheckpointError
 from ddpm.runs.checkpoint import load_checkpoint, load_tensors, save_tensors
 
 ARGS = [
-    "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--T", "10", "--batch-size", "16",
-    "--hidden", "16", "--depth", "1", "--num-samples", "4", "--threads", "1", "--quiet",
+    "--data", "gmm8", "--n-train", "256", "--n-test", "16", "--diffusion-steps", "10",
+    "--batch-size", "16", "--hidden", "16", "--depth", "1", "--num-samples", "4", "--threads", "1",
+    "--quiet",
 ]  # fmt: skip
 STEPS = 4
 
@@ -35,7 +36,7 @@ def run_cli(*args) -> int:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("weights") / "run"
-    assert run_cli("train", "--out", out, *ARGS, "--steps", STEPS) == 0
+    assert run_cli("train", "--out", out, *ARGS, "--max-steps", STEPS) == 0
     return out
 
 
@@ -52,9 +53,9 @@ def one_error_line(capsys) -> str:
 
 
 COMMANDS = {
-    "sample": lambda run, tmp: ["sample", run, "--n", "4", "--out", tmp / "s.png"],
-    "evaluate": lambda run, tmp: ["evaluate", run, "--n", "4", "--out", tmp / "ev"],
-    "resume": lambda run, tmp: ["train", "--out", run, *ARGS, "--steps", STEPS + 2, "--resume"],
+    "sample": lambda run, tmp: ["sample", run, "-n", "4", "--out", tmp / "s.png"],
+    "evaluate": lambda run, tmp: ["evaluate", run, "-n", "4", "--out", tmp / "ev"],
+    "resume": lambda run, tmp: ["train", "--out", run, *ARGS, "--max-steps", STEPS + 2, "--resume"],
 }
 
 
@@ -189,7 +190,7 @@ def test_diffusers_weights_must_all_come_from_the_file(pipeline, tmp_path, capsy
     expected = _edit(tensors, damage)
     save_file(tensors, path, metadata={"format": "pt"})
     capsys.readouterr()
-    args = ["evaluate", pipeline, "--data", "digits", "--n", "2", "--out", tmp_path / "ev"]
+    args = ["evaluate", pipeline, "--data", "digits", "-n", "2", "--out", tmp_path / "ev"]
     assert run_cli(*args) == 2
     err = one_error_line(capsys)
     assert expected in err and str(path) in err, err

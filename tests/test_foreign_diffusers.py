@@ -171,7 +171,7 @@ def test_sampling_chain_equals_ddpm_pipeline(pipeline, tmp_path, capsys):
     1e-6, see above, accumulated over T = 10 steps stay below 1e-4)."""
     folder, unet, scheduler = pipeline
     out = tmp_path / "s.png"
-    assert main(["sample", str(folder), "--n", "3", "--seed", "0", "--out", str(out)]) == 0
+    assert main(["sample", str(folder), "-n", "3", "--seed", "0", "--out", str(out)]) == 0
     ours = np.load(tmp_path / "s.npy") / 255  # raw 8-bit units -> [0, 1]
     pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -193,7 +193,7 @@ def test_cli_evaluate_equals_the_model_wrapped_by_hand(pipeline, tmp_path, capsy
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     n = 6
-    args = ["evaluate", str(folder), "--data", "digits", "--n", str(n), "--json"]
+    args = ["evaluate", str(folder), "--data", "digits", "-n", str(n), "--json"]
     assert main([*args, "--out", str(tmp_path / "ev")]) == 0
     report = json.loads(capsys.readouterr().out)
     diffusion, model = by_hand(unet, scheduler)
@@ -229,8 +229,8 @@ N = 4  # digits test examples scored
 
 
 def eval_json(folder: Path, out: Path, *extra: str) -> dict:
-    """``ddpm evaluate FOLDER --data digits --n N`` (exit 0): its eval_test.json."""
-    args = ["evaluate", str(folder), "--data", "digits", "--n", str(N), *extra]
+    """``ddpm evaluate FOLDER --data digits -n N`` (exit 0): its eval_test.json."""
+    args = ["evaluate", str(folder), "--data", "digits", "-n", str(N), *extra]
     assert main([*args, "--out", str(out)]) == 0
     return json.loads((out / "eval_test.json").read_text())
 
@@ -285,7 +285,7 @@ def test_report_of_a_diffusers_folder_shows_its_evaluation(tmp_path, capsys):
     folder = tmp_path / "pipe"
     save_pipeline(folder, CASES[0])
     ev = eval_json(folder, tmp_path / "ev")
-    assert main(["report", str(folder), "--data", "digits", "--n", str(N)]) == 0
+    assert main(["report", str(folder), "--data", "digits", "-n", str(N)]) == 0
     assert f"evaluated n = {N}" in capsys.readouterr().out
     page = (folder / "report.html").read_text()
     bpd = f"<td>bits/dim</td><td>{ev['bits_per_dim']:.4f} ± {ev['bits_per_dim_se']:.4f}</td>"
@@ -303,18 +303,18 @@ def test_view3_of_a_diffusers_folder_beside_a_vae(tmp_path, capsys):
     folder, vae, n = tmp_path / "pipe", tmp_path / "vae", 6
     save_pipeline(folder, CASES[0])
     vae_args = ["vae", "train", "--data", "digits", "--latent-dim", "2", "--channels", "4"]
-    vae_args += ["--steps", "2", "--batch-size", "16", "--warmup", "1", "--num-samples", "4"]
+    vae_args += ["--max-steps", "2", "--batch-size", "16", "--warmup", "1", "--num-samples", "4"]
     assert main([*vae_args, "--quiet", "--out", str(vae)]) == 0
-    args = ["vae", "compare", str(folder), str(vae), "--n", str(n), "--iw", "1"]
+    args = ["vae", "compare", str(folder), str(vae), "-n", str(n), "--vae-iw", "1"]
     assert main([*args, "--out", str(tmp_path / "v3"), "--json"]) == 0
     view = json.loads((tmp_path / "v3" / "view3.json").read_text())
     assert [r["kind"] for r in view["rows"]] == ["ddpm", "vae"] and view["n"] == n
     ddpm_row, vae_row = view["rows"]
-    args = ["vae", "evaluate", str(vae), "--n", str(n), "--iw", "1", "--json"]
+    args = ["vae", "evaluate", str(vae), "-n", str(n), "--iw", "1", "--json"]
     assert main([*args, "--out", str(tmp_path / "vev")]) == 0
     vev = json.loads((tmp_path / "vev" / "eval_test.json").read_text())
     assert vae_row["neg_elbo"] == pytest.approx(vev["neg_elbo"], rel=1e-12)
-    args = ["evaluate", str(folder), "--data", "digits", "--n", str(n)]
+    args = ["evaluate", str(folder), "--data", "digits", "-n", str(n)]
     assert main([*args, "--out", str(tmp_path / "ev")]) == 0
     ev = json.loads((tmp_path / "ev" / "eval_test.json").read_text())
     assert ddpm_row["neg_elbo"] == pytest.approx(ev["neg_elbo"], rel=1e-12)
@@ -367,7 +367,7 @@ def test_output_channels_must_fit_the_variance(tmp_path, capsys):
     folder = tmp_path / "pipe"
     scheduler = DDPMScheduler(num_train_timesteps=T, variance_type="learned_range")
     DDPMPipeline(unet=tiny_unet(1), scheduler=scheduler).save_pretrained(folder)
-    assert main(["sample", str(folder), "--n", "2", "--out", str(tmp_path / "s.png")]) == 2
+    assert main(["sample", str(folder), "-n", "2", "--out", str(tmp_path / "s.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out_channels" in err
 

@@ -35,8 +35,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TRAIN = [
-    "--T", "3", "--steps", "1", "--batch-size", "2", "--n-train", "8", "--n-test", "4",
-    "--hidden", "8", "--depth", "1", "--channels", "4", "--channel-mults", "1",
+    "--diffusion-steps", "3", "--max-steps", "1", "--batch-size", "2", "--n-train", "8",
+    "--n-test", "4", "--hidden", "8", "--depth", "1", "--channels", "4", "--channel-mults", "1",
     "--attn-resolutions", "99", "--num-samples", "2", "--quiet", "--threads", "1",
 ]  # fmt: skip
 # a progress line, not a message: a tqdm bar ("train:  50%|###") or a plain line of
@@ -79,7 +79,7 @@ def base(tmp_path_factory) -> Path:
     bystander.mkdir()
     (bystander / "notes.txt").write_text("mine")
     run = root / "run"
-    assert main(["train", "--out", str(run), "--data", "gmm8", *TRAIN, "--steps", "2"]) == 0
+    assert main(["train", "--out", str(run), "--data", "gmm8", *TRAIN, "--max-steps", "2"]) == 0
     return root
 
 
@@ -145,9 +145,9 @@ def test_fuzz_config_json_of_a_run(base, data):
         (copy / "config.json").write_text(text)
         command = data.draw(st.sampled_from(["sample", "evaluate", "resume"]))
         args = {
-            "sample": ["sample", copy, "--n", "2"],
-            "evaluate": ["evaluate", copy, "--n", "2", "--max-batch", "64"],
-            "resume": ["train", "--out", copy, "--resume", "--steps", "3", "--quiet"],
+            "sample": ["sample", copy, "-n", "2"],
+            "evaluate": ["evaluate", copy, "-n", "2", "--max-batch", "64"],
+            "resume": ["train", "--out", copy, "--resume", "--max-steps", "3", "--quiet"],
         }[command]
         code, _ = check_cli(args, [base / "bystander", run])
         if code == 0 and command == "sample":
@@ -193,7 +193,8 @@ def test_fuzz_mixture_json(base, doc, command):
         if command == "train":
             args = ["train", "--data", spec, "--out", tmp / "run", *TRAIN]
         else:
-            args = ["theory", spec, "--T", "3", "--n", "4", "--iw", "1", "--out", tmp / "rep"]
+            args = ["theory", spec, "--diffusion-steps", "3", "-n", "4", "--iw", "1"]
+            args += ["--out", tmp / "rep"]
         check_cli(args, [base / "bystander", spec])
 
 
@@ -285,14 +286,14 @@ def test_fuzz_option_values(base, command, data):
     with scratch(base) as tmp:
         if command == "sample":
             args = ["sample", run, "--out", tmp / "s.png"]
-            for flag in ("--n", "--seed", "--frames", "--threads"):
+            for flag in ("--num-samples", "--seed", "--frames", "--threads"):
                 if data.draw(st.booleans()):
                     args += [flag, data.draw(VALUES)]
             if data.draw(st.booleans()):
                 args += ["--trajectory"]
         elif command == "evaluate":
             args = ["evaluate", run, "--out", tmp / "e"]
-            for flag in ("--n", "--seed", "--max-batch", "--mc", "--threads"):
+            for flag in ("--num-examples", "--seed", "--max-batch", "--mc", "--threads"):
                 if data.draw(st.booleans()):
                     args += [flag, data.draw(VALUES)]
             if data.draw(st.booleans()):
@@ -301,7 +302,8 @@ def test_fuzz_option_values(base, command, data):
                 args += ["--split", data.draw(st.sampled_from(["test", "train", "valid", ""]))]
         elif command == "train":
             args = ["train", "--data", "gmm8", "--out", tmp / "run", *TRAIN]
-            for flag in ("--T", "--steps", "--batch-size", "--warmup", "--log-every", "--seed"):
+            flags = ("--diffusion-steps", "--max-steps", "--batch-size", "--warmup", "--log-every")
+            for flag in (*flags, "--seed"):
                 if data.draw(st.booleans()):
                     args += [flag, data.draw(VALUES)]
             for flag in ("--lr", "--ema-decay", "--grad-clip", "--dropout", "--test-fraction"):
@@ -312,7 +314,7 @@ def test_fuzz_option_values(base, command, data):
             image = tmp / "a.png"
             Image.new("RGB", (6, 6)).save(image)
             args = ["forward", image, "--out", tmp / "f.png"]
-            for flag in ("--T", "--frames", "--size", "--seed"):
+            for flag in ("--diffusion-steps", "--frames", "--image-size", "--seed"):
                 if data.draw(st.booleans()):
                     args += [flag, data.draw(st.integers(-3, 12))]
             if data.draw(st.booleans()):

@@ -15,7 +15,8 @@ from ddpm.loader import load
 from ddpm.runs.checkpoint import load_checkpoint
 from ddpm.runs.run import CHECKPOINT, build, load_config
 
-TINY = ["--T", "5", "--steps", "3", "--batch-size", "16", "--channels", "8", "--quiet"]
+TINY = ["--diffusion-steps", "5", "--max-steps", "3", "--batch-size", "16",
+        "--channels", "8", "--quiet"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_a_run_folder_loads_as_its_run(run_dir):
 
 
 def test_evaluate_data_flag_on_a_run(run_dir, tmp_path, capsys):
-    base = ["evaluate", str(run_dir), "--n", "4", "--json", "--out", str(tmp_path)]
+    base = ["evaluate", str(run_dir), "-n", "4", "--json", "--out", str(tmp_path)]
     assert main(base) == 0
     own = json.loads(capsys.readouterr().out)
     assert main([*base, "--data", "digits"]) == 0

@@ -295,7 +295,7 @@ def test_ode_config_round_trips_and_rejects_bad_values():
 
 def test_theory_gaussian_ode_matches_its_closed_form(tmp_path, capsys):
     """The Bayes-optimal flow's mean -log p_ODE over n draws estimates E_q[-log N(x; M, V)]."""
-    args = ["theory", "gaussian", "--dim", "2", "--T", "50", "--n", "200", "--iw", "1"]
+    args = ["theory", "gaussian", "--dim", "2", "--diffusion-steps", "50", "-n", "200", "--iw", "1"]
     assert main([*args, "--ode", "--json", "--out", str(tmp_path)]) == 0
     doc = json.loads(capsys.readouterr().out)
     ode = doc["ode"]
@@ -307,16 +307,17 @@ def test_theory_gaussian_ode_matches_its_closed_form(tmp_path, capsys):
 
 def test_evaluate_ode_on_a_digits_run_is_dequantized(tmp_path, capsys):
     out = tmp_path / "digits"
-    tiny = ["--T", "5", "--steps", "2", "--batch-size", "8", "--channels", "8", "--quiet"]
+    tiny = ["--diffusion-steps", "5", "--max-steps", "2", "--batch-size", "8",
+            "--channels", "8", "--quiet"]  # fmt: skip
     assert main(["train", "--out", str(out), *tiny, "--num-samples", "2"]) == 0
     capsys.readouterr()
     flags = ["--ode", "--ode-probes", "2", "--ode-rtol", "1e-3", "--ode-atol", "1e-3"]
-    assert main(["evaluate", str(out), "--n", "4", *flags, "--json", "--out", str(tmp_path)]) == 0
+    assert main(["evaluate", str(out), "-n", "4", *flags, "--json", "--out", str(tmp_path)]) == 0
     ode = json.loads(capsys.readouterr().out)["ode"]
     assert ode["divergence"] == "hutchinson" and ode["probes"] == 2 and ode["n"] == 4
     assert ode["dequantization"] == pytest.approx(-64 * math.log(2 / 16))  # 17 levels
     assert math.isfinite(ode["neg_log_likelihood"]) and ode["probe_se"] >= 0
-    assert main(["evaluate", str(out), "--n", "4", *flags, "--out", str(tmp_path)]) == 0
+    assert main(["evaluate", str(out), "-n", "4", *flags, "--out", str(tmp_path)]) == 0
     assert "-log p_ODE(x0)" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--ode", "--ode-method", "euler"]) == 2
     assert "unknown ODE method 'euler'" in capsys.readouterr().err

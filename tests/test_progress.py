@@ -121,8 +121,8 @@ def test_train_and_evaluate_write_plain_lines_to_a_log(tmp_path):
     run = tmp_path / "run"
     stderr = _ddpm(
         "train", "--out", run, "--data", "gmm8", "--n-train", "256", "--n-test", "16",
-        "--T", "10", "--steps", "60", "--batch-size", "16", "--hidden", "16", "--depth", "1",
-        "--log-every", "10", "--num-samples", "16", "--warmup", "5",
+        "--diffusion-steps", "10", "--max-steps", "60", "--batch-size", "16", "--hidden", "16",
+        "--depth", "1", "--log-every", "10", "--num-samples", "16", "--warmup", "5",
     )  # fmt: skip
     assert re.search(r"^train: 60/60 step \(100%\) in .*, loss=", stderr, re.M), stderr
     bars = _bars(stderr)

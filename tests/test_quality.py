@@ -272,7 +272,7 @@ def test_cli_sample_metrics_and_evaluate_samples(tiny_gmm8_run, tmp_path, capsys
     from ddpm.cli.main import main
 
     png = tmp_path / "s.png"
-    assert main(["sample", str(tiny_gmm8_run), "--n", "64", "--metrics", "--out", str(png)]) == 0
+    assert main(["sample", str(tiny_gmm8_run), "-n", "64", "--metrics", "--out", str(png)]) == 0
     text = capsys.readouterr().out
     assert "H(q) data entropy" in text and "bayes-optimal samples" in text
     doc = json.loads((tmp_path / "s_quality.json").read_text())
@@ -285,7 +285,7 @@ def test_cli_sample_metrics_and_evaluate_samples(tiny_gmm8_run, tmp_path, capsys
     ce = density_scores(gmm8(), x, ref).cross_entropy
     assert math.isclose(ce, doc["rows"][0]["cross_entropy"], rel_tol=1e-5)
 
-    args = ["evaluate", str(tiny_gmm8_run), "--n", "50", "--samples", "40", "--json"]
+    args = ["evaluate", str(tiny_gmm8_run), "-n", "50", "--num-samples", "40", "--json"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["sample_quality"]["rows"][0]["n"] == 40 and "neg_elbo" in doc
@@ -304,13 +304,13 @@ def test_cli_rejects_too_few_samples_in_one_line(tiny_gmm8_run, capsys):
         return err[0]
 
     run = str(tiny_gmm8_run)
-    assert one_line(["evaluate", run, "--samples", "1"]) == (
-        "ddpm evaluate: error: --samples must be an integer >= 2 (got 1)"
+    assert one_line(["evaluate", run, "--num-samples", "1"]) == (
+        "ddpm evaluate: error: --num-samples must be an integer >= 2 (got 1)"
     )
-    assert "--samplers and --eta apply with --steps" in one_line(
+    assert "--samplers and --eta apply with --respacing" in one_line(
         ["evaluate", run, "--samplers", "ddim"]
     )
-    assert "sampler" in one_line(["evaluate", run, "--steps", "5", "--samples", "9",
+    assert "sampler" in one_line(["evaluate", run, "--respacing", "5", "--num-samples", "9",
                                   "--samplers", "euler"])  # fmt: skip
     assert "--classifier-dir applies with --metrics" in one_line(
         ["sample", run, "--classifier-dir", "x"]
@@ -346,8 +346,8 @@ def test_cli_evaluate_steps_with_samples_gives_the_quality_table(tiny_gmm8_run, 
 
     from ddpm.cli.main import main
 
-    args = ["evaluate", str(tiny_gmm8_run), "--n", "30", "--steps", "5", "20"]
-    assert main([*args, "--samples", "40", "--out", str(tmp_path), "--json"]) == 0
+    args = ["evaluate", str(tiny_gmm8_run), "-n", "30", "--respacing", "5", "20"]
+    assert main([*args, "--num-samples", "40", "--out", str(tmp_path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = doc["quality_steps"]
     assert [(r["sampler"], r["K"]) for r in rows] == [
@@ -361,11 +361,11 @@ def test_cli_evaluate_steps_with_samples_gives_the_quality_table(tiny_gmm8_run, 
         assert names == ["samples", "bayes-optimal samples", FLOOR] and r["seconds"] > 0
     assert (tmp_path / "quality_steps.png").is_file()
     # K = T through respacing is the run's own process: the same samples as `ddpm sample`
-    assert main(["sample", str(tiny_gmm8_run), "--n", "40", "--metrics", "--out",
+    assert main(["sample", str(tiny_gmm8_run), "-n", "40", "--metrics", "--out",
                  str(tmp_path / "s.png")]) == 0  # fmt: skip
     capsys.readouterr()
     full = json.loads((tmp_path / "s_quality.json").read_text())["rows"][0]
-    assert main([*args[:-2], "20", "--samples", "40", "--samplers", "ancestral", "--out",
+    assert main([*args[:-2], "20", "--num-samples", "40", "--samplers", "ancestral", "--out",
                  str(tmp_path), "--json"]) == 0  # fmt: skip
     same = json.loads(capsys.readouterr().out)["quality_steps"][0]["report"]["rows"][0]
     assert same["cross_entropy"] == full["cross_entropy"]

@@ -114,7 +114,11 @@ def test_nested_requests_come_back_as_their_types():
         (EvaluationRequest, {"mc_timesteps": 8}, "estimator 'exact' with mc_timesteps=8"),
         (EvaluationRequest, {"estimator": "mc", "mc_timesteps": 0}, "mc_timesteps must be an"),
         (EvaluationRequest, {"iw": (1, 0)}, "iw must be an integer >= 1 (got 0)"),
-        (EvaluationRequest, {"spacing": "leading"}, "spacing 'leading' applies to respaced steps"),
+        (
+            EvaluationRequest,
+            {"spacing": "leading"},
+            "spacing 'leading' applies to a respaced process",
+        ),
         (EvaluationRequest, {"steps": ("5",), "spacing": "middle"}, "unknown spacing 'middle'"),
         (EvaluationRequest, {"steps": ("5x",)}, "steps '5x': give a count K"),
         (EvaluationRequest, {"steps": ("ddim",)}, "steps 'ddim': give"),
@@ -127,7 +131,11 @@ def test_nested_requests_come_back_as_their_types():
         (SamplingRequest, {"sampler": "euler"}, "unknown sampler 'euler'"),
         (SamplingRequest, {"eta": 0.5}, "eta applies to the sampler 'ddim' (got 'ancestral')"),
         (SamplingRequest, {"sampler": "ddim", "eta": 2.0}, "eta must lie in [0, 1] (got 2.0)"),
-        (SamplingRequest, {"spacing": "trailing"}, "spacing 'trailing' applies to respaced steps"),
+        (
+            SamplingRequest,
+            {"spacing": "trailing"},
+            "spacing 'trailing' applies to a respaced process",
+        ),
         (SamplingRequest, {"steps": "-3"}, "steps '-3': give"),
         (SamplingRequest, {"steps": "3,"}, "steps '3,': give"),
         (SamplingRequest, {"frames": 1}, "frames must be an integer >= 2 (got 1)"),
@@ -137,7 +145,7 @@ def test_nested_requests_come_back_as_their_types():
         (TheoryRequest, {"T": (10, 0)}, "T must be an integer >= 1 (got 0)"),
         (TheoryRequest, {"schedule": "sigmoid"}, "unknown schedule 'sigmoid'"),
         (TheoryRequest, {"variance": ()}, "variance needs at least one choice"),
-        (TheoryRequest, {"spacing": "leading"}, "spacing 'leading' applies to respaced steps"),
+        (TheoryRequest, {"spacing": "leading"}, "spacing 'leading' applies to a respaced process"),
         (TheoryRequest, {"steps": "ddim"}, "steps 'ddim': give"),
         (TheoryRequest, {"std": 0.0}, "std must be > 0 (got 0.0)"),
         (VaeEvaluationRequest, {"split": "valid"}, "unknown split 'valid'"),
@@ -206,5 +214,7 @@ def test_theory_request_defaults_are_the_theory_commands():
 
     assert theory_request(parse("theory", "gaussian")) == TheoryRequest()
     # a T-sweep computes no IW bounds unless asked
-    sweep = theory_request(parse("theory", "gmm8", "--T", "2", "3"), sweep=True)
+    sweep = theory_request(
+        parse("theory", "gmm8", "--sweep", "--diffusion-steps", "2", "3"), sweep=True
+    )
     assert sweep == TheoryRequest(T=(2, 3), iw=())

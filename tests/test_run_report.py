@@ -51,7 +51,7 @@ def _images(page: str) -> list[bytes]:
 
 
 def test_report_holds_every_section_and_only_embedded_pngs(digits_run, capsys):
-    assert main(["report", str(digits_run), "--n", "8"]) == 0
+    assert main(["report", str(digits_run), "-n", "8"]) == 0
     assert "report.html" in capsys.readouterr().out
     page = (digits_run / "report.html").read_text()
     headings = [html.unescape(h) for h in re.findall(r"<h2>(.*?)</h2>", page)]

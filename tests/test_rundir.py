@@ -18,9 +18,9 @@ from ddpm.runs import run as runs
 from ddpm.runs.checkpoint import load_tensors
 
 TINY = [
-    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--T", "5", "--steps", "4",
-    "--batch-size", "8", "--hidden", "16", "--depth", "1", "--num-samples", "4",
-    "--log-every", "1", "--checkpoint-every", "2", "--warmup", "0", "--quiet",
+    "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--diffusion-steps", "5",
+    "--max-steps", "4", "--batch-size", "8", "--hidden", "16", "--depth", "1",
+    "--num-samples", "4", "--log-every", "1", "--checkpoint-every", "2", "--warmup", "0", "--quiet",
 ]  # fmt: skip
 
 
@@ -75,8 +75,8 @@ def test_overwrite_refuses_a_folder_that_holds_no_run(tmp_path, capsys):
 
 def test_overwrite_deletes_only_what_ddpm_wrote(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
-    assert run_cli("sample", run, "--n", "2") == 0  # recorded in the manifest
-    assert run_cli("evaluate", run, "--n", "4") == 0
+    assert run_cli("sample", run, "-n", "2") == 0  # recorded in the manifest
+    assert run_cli("evaluate", run, "-n", "4") == 0
     assert (run / "samples_seed0.png").exists() and (run / "eval_test.json").exists()
     assert {"samples_seed0.npy", "eval_test.json"} <= set(rundir.read_manifest(run))
     (run / "my_notes.txt").write_text("mine")
@@ -95,10 +95,10 @@ def test_second_writer_gets_one_line_naming_the_holder(tiny_run, capsys):
     with rundir.locked(tiny_run, "train"):
         err = one_line_error(capsys, "train", "--out", tiny_run, "--resume", *TINY)
         assert f"pid {os.getpid()}" in err
-        for args in (["sample", tiny_run, "--n", "2"], ["evaluate", tiny_run, "--n", "4"]):
+        for args in (["sample", tiny_run, "-n", "2"], ["evaluate", tiny_run, "-n", "4"]):
             assert f"pid {os.getpid()}" in one_line_error(capsys, *args)
     # released: the next command works
-    assert run_cli("sample", tiny_run, "--n", "2") == 0
+    assert run_cli("sample", tiny_run, "-n", "2") == 0
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_checkpoints(tiny_run, tmp_path, capsys):
@@ -113,7 +113,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_checkpoints(tiny_run, tmp
 def test_a_failed_vae_overwrite_brings_the_old_vae_run_back_at_once(tmp_path, capsys):
     vae = [
         "vae", "train", "--data", "gmm8", "--n-train", "64", "--n-test", "16", "--hidden", "8",
-        "--latent-dim", "2", "--steps", "3", "--batch-size", "8", "--warmup", "0",
+        "--latent-dim", "2", "--max-steps", "3", "--batch-size", "8", "--warmup", "0",
         "--log-every", "1", "--num-samples", "4", "--quiet", "--out", tmp_path / "vae",
     ]  # fmt: skip
     assert run_cli(*vae) == 0
@@ -160,15 +160,15 @@ def test_resume_trusts_the_checkpoint_and_names_the_missing_key(tiny_run, tmp_pa
     del doc["config"]["diffusion"]["T"]
     (run / "config.json").write_text(json.dumps(doc))
     for args in (
-        ["train", "--out", run, "--resume", "--steps", "6", "--quiet"],
-        ["sample", run, "--n", "2"],
-        ["evaluate", run, "--n", "4"],
+        ["train", "--out", run, "--resume", "--max-steps", "6", "--quiet"],
+        ["sample", run, "-n", "2"],
+        ["evaluate", run, "-n", "4"],
     ):
         err = one_line_error(capsys, *args)
         assert "config.json: key diffusion.T is missing" in err, err
     doc["config"]["diffusion"]["T"] = 7
     (run / "config.json").write_text(json.dumps(doc))
-    err = one_line_error(capsys, "train", "--out", run, "--resume", "--steps", "6", "--quiet")
+    err = one_line_error(capsys, "train", "--out", run, "--resume", "--max-steps", "6", "--quiet")
     assert "config.json: key diffusion.T is 7 but checkpoint.safetensors has 5" in err, err
 
 
@@ -178,7 +178,7 @@ def test_resume_and_the_next_save_remove_torn_checkpoint_temp_files(tiny_run, tm
     torn.write_bytes(b"half a checkpoint")
     mine = run / ".my_editor_file.tmp"
     mine.write_text("not ddpm's")
-    assert run_cli("train", "--out", run, "--resume", "--steps", "6", "--quiet") == 0
+    assert run_cli("train", "--out", run, "--resume", "--max-steps", "6", "--quiet") == 0
     assert not torn.exists() and mine.exists()
     capsys.readouterr()
 
@@ -188,7 +188,7 @@ def test_resume_and_the_next_save_remove_torn_checkpoint_temp_files(tiny_run, tm
 
 def test_unwritable_outputs_and_bad_values_give_one_line(tiny_run, capsys):
     assert "/proc/x" in one_line_error(capsys, "train", "--out", "/proc/x", *TINY)
-    err = one_line_error(capsys, "sample", tiny_run, "--n", "2", "--out", "/proc/x/s.png")
+    err = one_line_error(capsys, "sample", tiny_run, "-n", "2", "--out", "/proc/x/s.png")
     assert "/proc/x" in err
     assert "--max-batch" in one_line_error(capsys, "evaluate", tiny_run, "--max-batch", "0")
     assert "--threads" in one_line_error(capsys, "sample", tiny_run, "--threads", "0")
@@ -204,7 +204,7 @@ def test_garbage_npy_is_not_called_pickled(tmp_path, capsys):
 def test_resume_at_the_final_step_says_there_was_nothing_to_do(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
     before = (run / runs.CHECKPOINT).read_bytes()
-    assert run_cli("train", "--out", run, "--resume", "--steps", "4", "--quiet") == 0
+    assert run_cli("train", "--out", run, "--resume", "--max-steps", "4", "--quiet") == 0
     out = capsys.readouterr().out
     assert "nothing to do" in out and "nan" not in out
     assert (run / runs.CHECKPOINT).read_bytes() == before
@@ -226,7 +226,8 @@ def test_huge_T_warns_and_sampling_shows_progress(tmp_path, capsys):
         line.startswith("sample") and "100%" in line
         for line in capsys.readouterr().err.splitlines()
     )
-    args[args.index("--T") + 1] = "5000"  # the warning comes before the data is even checked
+    # the warning comes before the data is even checked
+    args[args.index("--diffusion-steps") + 1] = "5000"
     assert run_cli("train", "--out", tmp_path / "q", *args, "--batch-size", "999") == 2
     warning, error = capsys.readouterr().err.strip().splitlines()
     assert warning.startswith("ddpm train: warning: T = 5000 is far beyond the T = 1000")
@@ -249,9 +250,9 @@ def test_checkpoint_is_bit_identical_after_resume(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_cli("train", "--out", a, *TINY) == 0
     half = list(TINY)
-    half[half.index("--steps") + 1] = "2"
+    half[half.index("--max-steps") + 1] = "2"
     assert run_cli("train", "--out", b, *half) == 0
-    assert run_cli("train", "--out", b, "--resume", "--steps", "4", "--quiet") == 0
+    assert run_cli("train", "--out", b, "--resume", "--max-steps", "4", "--quiet") == 0
     ta, _ = load_tensors(a / runs.CHECKPOINT)
     tb, _ = load_tensors(b / runs.CHECKPOINT)
     assert ta.keys() == tb.keys()

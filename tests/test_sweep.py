@@ -272,8 +272,8 @@ def test_mixture_sweep_first_T_below_uses_the_step_wise_estimate():
 def test_sweep_command_writes_json_and_figure(tmp_path, capsys):
     out = tmp_path / "sw"
     code = main(
-        ["theory", "gaussian", "--T", "2", "4", "--variance", "small", "optimal", "--n", "20",
-         "--out", str(out)]
+        ["theory", "gaussian", "--sweep", "--diffusion-steps", "2", "4", "--variance", "small",
+         "optimal", "-n", "20", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
@@ -281,7 +281,8 @@ def test_sweep_command_writes_json_and_figure(tmp_path, capsys):
     d = json.loads((out / "sweep.json").read_text())
     assert [p["T"] for p in d["sweep"]] == [2, 4, 2, 4]
     assert (out / "sweep.png").stat().st_size > 0
-    assert main(["theory", "gmm8", "--T", "2", "3", "--variance", "learned"]) == 2
+    bad = ["theory", "gmm8", "--sweep", "--diffusion-steps", "2", "3", "--variance", "learned"]
+    assert main(bad) == 2
     assert "small, large or optimal" in capsys.readouterr().err
 
 
@@ -375,15 +376,15 @@ def test_bayes_optimal_model_of_a_respaced_process_reads_process_steps():
 @pytest.fixture(scope="module")
 def gmm8_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("views") / "gmm8"
-    args = ["train", "--data", "gmm8", "--out", str(out), "--T", "12", "--steps", "20",
-            "--batch-size", "32", "--hidden", "16", "--n-train", "200", "--n-test", "50",
-            "--num-samples", "4", "--quiet"]  # fmt: skip
+    args = ["train", "--data", "gmm8", "--out", str(out), "--diffusion-steps", "12",
+            "--max-steps", "20", "--batch-size", "32", "--hidden", "16", "--n-train", "200",
+            "--n-test", "50", "--num-samples", "4", "--quiet"]  # fmt: skip
     assert main(args) == 0
     return out
 
 
 def test_theory_run_reports_the_per_step_gap_and_its_band(gmm8_run, tmp_path, capsys):
-    assert main(["theory", str(gmm8_run), "--n", "30", "--iw", "1", "--out", str(tmp_path)]) == 0
+    assert main(["theory", str(gmm8_run), "-n", "30", "--iw", "1", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     d = json.loads((tmp_path / "theory.json").read_text())
     gap = torch.tensor(d["gap_per_timestep"], dtype=F64)

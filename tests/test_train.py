@@ -167,8 +167,8 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--standalone", "-m", "ddpm", "train", "--data", "gmm8", "--T", "10",
-        "--steps", "6", "--batch-size", "32", "--n-train", "200", "--n-test", "50",
+        "--standalone", "-m", "ddpm", "train", "--data", "gmm8", "--diffusion-steps", "10",
+        "--max-steps", "6", "--batch-size", "32", "--n-train", "200", "--n-test", "50",
         "--num-samples", "8", "--out", str(out), "--device", "cpu", "--quiet",
         "--val-every", "3", "--val-timesteps", "4",
     ]  # fmt: skip

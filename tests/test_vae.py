@@ -205,7 +205,7 @@ def test_view3_puts_a_ddpm_beside_a_vae(tmp_path):
     )
     train(cfg, tmp_path / "ddpm", progress=False)
     vae_args = ["vae", "train", "--data", "gmm8", "--n-train", "256", "--n-test", "64"]
-    vae_args += ["--hidden", "16", "--latent-dim", "2", "--steps", "3", "--batch-size", "32"]
+    vae_args += ["--hidden", "16", "--latent-dim", "2", "--max-steps", "3", "--batch-size", "32"]
     vae_args += ["--warmup", "2", "--log-every", "1", "--num-samples", "8", "--quiet"]
     vae_args += ["--params-like", str(tmp_path / "ddpm"), "--out", str(tmp_path / "vae")]
     assert main(vae_args) == 0

@@ -80,7 +80,7 @@ def test_every_command_accepts_threads():
 
 def test_vae_train_takes_threads(tmp_path, capsys):
     out = tmp_path / "vae"
-    args = ["vae", "train", *TINY_FLAGS, "--steps", "2", "--out", str(out), "--threads", "1"]
+    args = ["vae", "train", *TINY_FLAGS, "--max-steps", "2", "--out", str(out), "--threads", "1"]
     assert main(args) == 0
     assert "(1 thread)" in capsys.readouterr().out
     assert load_vae_run(out).step == 2
@@ -97,7 +97,7 @@ def test_lr_schedule_sets_the_logged_learning_rate(tmp_path):
     lr = TrainConfig().lr
     assert cos == [lr_at(k, lr, 2, "cosine", 6) for k in range(6)]  # step k + 1 logs step k's
     assert const == [lr_at(k, lr, 2) for k in range(6)]
-    assert cos[-1] < const[-1] / 4  # the cosine decays towards 0 at --steps
+    assert cos[-1] < const[-1] / 4  # the cosine decays towards 0 at --max-steps
 
 
 def test_validation_logs_the_held_out_elbo_and_keeps_the_best_weights(tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_validation_logs_the_held_out_elbo_and_keeps_the_best_weights(tmp_path, 
     assert len(trainer.train_x) + len(trainer.val_x) == len(data.train_examples)
     # vae evaluate scores the best weights and says so
     capsys.readouterr()
-    assert main(["vae", "evaluate", str(out), "--n", "8", "--iw", "1"]) == 0
+    assert main(["vae", "evaluate", str(out), "-n", "8", "--iw", "1"]) == 0
     words = f"EMA weights of step {best['step']}, the best by held-out validation"
     assert words in capsys.readouterr().out
     assert json.loads((out / "eval_test.json").read_text())["weights"].startswith(words)
@@ -242,7 +242,7 @@ def test_the_resume_rules_are_one_rule(cfg):
     for fixed in ("lr", "batch_size", "val_every", "warmup"):  # what must match
         diff = runs.config_difference(cfg, changed(**{fixed: getattr(cfg.train, fixed) * 2 + 1}))
         assert diff is not None and diff.startswith(f"train.{fixed}: ")
-    cosine = changed(lr_schedule="cosine")  # its horizon is --steps
+    cosine = changed(lr_schedule="cosine")  # its horizon is --max-steps
     assert runs.config_difference(cosine, changed(lr_schedule="cosine", steps=9)) is not None
     if isinstance(cfg, VaeRunConfig):
         assert runs.config_difference(cfg, dataclasses.replace(cfg, cpu_minutes=2.0)) is None

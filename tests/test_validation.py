@@ -246,7 +246,7 @@ def test_likelihood_preset_sets_its_values_and_flags_override_them(tmp_path, cap
         apply_preset("fast")
     out = tmp_path / "run"
     args = ["train", "--preset", "likelihood", "--data", "gmm8", "--n-train", "400",
-            "--n-test", "50", "--steps", "4", "--val-every", "2", "--hidden", "16",
+            "--n-test", "50", "--max-steps", "4", "--val-every", "2", "--hidden", "16",
             "--batch-size", "32", "--num-samples", "4", "--quiet", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     saved = json.loads((out / runs.CONFIG).read_text())["config"]

@@ -8,15 +8,19 @@ References:
     [Ho20] Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239
 
 Importing the package is cheap: each public name below loads its module (and torch) on first
-use, so ``import ddpm`` stays fast.
+use, so ``import ddpm`` stays fast. ``ddpm.__version__`` is the installed distribution's version
+(``ddpm-likelihood``), read on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
-__version__ = "0.1.0"
+_DISTRIBUTION = "ddpm-likelihood"
+# the version when neither installed metadata nor the source tree's pyproject.toml gives one
+_UNKNOWN_VERSION = "0+unknown"
 
 # module -> the public names it provides
 _MODULES: dict[str, tuple[str, ...]] = {
@@ -73,9 +77,17 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        value: object = _version()
+        globals()[name] = value  # read once
+        return value
     module = _EXPORTS.get(name)
-    if module is None:  # a submodule not imported yet, as ``ddpm.runs.run``
-        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+    if module is None:  # a submodule not imported yet, as ``ddpm.runs``
+        if (
+            not name.isidentifier()  # a dotted name such as "ddpm.config" is no attribute
+            or name.startswith("_")
+            or importlib.util.find_spec(f"{__name__}.{name}") is None
+        ):
             raise AttributeError(f"module 'ddpm' has no attribute {name!r}")
         return importlib.import_module(f"{__name__}.{name}")
     value = getattr(importlib.import_module(module), name)
@@ -84,4 +96,34 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"__version__"})
+
+
+def _version() -> str:
+    """The version of the installed ``ddpm-likelihood``; from an uninstalled source tree (``src/``
+    on the path), the ``version`` of its pyproject.toml; else ``_UNKNOWN_VERSION``."""
+    # importlib.metadata costs ~30 ms to import, so it is loaded here and not at ``import ddpm``
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(_DISTRIBUTION)
+    except PackageNotFoundError:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+        return _source_tree_version(os.path.join(root, "pyproject.toml"))
+
+
+def _source_tree_version(pyproject: str) -> str:
+    """``[project] version`` of ``pyproject`` if it describes this distribution, else
+    ``_UNKNOWN_VERSION``."""
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:
+        return _UNKNOWN_VERSION
+    try:
+        with open(pyproject, "rb") as f:
+            project = tomllib.load(f).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return _UNKNOWN_VERSION
+    if project.get("name") != _DISTRIBUTION or not isinstance(project.get("version"), str):
+        return _UNKNOWN_VERSION
+    return project["version"]

@@ -11,7 +11,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from ddpm.errors import ConfigError, require_choice
 
@@ -25,6 +25,9 @@ ModelKind = Literal["auto", "mlp", "unet"]
 Autocast = Literal["off", "bf16"]
 
 
+_S = TypeVar("_S", bound="_Serialisable")  # the class from_dict is called on
+
+
 class _Serialisable:
     """to_dict / from_dict / JSON for frozen dataclasses, recursing into nested configs."""
 
@@ -35,7 +38,7 @@ class _Serialisable:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]):  # noqa: ANN206
+    def from_dict(cls: type[_S], d: dict[str, Any]) -> _S:
         if not isinstance(d, dict):
             raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
         hints = typing.get_type_hints(cls)
@@ -50,7 +53,7 @@ class _Serialisable:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str):  # noqa: ANN206
+    def from_json(cls: type[_S], text: str) -> _S:
         return cls.from_dict(json.loads(text))
 
 

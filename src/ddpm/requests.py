@@ -43,7 +43,7 @@ def _spacing(spacing: Spacing | None, has_steps: bool) -> None:
     require_choice("spacing", spacing, SPACINGS)
     if not has_steps:
         raise ConfigError(
-            f"spacing {spacing!r} applies to respaced steps; give steps too",
+            f"spacing {spacing!r} applies to a respaced process; give steps too",
             params=("spacing", "steps"),
         )
 

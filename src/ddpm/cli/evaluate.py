@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ddpm.cli.flags import deprecated
 from ddpm.errors import ConfigError
 from ddpm.runs.checkpoint import load_json
 
@@ -20,26 +21,28 @@ STEPS_SPELLINGS = (
 EXAMPLES = {
     "evaluate": """examples:
   ddpm evaluate runs/digits                      # exact -ELBO on the test split, bits/dim
-  ddpm evaluate runs/digits --n 100 --iw 1 4 16  # plus importance-weighted bounds
+  ddpm evaluate runs/digits -n 100 --iw 1 4 16   # plus importance-weighted bounds
   ddpm evaluate runs/gmm8 --json                 # machine-readable, with the KL chain
   ddpm evaluate runs/digits --per-example a.npy  # each example's -ELBO, to pair two models
-  ddpm evaluate runs/digits --steps 10 50 1000   # -ELBO of the K-step respaced models
-  ddpm evaluate runs/digits --steps 10,15,20 ddim50    # improved-diffusion's spellings
-  ddpm evaluate runs/digits --steps 10 50 --spacing leading   # diffusers' leading spacing
+  ddpm evaluate runs/digits --respacing 10 50 1000        # -ELBO of the K-step processes
+  ddpm evaluate runs/digits --respacing 10,15,20 ddim50   # improved-diffusion's spellings
+  ddpm evaluate runs/digits --respacing 10 50 --timestep-spacing leading   # diffusers'
+  ddpm evaluate runs/digits --no-clip-denoised   # score p_theta without clipping x0
   ddpm evaluate pipeline/ --data digits          # a diffusers DDPMPipeline folder
-  ddpm evaluate runs/gmm8 --samples 1000         # plus sample quality beside the likelihood
-  ddpm evaluate runs/gmm8 --steps 10 100 1000 --samples 1000   # quality and bits/dim vs K
+  ddpm evaluate runs/gmm8 --num-samples 1000     # plus sample quality beside the likelihood
+  ddpm evaluate runs/gmm8 --respacing 10 100 1000 --num-samples 1000   # quality, bits/dim vs K
   torchrun --nproc-per-node 4 -m ddpm evaluate runs/digits -n 1000  # over 4 processes
   ddpm evaluate runs/gmm8 --iw 1 4 16 --ode      # plus the probability-flow ODE likelihood
-  ddpm evaluate runs/digits --n 32 --ode --ode-probes 4   # Hutchinson divergence, 4 probes""",
+  ddpm evaluate runs/digits -n 32 --ode --ode-probes 4    # Hutchinson divergence, 4 probes""",
     "theory": """examples:
-  ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --T 1000
-  ddpm theory gaussian --dim 1 --T 10 --variance large --json
-  ddpm theory gaussian --T 1000 --steps 50        # the 50-step respaced process
-  ddpm theory gaussian --T 1000 --steps 50 --spacing trailing   # ... on diffusers' steps
-  ddpm theory gmm8 --T 200 --iw 1 4 16 64
-  ddpm theory gaussian --mean 0.3 --T 2 10 100 1000 --variance small large optimal   # T-sweep
-  ddpm theory gmm8 --T 10 100 1000 5000 --variance optimal --n 300                   # T-sweep
+  ddpm theory gaussian --dim 2 --mean 0.5 --std 0.5 --diffusion-steps 1000
+  ddpm theory gaussian --dim 1 --diffusion-steps 10 --variance large --json
+  ddpm theory gaussian --respacing 50             # the 50-step respaced process
+  ddpm theory gaussian --respacing 50 --timestep-spacing trailing   # ... on diffusers' steps
+  ddpm theory gmm8 --diffusion-steps 200 --iw 1 4 16 64
+  ddpm theory gaussian --mean 0.3 --sweep --diffusion-steps 2 10 100 1000 \\
+      --variance small large optimal              # a T-sweep
+  ddpm theory gmm8 --sweep --diffusion-steps 10 100 1000 5000 --variance optimal -n 300
   ddpm theory mixture.json
   ddpm theory runs/gmm8                           # trained vs Bayes-optimal vs entropy
   ddpm theory gaussian --dim 2 --ode              # ODE likelihood vs its closed form
@@ -48,6 +51,8 @@ EXAMPLES = {
 
 
 def add_commands(sub, fmt) -> None:
+    from ddpm.cli.main import add_device_flag
+
     e = sub.add_parser(
         "evaluate",
         help="exact ELBO of a trained run, term by term, in bits/dim",
@@ -61,14 +66,21 @@ def add_commands(sub, fmt) -> None:
         "--data",
         default=None,
         metavar="NAME|PATH",
-        help="data to score on (default: the run's own; required for a diffusers folder)",
+        help="data to score on, a built-in name or a path (default: the run's own; required "
+        "for a diffusers folder)",
     )
-    e.add_argument("--split", default="test", help="test | train (default: test)")
-    e.add_argument(
-        "-n", "--n", type=int, default=None, help="first N examples (default: all; under "
-        "torchrun write -n, which torchrun's own options do not shadow)",
+    e.add_argument("--split", default="test", help="split scored: test | train (default: test)")
+    n = e.add_argument(
+        "-n", "--num-examples", type=int, default=None, metavar="N",
+        help="first N examples of the split evaluated (default: all; under torchrun write -n "
+        "or --num-examples, which torchrun's own options do not shadow)",
     )  # fmt: skip
-    e.add_argument("--iw", type=int, nargs="*", default=[], help="IW bounds for these K")
+    deprecated(e, n, "--n")
+    e.add_argument(
+        "--iw", type=int, nargs="*", default=[], metavar="K",
+        help="also the importance-weighted bounds of K chains per example, for each K "
+        "(default: none)",
+    )  # fmt: skip
     e.add_argument(
         "--mc",
         type=int,
@@ -77,7 +89,7 @@ def add_commands(sub, fmt) -> None:
         help="the unbiased Monte Carlo estimate from K random timesteps per example, one in "
         "each of K strata of 1..T of geometrically growing width (fewer where strata "
         "coincide): about K/T of the network calls of the exact loop, which it replaces "
-        "unless --estimator both",
+        "unless --estimator both (default: none, the exact loop)",
     )
     e.add_argument(
         "--estimator",
@@ -86,19 +98,14 @@ def add_commands(sub, fmt) -> None:
         help="exact: the T-step loop; mc: the --mc K estimate alone; both (default: exact, or "
         "mc when --mc K is given)",
     )
-    e.add_argument(
-        "--clip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="score the p_theta whose predicted x0 is clipped to [-1, 1] (default: as "
-        "`ddpm sample` draws: clipped for discrete data)",
-    )
+    add_clip_flag(e, "score the p_theta whose predicted x0 is clipped to [-1, 1] (default: as "
+                  "`ddpm sample` draws: the run's own choice, on for discrete data)")  # fmt: skip
     e.add_argument(
         "--per-example",
         type=Path,
         default=None,
         metavar="FILE.npy",
-        help="write each example's -ELBO (nats, float64) to this .npy file",
+        help="write each example's -ELBO (nats, float64) to this .npy file (default: none)",
     )
     e.add_argument(
         "--seed",
@@ -106,35 +113,40 @@ def add_commands(sub, fmt) -> None:
         default=0,
         help="seed of the x_t draws, keyed by (seed, example, t, chain) (default: 0)",
     )
+    add_respacing_flags(
+        e, "evaluate the K-step respaced process for each K (one exact ELBO per K)",
+        "none: the run's own T steps", nargs="+",
+    )  # fmt: skip
     e.add_argument(
-        "--steps",
-        nargs="+",
-        default=None,
-        metavar="K",
-        help="evaluate the K-step respaced process for each K (one exact ELBO per K); "
-        + STEPS_SPELLINGS,
+        "--max-batch", type=int, default=4096,
+        help="inputs per network call, a memory bound (default: 4096)",
+    )  # fmt: skip
+    add_device_flag(e)
+    e.add_argument(
+        "--out", type=Path, default=None, help="folder to write JSON and PNG to (default: RUN)"
     )
-    add_spacing_flag(e)
-    e.add_argument("--max-batch", type=int, default=4096, help="inputs per network call")
-    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    e.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default: RUN)")
-    e.add_argument("--json", action="store_true", help="print the JSON report to stdout")
     e.add_argument(
-        "--samples",
+        "--json", action="store_true", help="print the JSON report to stdout (default: off)"
+    )
+    samples = e.add_argument(
+        "--num-samples",
         type=int,
         default=None,
         metavar="N",
-        help="also draw N samples and score their quality beside the likelihood",
+        help="also draw N samples and score their quality beside the likelihood (default: none)",
     )
+    deprecated(e, samples, "--samples")
     e.add_argument(
         "--samplers",
         nargs="+",
         default=None,
-        help="with --steps and --samples: samplers compared at each K (default: ancestral ddim)",
+        help="with --respacing and --num-samples: samplers compared at each K, of ancestral "
+        "and ddim (default: ancestral ddim)",
     )
     e.add_argument(
-        "--eta", type=float, default=None, help="with --samplers ddim: noise scale (default: 0)"
-    )
+        "--eta", type=float, default=None,
+        help="with --samplers ddim: noise scale in [0, 1] (default: 0)",
+    )  # fmt: skip
     from ddpm.cli.quality import add_classifier_flag
 
     add_classifier_flag(e)
@@ -148,67 +160,107 @@ def add_commands(sub, fmt) -> None:
         formatter_class=fmt,
     )
     t.add_argument("subject", help="gaussian | gmm8 | MIXTURE.json | RUN folder")
-    t.add_argument("--dim", type=int, default=2, help="gaussian: dimension (default: 2)")
-    t.add_argument("--mean", type=float, default=0.5, help="gaussian: mean (default: 0.5)")
-    t.add_argument("--std", type=float, default=0.5, help="gaussian: std (default: 0.5)")
     t.add_argument(
-        "--T",
+        "--dim", type=int, default=2, help="gaussian: dimensions of the data (default: 2)"
+    )
+    t.add_argument(
+        "--mean", type=float, default=0.5, help="gaussian: mean of every dimension (default: 0.5)"
+    )
+    t.add_argument(
+        "--std", type=float, default=0.5,
+        help="gaussian: standard deviation of every dimension (default: 0.5)",
+    )  # fmt: skip
+    steps = t.add_argument(
+        "--diffusion-steps",
         type=int,
         nargs="+",
         default=[1000],
-        help="diffusion steps; several values (or several --variance) run a T-sweep "
+        metavar="T",
+        help="T, the number of diffusion steps of the process; several values with --sweep "
         "(default: 1000)",
     )
-    t.add_argument("--schedule", default="linear", help="linear | cosine (default: linear)")
+    deprecated(t, steps, "--T")
+    t.add_argument(
+        "--sweep", action="store_true",
+        help="run a T-sweep: the bound at each --diffusion-steps value and each --variance "
+        "(default: off)",
+    )  # fmt: skip
+    t.add_argument(
+        "--schedule", default="linear", help="noise schedule: linear | cosine (default: linear)"
+    )
     t.add_argument(
         "--variance",
         nargs="+",
         default=["small"],
-        help="small | large | optimal (exact posterior variance), one or more (default: small)",
+        help="reverse-process variance: small | large | optimal (the exact posterior "
+        "variance); several with --sweep (default: small)",
     )
-    t.add_argument(
-        "--n",
-        type=int,
-        default=None,
-        help=f"examples evaluated (default: 1000; {SWEEP_N} per point of a T-sweep)",
-    )
-    t.add_argument(
-        "--steps",
-        default=None,
+    n = t.add_argument(
+        "-n", "--num-examples", type=int, default=None, metavar="N",
+        help=f"number of examples evaluated (default: 1000; {SWEEP_N} per point of a T-sweep)",
+    )  # fmt: skip
+    deprecated(t, n, "--n")
+    add_respacing_flags(
+        t, "gaussian: the K-step respaced process, with its closed form", "all T steps",
         metavar="K",
-        help="gaussian: the K-step respaced process, with its closed form; "
-        + STEPS_SPELLINGS
-        + " (default: all T)",
-    )
-    add_spacing_flag(t)
+    )  # fmt: skip
     t.add_argument(
         "--iw",
         type=int,
         nargs="*",
         default=None,
-        help="IW bounds for these K (default: 1 4 16; none in a T-sweep)",
+        metavar="K",
+        help="the importance-weighted bounds of K chains per example, for each K "
+        "(default: 1 4 16; none in a T-sweep)",
     )
-    t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    t.add_argument("--device", default=None, help="cpu or cuda (for a RUN folder)")
-    t.add_argument("--out", type=Path, default=None, help="report folder")
-    t.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+    t.add_argument(
+        "--seed", type=int, default=0, help="seed of the data and noise draws (default: 0)"
+    )
+    add_device_flag(t, "cpu, cuda ..., for a RUN folder")
+    t.add_argument(
+        "--out", type=Path, default=None,
+        help="report folder to write (default: reports/theory_<subject>, or RUN/theory)",
+    )  # fmt: skip
+    t.add_argument(
+        "--json", action="store_true", help="print the JSON report to stdout (default: off)"
+    )
     add_ode_flags(t)
     t.add_argument(
         "--vae", type=Path, default=None, metavar="VAE_RUN",
-        help="view 3 for a RUN folder: the DDPM beside this VAE run (`ddpm vae train`)",
+        help="view 3 for a RUN folder: the DDPM beside this VAE run (`ddpm vae train`) "
+        "(default: none)",
     )  # fmt: skip
     t.set_defaults(func=cmd_theory)
 
 
-def add_spacing_flag(p: argparse.ArgumentParser) -> None:
-    """--spacing: which K of the T steps a count --steps K keeps (``ddpm.process.respace``)."""
-    p.add_argument(
-        "--spacing",
-        default=None,
-        help="with --steps K (one count): linspace | leading | trailing, the K steps diffusers' "
-        "timestep_spacing of that name picks (default: improved-diffusion's even spacing, "
-        "equal to linspace except at exact half-integer ties)",
+def add_clip_flag(p: argparse.ArgumentParser, helptext: str) -> None:
+    """--clip-denoised/--no-clip-denoised: which p_theta (improved-diffusion's clip_denoised);
+    the old --clip/--no-clip stays as a deprecated alias."""
+    clip = p.add_argument(
+        "--clip-denoised", action=argparse.BooleanOptionalAction, default=None, help=helptext
     )
+    deprecated(p, clip, "--clip")
+
+
+def add_respacing_flags(p: argparse.ArgumentParser, what: str, default: str, **kwargs) -> None:
+    """--respacing K (improved-diffusion's timestep_respacing) and --timestep-spacing
+    (diffusers' timestep_spacing), see ``ddpm.process.respace``; the old --steps and --spacing
+    stay as deprecated aliases."""
+    kwargs.setdefault("metavar", "K")
+    respacing = p.add_argument(
+        "--respacing", default=None, help=f"{what}; {STEPS_SPELLINGS} (default: {default})",
+        **kwargs,
+    )  # fmt: skip
+    deprecated(p, respacing, "--steps")
+    spacing = p.add_argument(
+        "--timestep-spacing",
+        default=None,
+        metavar="SPACING",
+        help="with --respacing K (one count): linspace | leading | trailing, the K steps "
+        "diffusers' timestep_spacing of that name picks (default: improved-diffusion's even "
+        "spacing, equal to linspace except at exact half-integer ties)",
+    )
+    deprecated(p, spacing, "--spacing")
 
 
 def add_ode_flags(p: argparse.ArgumentParser) -> None:
@@ -217,22 +269,36 @@ def add_ode_flags(p: argparse.ArgumentParser) -> None:
         "--ode",
         action="store_true",
         help="also the exact likelihood of the probability-flow ODE that shares the network "
-        "(a different model from p_theta: reported beside -ELBO, never as its value)",
+        "(a different model from p_theta: reported beside -ELBO, never as its value) "
+        "(default: off)",
     )
-    p.add_argument("--ode-rtol", type=float, default=1e-5, help="ODE relative tolerance")
-    p.add_argument("--ode-atol", type=float, default=1e-5, help="ODE absolute tolerance")
-    p.add_argument("--ode-method", default="RK45", help="scipy solve_ivp method (default: RK45)")
+    p.add_argument(
+        "--ode-rtol", type=float, default=1e-5,
+        help="relative tolerance of the ODE solver (default: 1e-5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ode-atol", type=float, default=1e-5,
+        help="absolute tolerance of the ODE solver (default: 1e-5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ode-method", default="RK45",
+        help="scipy solve_ivp method: RK45 | RK23 | DOP853 | Radau | BDF | LSODA "
+        "(default: RK45)",
+    )  # fmt: skip
     p.add_argument(
         "--ode-divergence",
         default="auto",
-        help="auto | exact | hutchinson (auto: exact up to 16 dimensions)",
+        help="how the flow's divergence is computed: exact | hutchinson (K random probes) | "
+        "auto (exact up to 16 dimensions) (default: auto)",
     )
     p.add_argument(
-        "--ode-probes", type=int, default=1, metavar="K", help="Hutchinson probes per example"
-    )
+        "--ode-probes", type=int, default=1, metavar="K",
+        help="Hutchinson probes per example (default: 1)",
+    )  # fmt: skip
     p.add_argument(
-        "--ode-s-min", type=float, default=None, help="start of the flow in s (default: 1/T)"
-    )
+        "--ode-s-min", type=float, default=None,
+        help="start of the flow in diffusion time s (default: 1/T)",
+    )  # fmt: skip
 
 
 def ode_config(args: argparse.Namespace):
@@ -415,9 +481,10 @@ def theory_request(args: argparse.Namespace, sweep: bool = False):
 
     iw = tuple(args.iw) if args.iw is not None else (() if sweep else (1, 4, 16))
     return TheoryRequest(
-        T=tuple(args.T), schedule=args.schedule, variance=tuple(args.variance),
-        n=args.n, iw=iw, seed=args.seed, steps=args.steps,
-        spacing=args.spacing, ode=ode_config(args), dim=args.dim, mean=args.mean, std=args.std,
+        T=tuple(args.diffusion_steps), schedule=args.schedule, variance=tuple(args.variance),
+        n=args.num_examples, iw=iw, seed=args.seed, steps=args.respacing,
+        spacing=args.timestep_spacing, ode=ode_config(args), dim=args.dim, mean=args.mean,
+        std=args.std,
     )  # fmt: skip
 
 
@@ -448,22 +515,27 @@ def evaluation_request(args: argparse.Namespace):
     from ddpm.requests import SAMPLERS, EvaluationRequest, QualityRequest
 
     if (args.samplers is not None or args.eta is not None) and (
-        args.steps is None or args.samples is None
+        args.respacing is None or args.num_samples is None
     ):
-        raise ConfigError("--samplers and --eta apply with --steps K ... and --samples N; add them")
-    if args.classifier_dir is not None and args.samples is None:
-        raise ConfigError("--classifier-dir applies with --samples N; add it or drop the option")
-    if args.steps is not None and args.per_example is not None:
-        raise ConfigError("--per-example goes with one evaluation: drop it or --steps")
-    if args.steps is not None and args.ode:
-        raise ConfigError("--ode goes with one evaluation: drop it or --steps")
+        raise ConfigError(
+            "--samplers and --eta apply with --respacing K ... and --num-samples N; add them"
+        )
+    if args.classifier_dir is not None and args.num_samples is None:
+        raise ConfigError(
+            "--classifier-dir applies with --num-samples N; add it or drop the option"
+        )
+    if args.respacing is not None and args.per_example is not None:
+        raise ConfigError("--per-example goes with one evaluation: drop it or --respacing")
+    if args.respacing is not None and args.ode:
+        raise ConfigError("--ode goes with one evaluation: drop it or --respacing")
     estimator = args.estimator or ("exact" if args.mc is None else "mc")
     quality = None
-    if args.samples is not None:
-        quality = QualityRequest(args.samples, args.seed, args.classifier_dir)
+    if args.num_samples is not None:
+        quality = QualityRequest(args.num_samples, args.seed, args.classifier_dir)
     return EvaluationRequest(
-        data=args.data, split=args.split, n=args.n, estimator=estimator, mc_timesteps=args.mc,
-        iw=tuple(args.iw), clip=args.clip, steps=tuple(args.steps or ()), spacing=args.spacing,
+        data=args.data, split=args.split, n=args.num_examples, estimator=estimator,
+        mc_timesteps=args.mc, iw=tuple(args.iw), clip=args.clip_denoised,
+        steps=tuple(args.respacing or ()), spacing=args.timestep_spacing,
         samplers=tuple(args.samplers or SAMPLERS), eta=0.0 if args.eta is None else args.eta,
         ode=ode_config(args), quality=quality, seed=args.seed, max_batch=args.max_batch,
     )  # fmt: skip
@@ -533,17 +605,28 @@ def cmd_theory(args: argparse.Namespace) -> int:
         request = VaeEvaluationRequest(seed=args.seed)
         return report_view3(Path(subject), args.vae, out, request, device=args.device,
                             as_json=args.json)  # fmt: skip
-    if (len(args.T) > 1 or len(args.variance) > 1) and not Path(subject).is_dir():
-        if args.steps is not None or args.spacing is not None:
+    several = len(args.diffusion_steps) > 1 or len(args.variance) > 1
+    if Path(subject).is_dir() and (args.sweep or several):
+        raise ConfigError(
+            f"{subject}: a run's process is its own (its T and variance); a T-sweep "
+            "(--sweep) is for gaussian, gmm8 or a mixture .json"
+        )
+    if several and not args.sweep:
+        raise ConfigError(
+            "several --diffusion-steps or --variance values make a T-sweep: add --sweep, or "
+            "give one of each"
+        )
+    if args.sweep:
+        if args.respacing is not None or args.timestep_spacing is not None:
             raise ConfigError(
-                "--steps does not combine with a T-sweep (several --T or --variance): "
-                "the sweep's points are the T values"
+                "--respacing does not combine with a T-sweep (--sweep): the sweep's points are "
+                "the --diffusion-steps values"
             )
         return cmd_sweep(args)
-    if args.steps is not None and subject != "gaussian":
+    if args.respacing is not None and subject != "gaussian":
         raise ConfigError(
-            f"--steps applies to `ddpm theory gaussian` (got subject {subject!r}); "
-            "for a trained run use `ddpm evaluate DIR --steps K ...`"
+            f"--respacing applies to `ddpm theory gaussian` (got subject {subject!r}); "
+            "for a trained run use `ddpm evaluate DIR --respacing K ...`"
         )
     request = theory_request(args)
     if Path(subject).is_dir():  # the process is the run's own: one T and variance are its
@@ -553,7 +636,11 @@ def cmd_theory(args: argparse.Namespace) -> int:
         res = theory.theory_gaussian(request, progress=not args.json)
         from ddpm.process.respace import steps_label
 
-        k = "" if args.steps is None else f"_K{steps_label(args.steps, args.spacing)}"
+        k = (
+            ""
+            if args.respacing is None
+            else f"_K{steps_label(args.respacing, args.timestep_spacing)}"
+        )
         out = args.out or Path("reports") / f"theory_gaussian{args.dim}d{k}"
     elif Path(subject).is_dir():
         from ddpm.loader import load

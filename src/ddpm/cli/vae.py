@@ -7,43 +7,49 @@ import dataclasses
 import json
 from pathlib import Path
 
-EXAMPLES = """examples:
-  ddpm vae train --data gmm8 --out runs/vae_gmm8 --steps 3000
+EXAMPLES = {
+    "train": """examples:
+  ddpm vae train --data gmm8 --out runs/vae_gmm8 --max-steps 3000
   ddpm vae train --data digits --val-every 500 --patience 4 --lr-schedule cosine --threads 1
   ddpm vae train --data gmm8 --out runs/vae_gmm8 --params-like runs/gmm8 --cpu-minutes 0.5 \\
-      --steps 1000000                           # the DDPM's parameter count and CPU time
-  ddpm vae train --out runs/vae_digits --resume --steps 6000
-  ddpm vae evaluate runs/vae_digits --iw 1 10 100 1000
-  ddpm vae compare runs/gmm8 runs/vae_gmm8      # view 3: DDPM beside VAE (table, PNG, JSON)"""
+      --max-steps 1000000                       # the DDPM's parameter count and CPU time
+  ddpm vae train --data gmm8 --latent-dim 2 --net mlp --hidden 64 --out runs/vae_small
+  ddpm vae train --out runs/vae_digits --resume --max-steps 6000""",
+    "evaluate": """examples:
+  ddpm vae evaluate runs/vae_digits                       # -ELBO, bits/dim, IW bounds
+  ddpm vae evaluate runs/vae_digits --iw 1 10 100 1000 -n 500
+  ddpm vae evaluate runs/vae_gmm8 --z-draws 64 --json     # a tighter distortion term""",
+    "compare": """examples:
+  ddpm vae compare runs/gmm8 runs/vae_gmm8      # view 3: DDPM beside VAE (table, PNG, JSON)
+  ddpm vae compare runs/gmm8 runs/vae_gmm8 --vae-iw 1 100 --ddpm-iw 1 4 -n 500""",
+}
 
 
 def add_commands(sub, fmt) -> None:
-    from ddpm.cli.main import _add_config_flags
+    from ddpm.cli.flags import deprecated
+    from ddpm.cli.main import _add_config_flags, add_run_folder_flags
     from ddpm.config import DataConfig, TrainConfig
     from ddpm.vae.model import VaeConfig
 
     v = sub.add_parser(
         "vae",
         help="a VAE baseline with a learned encoder: train, evaluate, compare with a DDPM",
-        epilog=EXAMPLES,
+        epilog="\n".join(EXAMPLES.values()).replace("\nexamples:", ""),
         formatter_class=fmt,
     )
     vsub = v.add_subparsers(dest="vae_command", metavar="VAE_COMMAND", required=True)
 
-    t = vsub.add_parser("train", help="train a VAE and write a run folder", epilog=EXAMPLES,
-                        formatter_class=fmt)  # fmt: skip
-    t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/vae_<data>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    t.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t = vsub.add_parser("train", help="train a VAE and write a run folder",
+                        epilog=EXAMPLES["train"], formatter_class=fmt)  # fmt: skip
+    add_run_folder_flags(t, "runs/vae_<data name>")
     t.add_argument(
         "--cpu-minutes", type=float, default=None,
-        help="stop once training has used this much CPU time (default: no limit)",
+        help="stop once training has used this much CPU time, in minutes (default: no limit)",
     )  # fmt: skip
     t.add_argument(
         "--params-like", type=Path, default=None, metavar="RUN",
-        help="size the network (MLP hidden or conv channels) to RUN's parameter count",
+        help="size the network (MLP hidden or conv channels) to RUN's parameter count "
+        "(default: none, the --hidden and --channels given)",
     )  # fmt: skip
     # the options of `ddpm train`, all applied alike, but --val-timesteps (a DDPM's): refused
     _add_config_flags(t, {"vae": VaeConfig, "data": DataConfig, "train": TrainConfig},
@@ -52,41 +58,75 @@ def add_commands(sub, fmt) -> None:
     t.set_defaults(func=cmd_vae_train)
 
     e = vsub.add_parser("evaluate", help="-ELBO = rate + distortion, bits/dim, IW bounds",
-                        formatter_class=fmt)  # fmt: skip
+                        epilog=EXAMPLES["evaluate"], formatter_class=fmt)  # fmt: skip
     e.add_argument("run", type=Path, help="run folder written by `ddpm vae train`")
-    e.add_argument("--split", default="test", help="test | train (default: test)")
-    e.add_argument("--n", type=int, default=None, help="first N examples (default: all)")
-    e.add_argument("--iw", type=int, nargs="*", default=[1, 10, 100, 1000],
-                   help="IW bounds for these K (default: 1 10 100 1000)")  # fmt: skip
-    e.add_argument("--samples", type=int, default=16,
-                   help="draws of z per example for the distortion (default: 16)")  # fmt: skip
-    _common(e)
+    e.add_argument("--split", default="test", help="split scored: test | train (default: test)")
+    n = e.add_argument(
+        "-n", "--num-examples", type=int, default=None, metavar="N",
+        help="first N examples of the split evaluated (default: all)",
+    )  # fmt: skip
+    deprecated(e, n, "--n")
+    e.add_argument(
+        "--iw", type=int, nargs="*", default=[1, 10, 100, 1000], metavar="K",
+        help="the importance-weighted bounds of K draws of z per example, for each K "
+        "(default: 1 10 100 1000)",
+    )  # fmt: skip
+    draws = e.add_argument(
+        "--z-draws", type=int, default=16, metavar="N",
+        help="draws of z per example for the distortion term (default: 16)",
+    )  # fmt: skip
+    deprecated(e, draws, "--samples")
+    _common(e, "RUN")
     e.set_defaults(func=cmd_vae_evaluate)
 
     c = vsub.add_parser("compare", help="view 3: a DDPM run beside a VAE run (table, PNG, JSON)",
-                        formatter_class=fmt)  # fmt: skip
+                        epilog=EXAMPLES["compare"], formatter_class=fmt)  # fmt: skip
     c.add_argument(
         "ddpm_run", type=Path,
         help="the DDPM: a run folder of `ddpm train` or a diffusers DDPMPipeline folder",
     )  # fmt: skip
     c.add_argument("vae_run", type=Path, help="run folder written by `ddpm vae train`")
-    c.add_argument("--n", type=int, default=None, help="first N test examples (default: all)")
-    c.add_argument("--iw", type=int, nargs="*", default=[1, 10, 100, 1000],
-                   help="the VAE's IW bounds for these K (default: 1 10 100 1000)")  # fmt: skip
-    c.add_argument("--ddpm-iw", type=int, nargs="*", default=[],
-                   help="the DDPM's IW bounds for these K (each chain costs T calls)")  # fmt: skip
-    c.add_argument("--ddpm-cpu-seconds", type=float, default=None,
-                   help="the DDPM's training CPU time, when its log does not hold it")  # fmt: skip
-    _common(c)
+    n = c.add_argument(
+        "-n", "--num-examples", type=int, default=None, metavar="N",
+        help="first N test examples evaluated (default: all)",
+    )  # fmt: skip
+    deprecated(c, n, "--n")
+    iw = c.add_argument(
+        "--vae-iw", type=int, nargs="*", default=[1, 10, 100, 1000], metavar="K",
+        help="the VAE's importance-weighted bounds of K draws of z, for each K "
+        "(default: 1 10 100 1000)",
+    )  # fmt: skip
+    deprecated(c, iw, "--iw")
+    c.add_argument(
+        "--ddpm-iw", type=int, nargs="*", default=[], metavar="K",
+        help="the DDPM's importance-weighted bounds of K chains, for each K; each chain costs "
+        "T network calls (default: none)",
+    )  # fmt: skip
+    c.add_argument(
+        "--ddpm-cpu-seconds", type=float, default=None,
+        help="the DDPM's training CPU time in seconds, when its log does not hold it "
+        "(default: the log's)",
+    )  # fmt: skip
+    _common(c, "VAE_RUN/view3")
     c.set_defaults(func=cmd_vae_compare)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, out_default: str) -> None:
+    from ddpm.cli.main import add_device_flag
+
     p.add_argument("--seed", type=int, default=0, help="seed of the z and x_t draws (default: 0)")
-    p.add_argument("--max-batch", type=int, default=4096, help="inputs per network call")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG")
-    p.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+    p.add_argument(
+        "--max-batch", type=int, default=4096,
+        help="inputs per network call, a memory bound (default: 4096)",
+    )  # fmt: skip
+    add_device_flag(p)
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help=f"folder to write JSON and PNG to (default: {out_default})",
+    )  # fmt: skip
+    p.add_argument(
+        "--json", action="store_true", help="print the JSON report to stdout (default: off)"
+    )
 
 
 def config_from_args(args: argparse.Namespace, base=None):
@@ -133,7 +173,7 @@ def cmd_vae_train(args: argparse.Namespace) -> int:
     print(f"samples:    {res.samples_path}\nloss log:   {res.log_path}")
     if res.steps == res.start_step:
         print(f"nothing to do: the run is already at step {res.steps} "
-              f"({res.cpu_seconds:.1f} CPU s; --steps, --cpu-minutes, --patience)")  # fmt: skip
+              f"({res.cpu_seconds:.1f} CPU s; --max-steps, --cpu-minutes, --patience)")  # fmt: skip
     else:
         print(f"final -ELBO {res.final_loss:.4f} after {res.steps} steps "
               f"({res.cpu_seconds:.1f} CPU s, {res.seconds:.0f} s)")  # fmt: skip
@@ -148,7 +188,8 @@ def cmd_vae_evaluate(args: argparse.Namespace) -> int:
     from ddpm.training.dist import pick_device
 
     request = VaeEvaluationRequest(
-        split=args.split, n=args.n, iw=tuple(args.iw), z_samples=args.samples, seed=args.seed,
+        split=args.split, n=args.num_examples, iw=tuple(args.iw), z_samples=args.z_draws,
+        seed=args.seed,
         max_batch=args.max_batch,
     )  # fmt: skip
     ev, path = evaluate_vae_run(args.run, request, pick_device(args.device), args.out)
@@ -165,7 +206,7 @@ def cmd_vae_compare(args: argparse.Namespace) -> int:
     from ddpm.requests import VaeEvaluationRequest
 
     request = VaeEvaluationRequest(
-        n=args.n, iw=tuple(args.iw), seed=args.seed, max_batch=args.max_batch,
+        n=args.num_examples, iw=tuple(args.vae_iw), seed=args.seed, max_batch=args.max_batch,
         ddpm_iw=tuple(args.ddpm_iw), ddpm_cpu_seconds=args.ddpm_cpu_seconds,
     )  # fmt: skip
     out = args.out or Path(args.vae_run) / "view3"

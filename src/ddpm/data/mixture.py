@@ -175,7 +175,7 @@ class GaussianMixture:
     # -- serialisation -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """{"weights": [K], "means": [K][D], "covariances": [K][D][D]} as plain lists."""
+        """``{"weights": [K], "means": [K][D], "covariances": [K][D][D]}`` as plain lists."""
         return {
             "weights": self.weights.tolist(),
             "means": self.means.tolist(),

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -204,7 +205,7 @@ class DiffusersUNet(nn.Module):
         return self.unet(x.to(dtype), t).sample.to(x.dtype)
 
 
-def import_diffusers():
+def import_diffusers() -> ModuleType:
     """The diffusers package, or a ConfigError saying how to install it."""
     try:
         import diffusers

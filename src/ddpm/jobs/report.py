@@ -180,7 +180,7 @@ def _steps_section(folder: Path, figures: Path) -> str | Path:
             se = [float(p.get("bits_per_dim_se") or 0.0) for p in points]
             return save_steps_curve(ks, bpd, se, figures / "bits_vs_steps.png")
     return paragraph(
-        f"Not computed yet: run `ddpm evaluate {folder} --steps 10 100 1000` and make the "
+        f"Not computed yet: run `ddpm evaluate {folder} --respacing 10 100 1000` and make the "
         "report again."
     )
 

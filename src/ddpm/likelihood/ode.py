@@ -29,7 +29,7 @@ Choices:
   for runs of this package; a time map is read by linear interpolation). Whatever the network
   predicts (eps, x0 or v; a learned variance is ignored), its output becomes eps_hat at
   alpha_bar(s) by the identities of ``ddpm.process.forward``. x0_hat is never clipped: clipping is a
-  choice of p_theta's mean (``ddpm evaluate --clip``), not part of the flow.
+  choice of p_theta's mean (``ddpm evaluate --clip-denoised``), not part of the flow.
 - Divergence: exact (one backward pass per dimension and evaluation; the default up to
   EXACT_MAX_DIMS dimensions) or Hutchinson's estimator [Hut89] as in FFJORD [GCBSD19]:
   div v = E_z[z^T (dv/dx) z] for Rademacher z, with K probes per example held fixed over the

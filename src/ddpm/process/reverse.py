@@ -64,7 +64,7 @@ def split_output(param: Parameterisation, out: Tensor, xt: Tensor) -> tuple[Tens
     return out[:, :c], out[:, c:]
 
 
-def p_log_var(diffusion: Diffusion, t: Tensor, xt: Tensor, var_out: Tensor | None = None):
+def p_log_var(diffusion: Diffusion, t: Tensor, xt: Tensor, var_out: Tensor | None = None) -> Tensor:
     """log sigma_t^2 for each example, broadcast to xt's shape (see module docstring)."""
     s, param = diffusion.schedule, diffusion.param
     if param.variance == "optimal":

@@ -40,7 +40,9 @@ def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
     return int(seq.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
 
 
-def step_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu"):
+def step_generator(
+    seed: int, rank: int, step: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """A torch.Generator on device whose state depends only on (seed, rank, step)."""
     return torch.Generator(device=device).manual_seed(step_seed(seed, rank, step))
 
@@ -113,7 +115,9 @@ class KeyedNoise:
         index = torch.arange(start, stop) if self.index is None else self.index[start:stop]
         return KeyedNoise(self.seed, index)
 
-    def bits(self, stream: int, example: Tensor, t: Tensor | int, chain: Tensor | int, width: int):
+    def bits(
+        self, stream: int, example: Tensor, t: Tensor | int, chain: Tensor | int, width: int
+    ) -> list[Tensor]:
         """Two independent 32-bit hashes [R, width] (int64) of the key of each element."""
         dev = example.device
         i = example if self.index is None else self.index.to(dev)[example]

@@ -54,7 +54,7 @@ def config_file_problem(file_cfg: object, ckpt_cfg: object, key: str = "config")
     return None
 
 
-def saved_config(run_dir: str | Path):
+def saved_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec, int]:
     """(RunConfig, DataSpec, step) of a run, the config read from its checkpoint; config.json
     must agree with it key by key (CheckpointError naming the file and the key otherwise).
     A run that a killed ``--overwrite`` left in its backup is restored first."""
@@ -154,12 +154,12 @@ def config_difference(saved, requested) -> str | None:
 
     saved, requested: RunConfig, or VaeRunConfig (``ddpm vae train``: the same rules). Only the
     length of training (RESUMABLE_TOP too) and how often it logs, samples and saves may change
-    on resume; the horizon of a cosine learning-rate schedule is --steps, so it stays.
+    on resume; the horizon of a cosine learning-rate schedule is --max-steps, so it stays.
     """
     if type(saved) is not type(requested):
         return f"kind of run: {type(saved).__name__} vs {type(requested).__name__}"
     resumable = RESUMABLE
-    if saved.train.lr_schedule != "constant":  # the schedule's horizon is --steps
+    if saved.train.lr_schedule != "constant":  # the schedule's horizon is --max-steps
         resumable = tuple(f for f in RESUMABLE if f != "steps")
     keep = {f: getattr(saved.train, f) for f in resumable}
     top = {f: getattr(saved, f) for f in RESUMABLE_TOP if hasattr(saved, f)}

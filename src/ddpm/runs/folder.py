@@ -517,7 +517,7 @@ def writing_outputs(
     paths: Iterable[str | Path],
     command: str,
     beside: Iterable[str | Path] = (),
-):
+) -> Iterator[None]:
     """Hold the lock of run_dir and record paths and beside (the outputs command writes next to
     one the user named) in its manifest when any of them goes into it; outputs written
     elsewhere take no lock. Refuses first what would replace a file that is not command's

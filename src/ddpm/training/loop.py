@@ -298,7 +298,7 @@ class TrainerBase:
 
     def save(self, run_dir: Path, config: bool = False) -> None:
         """Write the checkpoint; config: then config.json too (a resumed run's new settings,
-        such as --steps, hold once a checkpoint holds them)."""
+        such as --max-steps, hold once a checkpoint holds them)."""
         rundir.record(run_dir, [run_dir / runs.CHECKPOINT], self.command)
         meta: dict = {"cpu_seconds": self.cpu_seconds}
         if self.cfg.train.val_every:
@@ -421,7 +421,7 @@ def train(
 
 def run_training(trainer: TrainerBase, out: Path, resume: bool, progress: bool) -> TrainResult:
     """Train into the run folder out (checked by ``check_run_dir``, locked by the caller) until
-    --steps, trainer.cpu_budget or --patience stops it, logging, validating, checkpointing and
+    --max-steps, trainer.cpu_budget or --patience stops it, logging, validating, checkpointing and
     sampling as configured; resume: continue the run there. The one loop of every model."""
     cfg, info, command = trainer.cfg.train, trainer.info, trainer.command
     if resume:
@@ -491,7 +491,7 @@ def run_training(trainer: TrainerBase, out: Path, resume: bool, progress: bool) 
                 bar.set_postfix(loss=f"{loss:.4f}")
                 _log(logf, {"step": k, **stats}, t0, cpu)
             # On the validation steps alone (and where the CPU budget ends a run): a run that
-            # stops at a --steps between them and is resumed validates at the same steps as one
+            # stops at a --max-steps between them and is resumed validates at the same steps as one
             # trained in one go, so both keep the same best weights and patience count.
             budget_stop = last and k != cfg.steps
             if cfg.val_every and (k % cfg.val_every == 0 or budget_stop):

@@ -45,7 +45,9 @@ class UniformSampler:
     def __init__(self, T: int) -> None:
         self.T = T
 
-    def sample(self, n: int, generator: torch.Generator | None, device) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, generator: torch.Generator | None, device: torch.device | str
+    ) -> tuple[Tensor, Tensor]:
         """(t int64 [n] in 1..T, p(t) float64 [n])."""
         t = torch.randint(1, self.T + 1, (n,), generator=generator, device=device)
         return t, torch.full((n,), 1.0 / self.T, dtype=torch.float64, device=device)
@@ -79,7 +81,9 @@ class ImportanceSampler(UniformSampler):
         w = w / w.sum()
         return w * (1 - self.uniform_mix) + self.uniform_mix / self.T
 
-    def sample(self, n: int, generator: torch.Generator | None, device) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, generator: torch.Generator | None, device: torch.device | str
+    ) -> tuple[Tensor, Tensor]:
         p = self.probs().to(device)
         idx = torch.multinomial(p, n, replacement=True, generator=generator)
         return idx + 1, p[idx]

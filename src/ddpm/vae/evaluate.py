@@ -41,8 +41,8 @@ def evaluate_vae(
     name: str = "vae",
 ) -> Evaluation:
     """-ELBO = rate + distortion per example (rate in closed form, distortion the mean over
-    ``samples`` draws of z), bits/dim, -L_K for each K in ``iw`` and, with the data density
-    (model space), the entropy and KL chain. x0: [N, *spec.shape] in model space."""
+    ``request.z_samples`` draws of z), bits/dim, -L_K for each K in ``request.iw`` and, with the
+    data density (model space), the entropy and KL chain. x0: [N, *spec.shape] in model space."""
     request = request or VaeEvaluationRequest(iw=())
     iw, samples, max_batch = request.iw, request.z_samples, request.max_batch
     if x0.shape[0] < 2:
