@@ -27,7 +27,10 @@ RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 # Optional or heavy packages a library function may import when it runs, not at import time.
 # heavy or optional packages a function may import when first used; importlib.metadata (30 ms)
 # and tomllib are read only by ddpm.__version__
-DEFERRED = {"diffusers", "matplotlib", "scipy", "sklearn", "msvcrt", "PIL", "importlib", "tomllib"}
+DEFERRED = {
+    "diffusers", "denoising_diffusion_pytorch", "matplotlib", "scipy", "sklearn", "msvcrt", "PIL",
+    "importlib", "tomllib",
+}  # fmt: skip
 
 
 def _modules() -> list[tuple[str, ast.Module]]:

@@ -17,7 +17,7 @@ from ddpm.errors import ConfigError, require_choice
 from ddpm.process.respace import SPACINGS, Spacing, parse_steps
 from ddpm.process.schedule import SCHEDULES
 
-Split = Literal["test", "train"]
+Split = Literal["test", "train", "all"]  # all: every example in order (Dataset.all_examples)
 Estimator = Literal["exact", "mc", "both"]
 Sampler = Literal["ancestral", "ddim"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)

@@ -29,6 +29,9 @@ EXAMPLES = {
   ddpm evaluate runs/digits --respacing 10 50 --timestep-spacing leading   # diffusers'
   ddpm evaluate runs/digits --no-clip-denoised   # score p_theta without clipping x0
   ddpm evaluate pipeline/ --data digits          # a diffusers DDPMPipeline folder
+  ddpm evaluate ema.pt --from improved-diffusion --flags "$FLAGS" --data cifar-10-binary.tar.gz
+                                 # an improved-diffusion checkpoint; FLAGS: its MODEL_FLAGS and
+                                 # DIFFUSION_FLAGS, e.g. "--image_size 32 --learn_sigma True ..."
   ddpm evaluate runs/gmm8 --num-samples 1000     # plus sample quality beside the likelihood
   ddpm evaluate runs/gmm8 --respacing 10 100 1000 --num-samples 1000   # quality, bits/dim vs K
   torchrun --nproc-per-node 4 -m ddpm evaluate runs/digits -n 1000  # over 4 processes
@@ -51,7 +54,7 @@ EXAMPLES = {
 
 
 def add_commands(sub, fmt) -> None:
-    from ddpm.cli.main import add_device_flag
+    from ddpm.cli.main import MODEL_HELP, SPLIT_HELP, add_device_flag, add_source_flags
 
     e = sub.add_parser(
         "evaluate",
@@ -59,17 +62,19 @@ def add_commands(sub, fmt) -> None:
         epilog=EXAMPLES["evaluate"],
         formatter_class=fmt,
     )
-    e.add_argument(
-        "run", type=Path, help="run folder of `ddpm train`, or a diffusers DDPMPipeline folder"
-    )
+    e.add_argument("run", type=Path, help=MODEL_HELP)
+    add_source_flags(e)
     e.add_argument(
         "--data",
         default=None,
         metavar="NAME|PATH",
         help="data to score on, a built-in name or a path (default: the run's own; required "
-        "for a diffusers folder)",
+        "for a diffusers folder and a --from checkpoint file)",
     )
-    e.add_argument("--split", default="test", help="split scored: test | train (default: test)")
+    e.add_argument(
+        "--split", default="test",
+        help=SPLIT_HELP,
+    )  # fmt: skip
     n = e.add_argument(
         "-n", "--num-examples", type=int, default=None, metavar="N",
         help="first N examples of the split evaluated (default: all; under torchrun write -n "
@@ -542,11 +547,12 @@ def evaluation_request(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ddpm.cli.main import model_of
     from ddpm.jobs.evaluate import evaluate_run
 
     request = evaluation_request(args)
     res = evaluate_run(
-        args.run, request, args.out, args.per_example, args.device, progress=not args.json
+        model_of(args), request, args.out, args.per_example, args.device, progress=not args.json
     )
     if request.steps:
         if args.json:

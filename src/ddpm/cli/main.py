@@ -34,6 +34,7 @@ FLAG_OF = {
     "clip": "--clip-denoised",
     "size": "--image-size",
     "quality": "--metrics",
+    "source": "--from",
 }
 # where a parameter's flag depends on the command (the training length is `steps` in the
 # config, the respaced process `steps` in the requests)
@@ -108,7 +109,8 @@ _HELP = {
     "applies self-attention",
     ("model", "dropout"): "dropout probability inside the U-Net's residual blocks, in [0, 1)",
     ("data", "name"): "built-in name (digits, gmm8, moons, swissroll, checkerboard, mnist) or "
-    "a path: image folder, .npy/.npz array, Gaussian-mixture .json",
+    "a path: image folder, .npy/.npz array, Gaussian-mixture .json, CIFAR-10's binary batches "
+    "(cifar-10-binary.tar.gz or its folder), downsampled ImageNet's .npz batches",
     ("data", "root"): "folder holding the MNIST IDX files (for --data mnist)",
     ("data", "image_size"): "resize the centre square of each image to this many pixels per side",
     ("data", "grayscale"): "convert images to one channel",
@@ -173,11 +175,13 @@ EXAMPLES = {
   ddpm sample runs/digits --respacing 50 --timestep-spacing trailing   # diffusers' spacing
   ddpm sample runs/digits --no-clip-denoised              # p_theta without clipping x0
   ddpm sample pipeline/ --num-samples 16 --out s.png      # a diffusers DDPMPipeline folder
+  ddpm sample model-10.pt --from denoising-diffusion-pytorch --flags "$JSON"  # its Trainer's
   ddpm sample runs/gmm8 -n 1000 --metrics                 # plus exact quality scores""",
     "report": """examples:
   ddpm report runs/digits             # writes runs/digits/report.html
   ddpm report runs/digits --num-examples 500             # evaluate 500 test examples
-  ddpm evaluate runs/digits && ddpm report runs/digits   # reuse the full evaluation""",
+  ddpm evaluate runs/digits && ddpm report runs/digits   # reuse the full evaluation
+  ddpm report ema.pt --from improved-diffusion --flags "$FLAGS" --data cifar-10-binary.tar.gz""",
     "forward": """examples:
   ddpm forward photo.png --out forward.png
   ddpm forward digit.png --diffusion-steps 1000 --schedule cosine --frames 8
@@ -288,14 +292,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES["sample"],
         formatter_class=fmt,
     )
-    s.add_argument(
-        "run", type=Path, help="run folder of `ddpm train`, or a diffusers DDPMPipeline folder"
-    )
+    s.add_argument("run", type=Path, help=MODEL_HELP)
     n = s.add_argument(
         "-n", "--num-samples", type=int, default=64, metavar="N",
         help="number of samples drawn (default: 64)",
     )  # fmt: skip
     deprecated(s, n, "--n")
+    add_source_flags(s)
     s.add_argument(
         "--out",
         type=Path,
@@ -376,15 +379,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES["report"],
         formatter_class=fmt,
     )
-    r.add_argument(
-        "run", type=Path, help="run folder of `ddpm train`, or a diffusers DDPMPipeline folder"
-    )
+    r.add_argument("run", type=Path, help=MODEL_HELP)
     r.add_argument(
         "--data",
         default=None,
         metavar="NAME|PATH",
         help="data to score on, a built-in name or a path (default: the run's own; required "
-        "for a diffusers folder)",
+        "for a diffusers folder and a --from checkpoint file)",
     )
     n = r.add_argument(
         "-n", "--num-examples", type=int, default=100, metavar="N",
@@ -393,6 +394,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     deprecated(r, n, "--n")
     r.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default: 0)")
+    add_source_flags(r)
     add_device_flag(r)
     r.set_defaults(func=cmd_report)
 
@@ -429,6 +431,53 @@ def add_run_folder_flags(p: argparse.ArgumentParser, default_out: str) -> None:
     )  # fmt: skip
     add_device_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+
+
+SPLIT_HELP = (
+    "split scored: test | train | all, every example in the source's own order with none held "
+    "out (image files sorted by path, array rows, published train then test batches) "
+    "(default: test)"
+)
+MODEL_HELP = (
+    "run folder of `ddpm train`, a diffusers DDPMPipeline folder, or with --from another "
+    "library's checkpoint file"
+)
+# the libraries whose checkpoint files `--from` names (ddpm.loader.SOURCES; kept here so that
+# `ddpm --help` answers without importing torch; a test checks the two agree)
+FOREIGN_FILES = ("improved-diffusion", "denoising-diffusion-pytorch")
+
+
+def add_source_flags(p: argparse.ArgumentParser) -> None:
+    """--from LIBRARY --flags TEXT: a checkpoint file of another library and its settings."""
+    p.add_argument(
+        "--from", dest="source", default=None, choices=FOREIGN_FILES, metavar="LIBRARY",
+        help="the library that wrote the checkpoint FILE given as the model: "
+        f"{' | '.join(FOREIGN_FILES)} (default: none; run and diffusers folders are recognised "
+        "by their files). Results go to FILE's stem + _ddpm/ beside it unless --out says",
+    )  # fmt: skip
+    p.add_argument(
+        "--flags", default=None, metavar="TEXT",
+        help="with --from: the settings the model was trained with, in that library's own "
+        "spelling: improved-diffusion's MODEL_FLAGS and DIFFUSION_FLAGS as one quoted string "
+        "('--image_size 32 --learn_sigma True ...'); denoising-diffusion-pytorch's JSON "
+        "'{\"unet\": {Unet keywords}, \"diffusion\": {GaussianDiffusion keywords}}' "
+        "(default: none)",
+    )  # fmt: skip
+
+
+def model_of(args: argparse.Namespace):
+    """The model a command works on: the folder in ``args.run`` (loaded by the job, under its
+    lock), or the checkpoint file ``--from`` names, loaded here with its ``--flags``."""
+    from ddpm.errors import ConfigError
+
+    if args.source is None:
+        if args.flags is not None:
+            raise ConfigError("--flags applies with --from LIBRARY; add --from or drop --flags")
+        return args.run
+    from ddpm.loader import load
+    from ddpm.training.dist import pick_device
+
+    return load(args.run, device=pick_device(args.device), source=args.source, flags=args.flags)
 
 
 def add_device_flag(p: argparse.ArgumentParser, devices: str = "cpu, cuda, cuda:1 ...") -> None:
@@ -540,7 +589,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trajectory=args.trajectory, frames=args.frames,
         quality=quality,
     )  # fmt: skip
-    result = sample_run(args.run, request, args.out, args.device, progress=True)
+    result = sample_run(model_of(args), request, args.out, args.device, progress=True)
     print(f"samples: {result.samples_path}  (p_theta: {clip_words(result.clip)})")
     print(f"array:   {result.array_path}")
     if result.trajectory_path is not None:
@@ -558,7 +607,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ddpm.requests import EvaluationRequest
 
     request = EvaluationRequest(data=args.data, n=args.num_examples, seed=args.seed)
-    rep = write_run_report(args.run, request, device=args.device, progress=True)
+    rep = write_run_report(model_of(args), request, device=args.device, progress=True)
     how = "reused eval_test.json" if rep.evaluation_reused else f"evaluated n = {rep.evaluation.n}"
     print(f"report: {rep.path} ({how}, {rep.seconds:.0f} s)")
     return 0

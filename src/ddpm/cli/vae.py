@@ -27,7 +27,7 @@ EXAMPLES = {
 
 def add_commands(sub, fmt) -> None:
     from ddpm.cli.flags import deprecated
-    from ddpm.cli.main import _add_config_flags, add_run_folder_flags
+    from ddpm.cli.main import SPLIT_HELP, _add_config_flags, add_run_folder_flags
     from ddpm.config import DataConfig, TrainConfig
     from ddpm.vae.model import VaeConfig
 
@@ -60,7 +60,10 @@ def add_commands(sub, fmt) -> None:
     e = vsub.add_parser("evaluate", help="-ELBO = rate + distortion, bits/dim, IW bounds",
                         epilog=EXAMPLES["evaluate"], formatter_class=fmt)  # fmt: skip
     e.add_argument("run", type=Path, help="run folder written by `ddpm vae train`")
-    e.add_argument("--split", default="test", help="split scored: test | train (default: test)")
+    e.add_argument(
+        "--split", default="test",
+        help=SPLIT_HELP,
+    )  # fmt: skip
     n = e.add_argument(
         "-n", "--num-examples", type=int, default=None, metavar="N",
         help="first N examples of the split evaluated (default: all)",

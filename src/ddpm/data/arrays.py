@@ -5,7 +5,9 @@ An .npz without 'train' holds one array, under the key 'x' or as its only key. I
 standardised with the global scalar shift = mean and scale = std of the training array. Ranks:
 [N, D] vectors; [N, H, W] grey images; [N, C, H, W] or channels-last [N, H, W, C] with C in
 {1, 3}. Without a 'test' array the last max(1, round(test_fraction N)) of a seed-0 permutation
-are held out.
+are held out, and the split 'all' is every row in the file's order; with one, 'all' is 'train'
+then 'test'. A .npz with the arrays 'data' and 'labels' is downsampled ImageNet
+(``ddpm.data.imagenet``), not read here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from ddpm.data.spec import (
     DataSpec,
     Examples,
     num_test,
-    split_by_fraction,
     split_indices,
 )
 from ddpm.errors import DataError
@@ -51,24 +52,36 @@ def load_array_file(path: str | Path, test_fraction: float) -> Dataset:
             f"{path}: 1 example cannot be split into train and test; add more or a 'test' array"
         )
     shape = tuple(int(n) for n in train.shape[1:])
+    rows = (
+        None if test is not None else split_indices(len(train), num_test(len(train), test_fraction))
+    )
     if train.dtype.kind in "iu":
         spec = DataSpec.from_levels(path.stem, shape, ARRAY_LEVELS)
-        if test is None:  # split by row indices, so a memory-mapped file is never copied
-            rows = split_indices(len(train), num_test(len(train), test_fraction))
-            train, test = (Examples(_compact(train), ARRAY_LEVELS, r) for r in rows)
-        return Dataset(spec=spec, train=_compact(train), test=_compact(test), density=None)
-    if test is None:
-        train, test = split_by_fraction(np.asarray(train), test_fraction)
+        if test is not None:
+            return Dataset(spec=spec, train=_compact(train), test=_compact(test), density=None)
+        # split by row indices, so a memory-mapped file is never copied
+        values = _compact(train)
+        train, test = (Examples(values, ARRAY_LEVELS, r) for r in rows)
+        whole = Examples(values, ARRAY_LEVELS)  # every row in the file's order
+        return Dataset(spec=spec, train=train, test=test, density=None, source_order=whole)
     raw = np.asarray(train).astype(np.float64)
-    scale = float(raw.std())
+    spec = _standardised(path, shape, raw if rows is None else raw[rows[0]])
+    model = spec.to_model(torch.from_numpy(raw)).to(torch.float32)  # [N, *shape] in memory
+    if test is not None:
+        test_x = spec.to_model(torch.from_numpy(np.asarray(test, dtype=np.float64)))
+        return Dataset(spec=spec, train=model, test=test_x.to(torch.float32), density=None)
+    train, test = (Examples(model, None, r) for r in rows)
+    return Dataset(spec=spec, train=train, test=test, density=None, source_order=Examples(model))
+
+
+def _standardised(path: Path, shape: tuple[int, ...], train: np.ndarray) -> DataSpec:
+    """Continuous data with shift = mean and scale = std of the training values (float64)."""
+    scale = float(train.std())
     if not scale > 0:
-        raise DataError(f"{path}: every value is {raw.flat[0]}; constant data cannot be scaled")
-    spec = DataSpec(name=path.stem, shape=shape, levels=None, shift=float(raw.mean()), scale=scale)
-    train_x, test_x = (
-        spec.to_model(torch.from_numpy(np.asarray(a, dtype=np.float64))).to(torch.float32)
-        for a in (train, test)
+        raise DataError(f"{path}: every value is {train.flat[0]}; constant data cannot be scaled")
+    return DataSpec(
+        name=path.stem, shape=shape, levels=None, shift=float(train.mean()), scale=scale
     )
-    return Dataset(spec=spec, train=train_x, test=test_x, density=None)
 
 
 def _compact(values: np.ndarray | Examples) -> np.ndarray | Examples:

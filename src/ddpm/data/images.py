@@ -1,10 +1,15 @@
 """A folder of PNG/JPEG images as 8-bit discrete data (256 levels), shape (1, H, W) or (3, H, W).
 
-Images are found recursively and sorted by path. Grey images ('1', 'L', 'LA') load as one
-channel, colour ones ('RGB', 'RGBA', 'P', 'CMYK', ...) as three; 16-bit and float images are
-refused. With image_size the centre square of each image is resized to image_size x image_size
-(bicubic, which Pillow antialiases when shrinking); with grayscale every image becomes one
-channel. Split: the last max(1, round(test_fraction N)) of a seed-0 permutation are test.
+Images are found recursively (hidden files skipped) and sorted by path, component by component
+(Python's Path order: each name compared by Unicode code points, so on POSIX 'B.png' comes
+before 'a.png' and 'c10.png' before 'c2.png'; a subfolder's files come where the subfolder's
+name sorts among its siblings, so 'a/z.png' comes before 'a-b.png' and 'a.png'). Grey images
+('1', 'L', 'LA') load as one channel, colour ones ('RGB', 'RGBA', 'P', 'CMYK', ...) as three;
+16-bit and float images are refused. With image_size the centre square of each image is
+resized to image_size x image_size (bicubic, which Pillow antialiases when shrinking); with
+grayscale every image becomes one channel. Split: the last max(1, round(test_fraction N)) of
+a seed-0 permutation are test; the split 'all' is every image in the sorted order above,
+nothing held out, so values per example line up with the sorted file names.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm.data.spec import Dataset, DataSpec, split_by_fraction
+from ddpm.data.spec import Dataset, DataSpec, Examples, num_test, split_indices
 from ddpm.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -25,7 +30,8 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompressio
 
 
 def find_images(folder: Path) -> list[Path]:
-    """PNG/JPEG files under folder (recursively, hidden files skipped), sorted by path."""
+    """PNG/JPEG files under folder (recursively, hidden files skipped), sorted by path component
+    by component (the module docstring gives the order)."""
     return sorted(
         p
         for p in folder.rglob("*")
@@ -84,14 +90,16 @@ def load_image_folder(
         )
     images = [read_image(p, image_size, grayscale) for p in paths]
     _check_same_layout(paths, images)
-    values = np.stack(images)  # [N, C, H, W] uint8
-    train, test = split_by_fraction(values, test_fraction)
+    values = np.stack(images)  # [N, C, H, W] uint8, mapped to [-1, 1] a batch at a time
+    # the splits are rows of the one array: nothing is copied
+    train, test = split_indices(len(values), num_test(len(values), test_fraction))
     spec = DataSpec.from_levels(folder.resolve().name, tuple(values.shape[1:]), IMAGE_LEVELS)
     return Dataset(
         spec=spec,
-        train=train,  # uint8, mapped to [-1, 1] a batch at a time
-        test=test,
+        train=Examples(values, IMAGE_LEVELS, train),
+        test=Examples(values, IMAGE_LEVELS, test),
         density=None,
+        source_order=Examples(values, IMAGE_LEVELS),  # sorted by path
     )
 
 

@@ -10,8 +10,10 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ddpm.data.mixture import GaussianMixture
+from ddpm.data.rows import LazyRows, StackedRows, is_memory_mapped
 from ddpm.errors import DataError
 
 _SPEC_KEYS = ("name", "shape", "levels", "shift", "scale")
@@ -148,21 +151,26 @@ class Examples:
     """Examples [N, *shape] as stored; indexing gives float32 model space [n, *shape].
 
     Continuous data are stored in model space (float32). Discrete data are stored as their raw
-    integers 0..levels-1 (uint8 in memory, or a memory-mapped .npy file of any integer type)
-    and mapped to model space a batch at a time, a quarter of the memory of float32, or none
-    for a file: training gathers its batches by index. ``rows`` picks (and orders) the rows of
-    values that belong here, so a split of a memory-mapped file is never copied.
+    integers 0..levels-1 (uint8 in memory, a memory-mapped file of any integer type, or rows
+    gathered from several files: ``ddpm.data.rows``) and mapped to model space a batch at a
+    time, a quarter of the memory of float32, or none for a file: training gathers its batches
+    by index. ``rows`` picks (and orders) the rows of values that belong here, so a split of a
+    memory-mapped file is never copied.
     """
 
     def __init__(
-        self, values: np.ndarray | Tensor, levels: int | None = None, rows: np.ndarray | None = None
+        self,
+        values: np.ndarray | Tensor | StackedRows | LazyRows,
+        levels: int | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
-        if isinstance(values, np.ndarray):
-            integer = values.dtype.kind in "iu"
-            if not integer:  # continuous values are kept as a float32 tensor
-                values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-        else:
+        if isinstance(values, Tensor):
             integer = not values.is_floating_point()
+        else:
+            integer = values.dtype.kind in "iu"
+            if not integer and isinstance(values, np.ndarray):
+                # continuous values are kept as a float32 tensor
+                values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
         if integer != (levels is not None):
             raise DataError(
                 "examples: integer values need the number of levels, float values none "
@@ -176,9 +184,8 @@ class Examples:
         self._table = None
         if integer:
             table = discrete_to_model(np.arange(levels), levels)
-            self._table = (
-                table.numpy() if isinstance(values, np.ndarray) else table.to(values.device)
-            )
+            on_host = not isinstance(values, Tensor)
+            self._table = table.numpy() if on_host else table.to(values.device)
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else int(self.values.shape[0])
@@ -189,22 +196,26 @@ class Examples:
 
     @property
     def memory_mapped(self) -> bool:
-        return isinstance(self.values, np.memmap)
+        """True when the values are read from memory-mapped files as rows are asked for."""
+        return is_memory_mapped(self.values)
 
     def __getitem__(self, index: slice | Tensor | np.ndarray) -> Tensor:
         """Rows at index (a slice, or int64 indices [n]) in model space: float32 [n, *shape]."""
-        if self.rows is not None:
-            index = self.rows[_numpy_index(index)]
-        if isinstance(self.values, np.ndarray):
-            # contiguous: rows of a transposed (channels-last) file keep its layout otherwise
-            rows = np.ascontiguousarray(self.values[_numpy_index(index)])
-        else:
-            rows = self.values[torch.as_tensor(index) if not isinstance(index, slice) else index]
+        rows = self.stored(index)
         if self._table is None:
             return rows
         if isinstance(rows, np.ndarray):
             return torch.from_numpy(self._table[rows])
         return self._table[rows.long()]
+
+    def stored(self, index: slice | Tensor | np.ndarray) -> np.ndarray | Tensor:
+        """Rows at index as stored (raw levels, or model space for continuous data)."""
+        if self.rows is not None:
+            index = self.rows[_numpy_index(index)]
+        if isinstance(self.values, Tensor):
+            return self.values[torch.as_tensor(index) if not isinstance(index, slice) else index]
+        # contiguous: rows of a transposed (channels-last) file keep its layout otherwise
+        return np.ascontiguousarray(self.values[_numpy_index(index)])
 
     def take(self, rows: np.ndarray) -> Examples:
         """The examples at positions rows [n] of these, as a view: nothing is copied."""
@@ -216,20 +227,39 @@ class Examples:
         if self.memory_mapped:
             return self
         values = self.values
-        if isinstance(values, np.ndarray):
-            if self.rows is not None:
-                values = values[self.rows]
+        if not isinstance(values, Tensor):
+            values = values[self.rows] if self.rows is not None else values[:]
             values = torch.from_numpy(np.array(values, copy=not values.flags.writeable))
         elif self.rows is not None:
             values = values[torch.from_numpy(self.rows)]
         return Examples(values.to(device), self.levels)
 
 
+def concatenate(parts: Sequence[Examples]) -> Examples:
+    """Examples one after the other as one Examples. Stored arrays and files are gathered from
+    (``StackedRows``), never copied; tensors, which are in memory already, are concatenated."""
+    levels = parts[0].levels
+    assert all(p.levels == levels for p in parts), [p.levels for p in parts]
+    if len(parts) == 1:
+        return parts[0]
+    if any(isinstance(p.values, Tensor) for p in parts):
+        return Examples(torch.cat([torch.as_tensor(p.stored(slice(None))) for p in parts]), levels)
+    return Examples(StackedRows([p.values for p in parts], [p.rows for p in parts]), levels)
+
+
 def _numpy_index(index: slice | Tensor | np.ndarray) -> slice | np.ndarray:
     return index.cpu().numpy() if isinstance(index, Tensor) else index
 
 
-Split = Tensor | np.ndarray | Examples
+@dataclass(frozen=True)
+class Missing:
+    """A split the data source does not hold (a lone test batch has no training split);
+    reading it raises DataError(reason), which says what to give instead."""
+
+    reason: str
+
+
+Split = Tensor | np.ndarray | Examples | Missing
 
 
 class Dataset:
@@ -237,8 +267,16 @@ class Dataset:
 
     train / test are float32 model space [N, *shape]: the whole split, converted on each access.
     Code that needs a batch or a prefix of a large split indexes ``train_examples`` /
-    ``test_examples`` instead, which convert only the rows asked for. A split is given as
-    float32 model space, as raw integers 0..levels-1 (an array or tensor), or as Examples.
+    ``test_examples`` / ``all_examples`` instead, which convert only the rows asked for. A split
+    is given as float32 model space, as raw integers 0..levels-1 (an array or tensor), as
+    Examples, or as Missing when the source lacks it (reading it is then an error).
+
+    ``all_examples`` is every example, nothing held out: in the source's own order where the
+    loader gives it (``source_order``: an image folder's files sorted by path, an array file's
+    rows), else the training examples followed by the test examples. For CIFAR-10 and
+    downsampled ImageNet that is the order of their files (training batches, then the test
+    batch); for built-in and generated data (digits, MNIST, toys, mixtures) it is train then
+    test, not an order of any source file. A source that lacks a split gives its other split.
     """
 
     def __init__(
@@ -249,19 +287,48 @@ class Dataset:
         density: GaussianMixture | None,
         train_labels: Tensor | None = None,  # int64 [N] class labels when the data has them
         test_labels: Tensor | None = None,  # int64 [M]
+        source_order: Split | None = None,  # every example in the source's order (unlabelled)
     ) -> None:
         self.spec, self.density = spec, density  # density: exact, in model space (mixtures)
-        self.train_examples = _as_examples(train, spec)
-        self.test_examples = _as_examples(test, spec)
+        self._splits = {
+            name: split if isinstance(split, Missing) else _as_examples(split, spec)
+            for name, split in (("train", train), ("test", test))
+        }
         self.train_labels, self.test_labels = train_labels, test_labels
-        for split in (self.train_examples, self.test_examples):
-            assert tuple(split.shape[1:]) == spec.shape, (split.shape, spec.shape)
-        for split, labels in (
-            (self.train_examples, train_labels),
-            (self.test_examples, test_labels),
-        ):
-            assert labels is None or (labels.dtype == torch.int64 and labels.shape == (len(split),))
-        assert (train_labels is None) == (test_labels is None)
+        self._source_order = None if source_order is None else _as_examples(source_order, spec)
+        held = [name for name, split in self._splits.items() if isinstance(split, Examples)]
+        assert held, "a data set holds at least one of its splits"
+        for split in [*(self._splits[n] for n in held), self._source_order]:
+            assert split is None or tuple(split.shape[1:]) == spec.shape, (split.shape, spec.shape)
+        labels = {"train": train_labels, "test": test_labels}
+        for name, y in labels.items():
+            n = len(self._splits[name]) if name in held else None
+            assert y is None or (y.dtype == torch.int64 and y.shape == (n,)), (name, n)
+        assert len({labels[name] is None for name in held}) == 1, "labels for every split held"
+        assert source_order is None or labels[held[0]] is None, "source_order: unlabelled data"
+
+    def _split(self, name: str) -> Examples:
+        split = self._splits[name]
+        if isinstance(split, Missing):
+            raise DataError(split.reason)
+        return split
+
+    @property
+    def train_examples(self) -> Examples:
+        """The training examples (DataError when the source holds none)."""
+        return self._split("train")
+
+    @property
+    def test_examples(self) -> Examples:
+        """The test examples (DataError when the source holds none)."""
+        return self._split("test")
+
+    @functools.cached_property
+    def all_examples(self) -> Examples:
+        """Every example: the source's order when known, else train then test (class doc)."""
+        if self._source_order is not None:
+            return self._source_order
+        return concatenate([s for s in self._splits.values() if isinstance(s, Examples)])
 
     @property
     def train(self) -> Tensor:
@@ -274,9 +341,16 @@ class Dataset:
         return self.test_examples[:]
 
     @property
+    def all_labels(self) -> Tensor | None:
+        """int64 [N] labels of ``all_examples`` (train then test), or None when unlabelled."""
+        held = [y for y in (self.train_labels, self.test_labels) if y is not None]
+        return torch.cat(held) if held and self._source_order is None else None
+
+    @property
     def labelled(self) -> bool:
-        """True when both splits carry class labels (digits; MNIST with its label files)."""
-        return self.train_labels is not None
+        """True when the splits held carry class labels (digits; MNIST with its label files;
+        CIFAR-10; downsampled ImageNet)."""
+        return self.train_labels is not None or self.test_labels is not None
 
 
 def _as_examples(split: Split, spec: DataSpec) -> Examples:

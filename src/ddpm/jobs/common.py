@@ -20,8 +20,21 @@ ModelLike = Model | str | Path  # a model, or the folder ``ddpm.load`` reads it 
 
 
 def home(model: ModelLike) -> Path | None:
-    """The folder a model came from: where its results go unless told otherwise."""
-    return model.source.path if isinstance(model, Model) else Path(model)
+    """The folder a model came from: where its results go unless told otherwise. A model read
+    from a checkpoint file (another library's ``CKPT.pt``) writes into ``CKPT_ddpm/`` beside it."""
+    path = model.source.path if isinstance(model, Model) else Path(model)
+    if path is not None and path.is_file():
+        return path.with_name(path.stem + "_ddpm")
+    return path
+
+
+def made_home(model: ModelLike) -> Path | None:
+    """``home(model)``, created when it is the folder beside a checkpoint file (a run folder
+    must exist already: a missing one is reported by whoever reads it)."""
+    folder = home(model)
+    if isinstance(model, Model) and model.source.path is not None and model.source.path.is_file():
+        folder.mkdir(exist_ok=True)
+    return folder
 
 
 def out_folder(model: ModelLike, out_dir: str | Path | None) -> Path:
@@ -55,7 +68,7 @@ def writing(
 ) -> Iterator[None]:
     """Hold the lock of the model's folder while paths are written into it and record them in
     its manifest (``ddpm.runs.folder.writing_outputs``); a model without a folder takes none."""
-    folder = home(model)
+    folder = made_home(model)
     if folder is None:
         yield
         return

@@ -17,6 +17,7 @@ import torch
 from ddpm.data import load_dataset
 from ddpm.errors import ConfigError
 from ddpm.foreign.diffusers import UNET_WEIGHTS
+from ddpm.jobs.common import ModelLike, made_home
 from ddpm.jobs.evaluate import evaluate_run
 from ddpm.jobs.sample import sample_run
 from ddpm.likelihood.evaluate import Evaluation
@@ -53,16 +54,17 @@ REPORT_EXAMPLES = 100  # test examples evaluated when the folder holds no fresh 
 
 
 def write_run_report(
-    path: str | Path,
+    path: ModelLike,
     request: EvaluationRequest | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> RunReport:
-    """Write FOLDER/report.html for the model in ``path`` (a run or diffusers folder) and return
-    where it is. request: the evaluation to show when the folder holds no fresh eval_test.json
-    (default: n = 100 test examples of the model's own data; the exact T-step -ELBO costs n * T
-    network calls; a diffusers folder needs ``data``). The folder's lock is held from the start,
-    so a folder in use is reported before anything is computed.
+    """Write FOLDER/report.html for the model in ``path`` (a run or diffusers folder, or a model
+    loaded from another library's checkpoint file, whose folder is ``CKPT_ddpm/`` beside it) and
+    return where it is. request: the evaluation to show when the folder holds no fresh
+    eval_test.json (default: n = 100 test examples of the model's own data; the exact T-step
+    -ELBO costs n * T network calls; a foreign model needs ``data``). The folder's lock is held
+    from the start, so a folder in use is reported before anything is computed.
     """
     request = request or EvaluationRequest(n=REPORT_EXAMPLES)
     if request.estimator != "exact" or request.steps:
@@ -70,23 +72,28 @@ def write_run_report(
             "the report shows the exact T-step -ELBO: give estimator 'exact', no steps"
         )
     start = time.perf_counter()
-    folder = Path(path)
+    folder = made_home(path)
+    if folder is None:
+        raise ConfigError("the model was built in Python and has no folder to hold its report")
     with rundir.locked(folder, "report"):
-        model = load(folder, device=pick_device(device))  # one clear line when no model is here
+        # a folder is loaded under its lock: one clear line when no model is here
+        model = path if isinstance(path, Model) else load(folder, device=pick_device(device))
         rundir.record(folder, [folder / REPORT], "report")
-        page, ev, reused = _write_page(model, request, progress)
+        page, ev, reused = _write_page(model, folder, request, progress)
     return RunReport(page, ev, reused, time.perf_counter() - start)
 
 
-def _fresh_evaluation(model: Model, request: EvaluationRequest) -> Evaluation | None:
+def _fresh_evaluation(model: Model, folder: Path, request: EvaluationRequest) -> Evaluation | None:
     """The folder's eval_test.json, when it scored the same data with the exact loop and is
     newer than the weights."""
-    folder = model.source.path
-    path, weights = (
-        folder / "eval_test.json",
-        folder / (runs.CHECKPOINT if model.source.kind == "ddpm" else UNET_WEIGHTS),
-    )
-    if not path.exists() or not weights.exists() or path.stat().st_mtime < weights.stat().st_mtime:
+    source = model.source.path
+    weights = {"ddpm": folder / runs.CHECKPOINT, "diffusers": folder / UNET_WEIGHTS}.get(
+        model.source.kind, source
+    )  # another library's checkpoint file is its own weights
+    path = folder / "eval_test.json"
+    if weights is None or not weights.is_file():
+        return None
+    if not path.exists() or path.stat().st_mtime < weights.stat().st_mtime:
         return None
     try:
         doc = json.loads(path.read_text())
@@ -97,14 +104,14 @@ def _fresh_evaluation(model: Model, request: EvaluationRequest) -> Evaluation | 
     return ev if ev.per_timestep and asked == request.data else None
 
 
-def _write_page(model: Model, request: EvaluationRequest, progress: bool):
+def _write_page(model: Model, folder: Path, request: EvaluationRequest, progress: bool):
     """Compute what the folder lacks and write FOLDER/report.html -> (path, evaluation,
     whether the evaluation was reused)."""
-    folder, spec, seed = model.source.path, model.spec, request.seed
+    spec, seed = model.spec, request.seed
     trained = model.source.kind == "ddpm"
     with tempfile.TemporaryDirectory(prefix="ddpm-report-") as tmp:
         figures = Path(tmp)
-        ev = _fresh_evaluation(model, request)
+        ev = _fresh_evaluation(model, folder, request)
         reused = ev is not None
         if ev is None:
             ev = evaluate_run(model, request, out_dir=figures, progress=progress).evaluation

@@ -83,7 +83,7 @@ def evaluate_vae_run(
     with rundir.writing_outputs(run_dir, [path], "vae evaluate"):  # as `ddpm evaluate` writes
         run = load_vae_run(run_dir, device=device)
         data = load_dataset(run.config.data)
-        x0 = getattr(data, request.split)[: request.n].to(device)
+        x0 = getattr(data, f"{request.split}_examples")[: request.n].to(device)
         density = data.density.to(device) if data.density is not None else None
         g = seeded_generator(request.seed, device)
         ev = evaluate_vae(run.model, x0, data.spec, request, density, g, run.run_dir.name)

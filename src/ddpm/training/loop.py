@@ -393,7 +393,10 @@ class Trainer(TrainerBase):
         bar = progress_bar(self.diffusion.T, "sample", "t", enabled=progress)
         with bar:
             out = sample(model, n, g, on_step=lambda _: bar.update(1))
-        return save_samples(out.x0, path, self.data.spec, reference=self.data.test)
+        # the test points are drawn beside 2-d samples only: images need none (a source may
+        # hold no test split, and converting a large one costs memory)
+        reference = None if self.data.spec.is_image else self.data.test
+        return save_samples(out.x0, path, self.data.spec, reference=reference)
 
 
 def train(

@@ -147,7 +147,10 @@ class VaeTrainer(TrainerBase):
     def write_samples(self, path: Path, n: int, progress: bool = False) -> Path:
         g = seeded_generator(self.cfg.train.seed, self.device)
         x = vae_sample(self.selected, n, g, mean_only=self.data.spec.is_image)
-        return save_samples(x, path, self.data.spec, reference=self.data.test)
+        # the test points are drawn beside 2-d samples only: images need none (a source may
+        # hold no test split, and converting a large one costs memory)
+        reference = None if self.data.spec.is_image else self.data.test
+        return save_samples(x, path, self.data.spec, reference=reference)
 
 
 def train_vae(

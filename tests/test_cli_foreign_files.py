@@ -1,0 +1,129 @@
+"""Checkpoint files of other libraries through the command line: `--from LIBRARY --flags TEXT`
+on evaluate, sample and report, with results in CKPT_ddpm/ beside the file.
+
+The model is improved-diffusion's UNet with every weight drawn from a seeded generator, scored on
+a fake CIFAR-10 test batch in the published binary layout; each command's numbers are those of
+the library called on the same model.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from reference_improved_unet import seeded_state
+
+import ddpm
+from ddpm.cli.main import FOREIGN_FILES, main
+from ddpm.foreign.improved_diffusion import parse_flags, unet_config
+from ddpm.loader import SOURCES, source_names
+from ddpm.nets.improved_unet import ImprovedUNet
+from ddpm.requests import EvaluationRequest
+
+# a CIFAR-shaped model small enough for the tests: 32x32x3, channel_mult (1, 2, 2, 2)
+FLAGS = (
+    "--image_size 32 --num_channels 32 --num_res_blocks 1 --learn_sigma True "
+    "--diffusion_steps 12 --noise_schedule cosine --attention_resolutions 8"
+)
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """(checkpoint file, CIFAR-10 test batch) in a fresh folder."""
+    root = tmp_path_factory.mktemp("foreign")
+    with torch.device("meta"):
+        shapes = {
+            k: tuple(v.shape)
+            for k, v in ImprovedUNet(unet_config(parse_flags(FLAGS))).state_dict().items()
+        }
+    state = {k: v.float() for k, v in seeded_state(shapes, 0).items()}
+    ckpt = root / "ema_0.9999_000100.pt"
+    torch.save(state, ckpt)
+    rng = np.random.default_rng(0)
+    records = rng.integers(0, 256, (5, 3073), dtype=np.uint8)
+    records[:, 0] = rng.integers(0, 10, 5)  # label bytes
+    batch = root / "test_batch.bin"
+    batch.write_bytes(records.tobytes())
+    return ckpt, batch
+
+
+def test_the_command_line_names_every_library_the_loader_reads_only_when_named():
+    named_only = tuple(name for name, recognises, _ in SOURCES if recognises is None)
+    assert FOREIGN_FILES == named_only
+    assert set(named_only) <= set(source_names())
+
+
+def test_evaluate_a_checkpoint_file_equals_the_library(files, capsys):
+    ckpt, batch = files
+    args = ["evaluate", ckpt, "--from", "improved-diffusion", "--flags", FLAGS]
+    assert run_cli(*args, "--data", batch, "-n", 3, "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    out = ckpt.with_name(ckpt.stem + "_ddpm")
+    assert (out / "eval_test.json").exists() and (out / "eval_test_per_timestep.png").exists()
+    assert doc["model"]["source"] == "improved-diffusion" and doc["n"] == 3 and doc["T"] == 12
+    model = ddpm.load(ckpt, source="improved-diffusion", flags=FLAGS)
+    request = EvaluationRequest(data=str(batch), n=3)
+    ev = ddpm.evaluate_run(model, request, out_dir=out / "library").evaluation
+    assert doc["bits_per_dim"] == pytest.approx(ev.bits_per_dim, rel=1e-12)
+    assert doc["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
+    # the same examples in the file's order: the split 'all' of a lone test batch is that batch
+    assert run_cli(*args, "--data", batch, "--split", "all", "-n", 3, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["neg_elbo"] == pytest.approx(ev.neg_elbo, rel=1e-12)
+
+
+def test_respaced_bounds_and_the_ode_on_a_checkpoint_file(files, capsys, tmp_path):
+    ckpt, batch = files
+    args = ["evaluate", ckpt, "--from", "improved-diffusion", "--flags", FLAGS, "--data", batch]
+    assert run_cli(*args, "-n", 2, "--respacing", "4", "12", "--out", tmp_path) == 0
+    steps = json.loads((tmp_path / "eval_test_steps.json").read_text())["steps"]
+    assert [r["K"] for r in steps] == [4, 12]
+    capsys.readouterr()
+    assert run_cli(*args, "-n", 2, "--ode", "--ode-rtol", "1e-3", "--ode-atol", "1e-3",
+                   "--out", tmp_path, "--json") == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert np.isfinite(doc["ode"]["bits_per_dim"])
+
+
+def test_sample_and_report_a_checkpoint_file(files, capsys):
+    ckpt, batch = files
+    args = ["--from", "improved-diffusion", "--flags", FLAGS]
+    assert run_cli("sample", ckpt, *args, "-n", 2, "--respacing", 4) == 0
+    out = ckpt.with_name(ckpt.stem + "_ddpm")
+    x = np.load(out / "samples_seed0_K4.npy")
+    assert x.shape == (2, 3, 32, 32)
+    assert run_cli("report", ckpt, *args, "--data", batch, "-n", 2) == 0
+    page = (out / "report.html").read_text()
+    assert "improved-diffusion" in page
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--from", "improved-diffusion"], "flags"),  # its settings are not in the file
+        (
+            ["--from", "improved-diffusion", "--flags", "--image_size 32 --no_such_flag 1"],
+            "no_such_flag",
+        ),  # fmt: skip
+        (["--flags", FLAGS], "--from"),  # flags without a library
+        (
+            [
+                "--from",
+                "improved-diffusion",
+                "--flags",
+                FLAGS.replace("32 --num_channels 32", "32 --num_channels 64"),
+            ],
+            "num_channels",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_foreign_input_is_one_line(files, capsys, args, words):
+    ckpt, batch = files
+    assert run_cli("evaluate", ckpt, *args, "--data", batch, "-n", 2) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
