@@ -9,6 +9,10 @@ the library called on the same model.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +131,28 @@ def test_bad_foreign_input_is_one_line(files, capsys, args, words):
     assert run_cli("evaluate", ckpt, *args, "--data", batch, "-n", 2) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+
+
+def test_two_processes_give_the_single_process_result_on_a_checkpoint_file(files, tmp_path):
+    """torchrun with 2 Gloo processes shards the examples of a foreign checkpoint as of a run;
+    the gathered per-example -ELBO equals one process's with another batch size. The network
+    runs in float32, whose result may depend on how a batch is tiled, so the bound is float32's
+    relative precision (2^-23) times a generous 64 roundings, of the per-example values."""
+    ckpt, batch = files
+    src = str(Path(ddpm.__file__).parents[1])
+    args = ["--from", "improved-diffusion", "--flags", FLAGS, "--data", str(batch), "-n", "4"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+        "-m", "ddpm", "evaluate", str(ckpt), *args, "--device", "cpu", "--max-batch", "3",
+        "--out", str(tmp_path / "two"), "--per-example", str(tmp_path / "two.npy"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "eval_test.json").read_text())
+    assert two["processes"] == 2 and two["n"] == 4
+    one = tmp_path / "one.npy"
+    assert run_cli("evaluate", ckpt, *args, "--out", tmp_path / "one", "--per-example", one) == 0
+    per_one, per_two = np.load(one), np.load(tmp_path / "two.npy")
+    assert per_one.shape == (4,)
+    np.testing.assert_allclose(per_two, per_one, rtol=64 * 2.0**-23, atol=0)

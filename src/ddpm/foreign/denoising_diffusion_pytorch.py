@@ -45,8 +45,6 @@ References:
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,7 +55,7 @@ from torch import Tensor, nn
 from ddpm.data import DataSpec
 from ddpm.errors import CheckpointError, ConfigError, DataError, require_choice
 from ddpm.foreign.network import EPS32, NAMED_RTOL, Process, named_schedule_of
-from ddpm.memory import check_fits
+from ddpm.foreign.torch_file import first_names, read_torch_file
 from ddpm.model import UNIT_RANGE, Model, Source
 from ddpm.process.schedule import NoiseSchedule
 from ddpm.storage import check_finite
@@ -291,30 +289,7 @@ def _construct(cls: Any, args: tuple, kwargs: dict[str, Any], call: str) -> nn.M
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The dict in ``path``, read with ``weights_only=True``: tensors and plain values only."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file; give the model-N.pt the Trainer saved")
-    size = path.stat().st_size
-    check_fits(
-        2 * size,  # the file's tensors, then the network they are copied into
-        f"{path}: loading {size / 2**20:.0f} MiB of weights",
-        "free memory or load it on a larger machine",
-    )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found is None:  # no pickle of tensors at all
-            why = str(e).partition("WeightsUnpickler error:")[2].strip() or type(e).__name__
-            raise CheckpointError(
-                f"{path}: not a torch checkpoint ({why.splitlines()[0][:200]})"
-            ) from None
-        raise CheckpointError(
-            f"{path}: holds a {found.group(1)} object, and nothing but tensors and plain values "
-            "is read (weights_only); save the state dicts alone, as Trainer.save does"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a torch checkpoint ({first[:200]})") from None
+    ckpt = read_torch_file(path, "the model-N.pt that Trainer.save writes (state dicts alone)")
     if not isinstance(ckpt, dict):
         raise CheckpointError(
             f"{path}: expected the dict Trainer.save writes ('step', 'model', 'ema', ...), "
@@ -359,11 +334,6 @@ def pick_weights(
     return state, words, step
 
 
-def _first(keys: list[str]) -> str:
-    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-    return ", ".join(repr(k) for k in keys[:3]) + more
-
-
 def load_weights(gd: nn.Module, state: dict[str, Tensor], where: str) -> None:
     """Read state into gd: every tensor of gd must come from the file, with its shape, and the
     file's betas must be those gd was built with; else one CheckpointError naming them."""
@@ -371,8 +341,8 @@ def load_weights(gd: nn.Module, state: dict[str, Tensor], where: str) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = sorted(k for k in state if k not in expected)
     shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    problems = [f"missing {_first(missing)}"] if missing else []
-    problems += [f"unexpected {_first(unexpected)}"] if unexpected else []
+    problems = [f"missing {first_names(missing)}"] if missing else []
+    problems += [f"unexpected {first_names(unexpected)}"] if unexpected else []
     if shapes:
         k, more = shapes[0], f" (and {len(shapes) - 1} more)" if len(shapes) > 1 else ""
         problems.append(

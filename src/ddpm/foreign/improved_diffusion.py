@@ -43,8 +43,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import pickle
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +53,7 @@ from torch import Tensor
 from ddpm.data import DataSpec
 from ddpm.errors import CheckpointError, ConfigError, require_choice
 from ddpm.foreign.network import time_map_of
+from ddpm.foreign.torch_file import first_names, read_torch_file
 from ddpm.memory import FLOAT32, check_fits
 from ddpm.model import UNIT_RANGE, Model, Source
 from ddpm.nets.improved_unet import ImprovedUNet, ImprovedUNetConfig
@@ -243,27 +242,8 @@ def process(flags: ImprovedDiffusionFlags) -> tuple[Diffusion, ContinuousSchedul
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """The tensors of an improved-diffusion checkpoint file, read without unpickling anything
     but tensors (a dict holding them under 'model' or 'state_dict' is accepted too)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file; give the .pt file the training script saved")
-    check_fits(
-        2 * path.stat().st_size,  # the file's tensors, then the network they are copied into
-        f"{path}: loading {path.stat().st_size / 2**20:.0f} MiB of weights",
-        "free memory or load it on a larger machine",
-    )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found is None:  # torch.save's archive unreadable, or no archive at all
-            raise CheckpointError(
-                f"{path}: not a torch checkpoint ({type(e).__name__}); give the .pt file "
-                "improved-diffusion's training script saved"
-            ) from None
-        raise CheckpointError(
-            f"{path}: holds a pickled {found.group(1)}, and only tensors are read (nothing "
-            "else is unpickled); give a file that holds the U-Net's state_dict() alone"
-        ) from None
-    return _tensors_of(state, str(path))
+    give = "a file that holds the U-Net's state_dict() alone, as its training script saves"
+    return _tensors_of(read_torch_file(path, give), str(path))
 
 
 def _tensors_of(state: object, where: str) -> dict[str, Tensor]:
@@ -281,11 +261,6 @@ def _tensors_of(state: object, where: str) -> dict[str, Tensor]:
             f"{where}: entry {bad[0]!r} is not a named tensor; give the U-Net's state_dict()"
         )
     return state
-
-
-def _first(keys: list[str]) -> str:
-    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-    return ", ".join(repr(k) for k in keys[:3]) + more
 
 
 def _likely_flags(
@@ -337,8 +312,8 @@ def check_tensors(
     missing = [k for k in expected if k not in state]
     unexpected = sorted(k for k in state if k not in expected)
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    problems = [f"missing {_first(missing)}"] if missing else []
-    problems += [f"unexpected {_first(unexpected)}"] if unexpected else []
+    problems = [f"missing {first_names(missing)}"] if missing else []
+    problems += [f"unexpected {first_names(unexpected)}"] if unexpected else []
     if shapes:
         k = shapes[0]
         more = f" (and {len(shapes) - 1} more shapes differ)" if len(shapes) > 1 else ""
