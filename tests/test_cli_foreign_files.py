@@ -50,10 +50,13 @@ def files(tmp_path_factory):
     ckpt = root / "ema_0.9999_000100.pt"
     torch.save(state, ckpt)
     rng = np.random.default_rng(0)
-    records = rng.integers(0, 256, (5, 3073), dtype=np.uint8)
-    records[:, 0] = rng.integers(0, 10, 5)  # label bytes
-    batch = root / "test_batch.bin"
-    batch.write_bytes(records.tobytes())
+    folder = root / "cifar-10-batches-bin"  # CIFAR-10's binary layout: 5 training batches, 1 test
+    folder.mkdir()
+    for name, n in [(f"data_batch_{i}.bin", 4) for i in range(1, 6)] + [("test_batch.bin", 24)]:
+        records = rng.integers(0, 256, (n, 3073), dtype=np.uint8)
+        records[:, 0] = rng.integers(0, 10, n)  # label bytes
+        (folder / name).write_bytes(records.tobytes())
+    batch = folder / "test_batch.bin"  # alone, the test split
     return ckpt, batch
 
 
@@ -101,6 +104,13 @@ def test_sample_and_report_a_checkpoint_file(files, capsys):
     out = ckpt.with_name(ckpt.stem + "_ddpm")
     x = np.load(out / "samples_seed0_K4.npy")
     assert x.shape == (2, 3, 32, 32)
+    # sample quality against the data given (a foreign model records none)
+    assert run_cli("sample", ckpt, *args, "-n", 20, "--respacing", 2, "--metrics") == 2
+    assert "give --data" in capsys.readouterr().err
+    metrics = ["--metrics", "--data", batch.parent, "--classifier-dir", out / "classifiers"]
+    assert run_cli("sample", ckpt, *args, "-n", 20, "--respacing", 2, *metrics) == 0
+    scores = json.loads((out / "samples_seed0_K2_quality.json").read_text())
+    assert scores["data"] == "cifar10" and scores["rows"][0]["n"] == 20
     assert run_cli("report", ckpt, *args, "--data", batch, "-n", 2) == 0
     page = (out / "report.html").read_text()
     assert "improved-diffusion" in page

@@ -218,3 +218,13 @@ def test_theory_request_defaults_are_the_theory_commands():
         parse("theory", "gmm8", "--sweep", "--diffusion-steps", "2", "3"), sweep=True
     )
     assert sweep == TheoryRequest(T=(2, 3), iw=())
+
+
+def test_quality_request_keeps_paths_as_text_for_json():
+    from pathlib import Path
+
+    from ddpm.requests import QualityRequest
+
+    q = QualityRequest(samples=20, classifier_dir=Path("c"), data=Path("cifar"))
+    assert (q.classifier_dir, q.data) == ("c", "cifar")
+    assert QualityRequest.from_dict(json.loads(json.dumps(q.to_dict()))) == q

@@ -138,8 +138,9 @@ class Model:
         if data is None:
             if self.source.data is None:
                 raise ConfigError(
-                    f"{self.source.path or self.name} is a {self.source.kind} model, which does "
-                    "not record its training examples: give data (a name or path) to score it on",
+                    f"{self.source.path or self.name}: a model from {self.source.kind}, which "
+                    "does not record its training examples: give data (a name or path) to "
+                    "score it on",
                     params=("data",),
                 )
             return self.source.data

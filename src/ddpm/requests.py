@@ -9,6 +9,7 @@ of the request: they do not change the numbers.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -50,16 +51,22 @@ def _spacing(spacing: Spacing | None, has_steps: bool) -> None:
 
 @dataclass(frozen=True)
 class QualityRequest(_Serialisable):
-    """Scoring samples (``ddpm.quality``): how many to draw and where the feature classifier of
-    labelled data is kept (None: beside the user's cache)."""
+    """Scoring samples (``ddpm.quality``): how many to draw, where the feature classifier of
+    labelled data is kept (None: beside the user's cache) and the data the samples are compared
+    with (None: the data the model was trained on; a foreign model records none)."""
 
     samples: int = 1000
     seed: int = 0
     classifier_dir: str | None = None
+    data: str | None = None
 
     def __post_init__(self) -> None:
         _at_least("samples", self.samples, 2, optional=False)
         _at_least("seed", self.seed, 0, optional=False)
+        for name in ("classifier_dir", "data"):  # paths are kept as text, as JSON holds them
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
 
 
 @dataclass(frozen=True)

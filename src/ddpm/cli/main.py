@@ -335,6 +335,11 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics", action="store_true",
         help="also score the samples' quality (ddpm.quality) (default: off)",
     )  # fmt: skip
+    s.add_argument(
+        "--data", default=None, metavar="NAME|PATH",
+        help="with --metrics: the data the samples are compared with, a built-in name or a path "
+        "(default: the run's own; required for a diffusers folder and a --from checkpoint file)",
+    )  # fmt: skip
     from ddpm.cli.quality import add_classifier_flag
 
     add_classifier_flag(s)
@@ -580,8 +585,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.classifier_dir is not None and not args.metrics:
         raise ConfigError("--classifier-dir applies with --metrics; add it or drop the option")
+    if args.data is not None and not args.metrics:
+        raise ConfigError("--data applies with --metrics; add it or drop the option")
     quality = (
-        QualityRequest(args.num_samples, args.seed, args.classifier_dir) if args.metrics else None
+        QualityRequest(args.num_samples, args.seed, args.classifier_dir, args.data)
+        if args.metrics
+        else None
     )
     request = SamplingRequest(
         n=args.num_samples, seed=args.seed, sampler=args.sampler, eta=args.eta,

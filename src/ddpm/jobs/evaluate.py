@@ -158,6 +158,8 @@ def _write_evaluation(
 def _scored_samples(m: Model, request: EvaluationRequest, progress: bool):
     """Draw request.quality.samples samples of the model (timed) and score them."""
     q = request.quality
+    if q.data is None:  # the samples are compared with the data the model is scored on
+        q = dataclasses.replace(q, data=request.data)
     start = time.perf_counter()
     g = seeded_generator(q.seed, m.device)
     with progress_bar(m.T, "sample", "t", enabled=progress) as bar:

@@ -163,6 +163,8 @@ def sample_run(
 def _draw_and_write(model, request, out, device, progress) -> SampleResult:
     dev = pick_device(device)
     m = loaded(model, dev).clipped(request.clip)
+    if request.quality is not None:  # the data the samples are scored against, before drawing
+        m.data_config(request.quality.data)
     if request.steps is not None:
         m = m.respaced(request.steps, request.spacing)
     capture = evenly_spaced_steps(m.T, request.frames) if request.trajectory else ()

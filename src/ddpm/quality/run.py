@@ -37,9 +37,9 @@ def bayes_optimal_samples(model: Model, data: Dataset, n: int, seed: int) -> Ten
 
 
 def score_run_samples(model: Model, samples: Tensor, request: QualityRequest) -> QualityReport:
-    """Scores of samples [n, *shape] drawn from the model (with ``request.seed``), beside its
-    own data, with floors and ceilings."""
-    data = load_dataset(model.data_config())
+    """Scores of samples [n, *shape] drawn from the model (with ``request.seed``), beside the
+    request's data (else the model's own), with floors and ceilings."""
+    data = load_dataset(model.data_config(request.data))
     extra = {}
     if data.density is not None:
         extra[BAYES_OPTIMAL] = bayes_optimal_samples(model, data, len(samples), request.seed)
