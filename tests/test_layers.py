@@ -5,6 +5,9 @@ functions outside the command line only defer a heavy optional dependency."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,23 @@ def test_imports_inside_functions_only_defer_heavy_optional_packages(name, tree)
         return
     inside = [i for i, in_function, _ in _imports(tree) if in_function]
     assert all(i.split(".")[0] in DEFERRED for i in inside), f"{name}: {inside}"
+
+
+def test_every_help_answers_without_loading_torch():
+    """The command line imports the library inside its commands, so `ddpm COMMAND --help`
+    (and a typo in a flag) answers in a tenth of a second, before torch is loaded."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from ddpm.cli.main import main\n"
+        "for command in sys.argv[1:]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([*command.split(), '--help'])\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    commands = ["train", "sample", "evaluate", "report", "theory", "forward", "vae train",
+                "vae evaluate", "vae compare"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, *commands], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert out.stdout.strip() == "[]", out.stdout[:300]

@@ -72,7 +72,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "ddpm.training.presets": ("apply_preset",),
     "ddpm.jobs.vae": ("compare_runs", "evaluate_vae_run"),
     "ddpm.vae.evaluate": ("evaluate_vae",),
-    "ddpm.vae.model": ("Vae", "VaeConfig", "VaeRunConfig"),
+    "ddpm.vae.config": ("VaeConfig", "VaeRunConfig"),
+    "ddpm.vae.model": ("Vae",),
     "ddpm.vae.train": ("load_vae_run", "train_vae"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ddpm.cli.flags import deprecated
 from ddpm.errors import ConfigError
-from ddpm.runs.checkpoint import load_json
 
 SWEEP_N = 300  # examples per (T, variance) of a T-sweep: minutes for T up to 5000 on a CPU
 STEPS_SPELLINGS = (
@@ -556,9 +555,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if request.steps:
         if args.json:
-            doc = load_json(res.json_path)
+            doc = json.loads(res.json_path.read_text())
             if res.quality is not None:
-                doc["quality_steps"] = load_json(res.quality_json_path)["rows"]
+                doc["quality_steps"] = json.loads(res.quality_json_path.read_text())["rows"]
             print(json.dumps(doc, indent=2))
         else:
             n = res.evaluations[0].n

@@ -29,7 +29,7 @@ def add_commands(sub, fmt) -> None:
     from ddpm.cli.flags import deprecated
     from ddpm.cli.main import SPLIT_HELP, _add_config_flags, add_run_folder_flags
     from ddpm.config import DataConfig, TrainConfig
-    from ddpm.vae.model import VaeConfig
+    from ddpm.vae.config import VaeConfig
 
     v = sub.add_parser(
         "vae",
@@ -137,7 +137,7 @@ def config_from_args(args: argparse.Namespace, base=None):
     from ddpm.cli.main import section_overrides
     from ddpm.config import DataConfig, TrainConfig
     from ddpm.errors import ConfigError
-    from ddpm.vae.model import NO_VAL_TIMESTEPS, VaeConfig, VaeRunConfig
+    from ddpm.vae.config import NO_VAL_TIMESTEPS, VaeConfig, VaeRunConfig
 
     if getattr(args, "val_timesteps", None) is not None:
         raise ConfigError(NO_VAL_TIMESTEPS, params=("val_timesteps",))
