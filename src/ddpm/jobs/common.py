@@ -22,7 +22,9 @@ ModelLike = Model | str | Path  # a model, or the folder ``ddpm.load`` reads it 
 def home(model: ModelLike) -> Path | None:
     """The folder a model came from: where its results go unless told otherwise. A model read
     from a checkpoint file (another library's ``CKPT.pt``) writes into ``CKPT_ddpm/`` beside it."""
-    path = model.source.path if isinstance(model, Model) else Path(model)
+    if not isinstance(model, Model):
+        return Path(model)  # a folder to load (a file there is reported by the loader)
+    path = model.source.path
     if path is not None and path.is_file():
         return path.with_name(path.stem + "_ddpm")
     return path
