@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ddpm.data import DataSpec
 from ddpm.errors import CheckpointError, ConfigError
+from ddpm.foreign.network import time_map_of
 from ddpm.memory import FLOAT32, check_fits, check_steps
 from ddpm.model import Model, Source
 from ddpm.process.continuous import ContinuousSchedule
@@ -179,7 +180,7 @@ def diffusion_from_scheduler(
         raise ConfigError(f"{where}: every beta must lie in (0, 1); check the beta settings")
     beta = torch.cat([torch.zeros(1, dtype=torch.float64), betas.double()])
     param = Parameterisation(PREDICTIONS[c["prediction_type"]], VARIANCES[c["variance_type"]])
-    time_map = torch.arange(T + 1, dtype=torch.long) - 1  # step t is diffusers' timestep t - 1
+    time_map = time_map_of("index", T)  # step t is diffusers' timestep t - 1
     r = float(c["clip_sample_range"])
     schedule = NoiseSchedule(beta)
     kind = None if c["trained_betas"] is not None else CONTINUOUS.get(c["beta_schedule"])
