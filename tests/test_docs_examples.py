@@ -2,9 +2,10 @@
 navigation lists every page, the API reference covers the public names, and the generated CLI
 reference lists every visible option of every command.
 
-Each page's ``python`` blocks run in order, as one program, in a fresh interpreter and an empty
-temporary folder, with ``OMP_NUM_THREADS=1`` and ``DDPM_EXAMPLE_STEPS`` set small: examples that
-train read their length from that variable in plain sight (docs/getting-started.md says so). A
+Each page's ``python`` blocks run in order, as one program, in a process of its own (forked with
+torch already imported: tests/forked.py) and an empty temporary folder, with
+``OMP_NUM_THREADS=1`` and ``DDPM_EXAMPLE_STEPS`` set small: examples that train read their
+length from that variable in plain sight (docs/getting-started.md says so). A
 failure names the page and the Markdown line of the block. A block that is not meant to run uses
 another fence (``text``, ``bash``); a fence that looks like Python but is not ``python`` fails.
 """
@@ -17,10 +18,10 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
+import forked
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,25 +110,20 @@ def test_python_examples_run(page, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = {
-        **os.environ,
         "OMP_NUM_THREADS": "1",
         "DDPM_EXAMPLE_STEPS": EXAMPLE_STEPS,
         "MPLBACKEND": "Agg",
         "DDPM_CACHE": str(tmp_path / "cache"),  # a classifier an example trains stays here
-        "PYTHONPATH": os.pathsep.join(
-            p for p in [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")] if p
-        ),
     }
-    env.pop("COVERAGE_PROCESS_START", None)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "driver.py"), _rel(page), str(tmp_path / "blocks.json")],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = forked.script(
+        tmp_path / "driver.py", _rel(page), tmp_path / "blocks.json", cwd=work, env=env
     )
-    assert proc.returncode == 0, f"{_rel(page)}: an example failed\n{proc.stderr[-6000:]}"
+    try:
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert code == 0, f"{_rel(page)}: an example failed\n{proc.stderr()[-6000:]}"
 
 
 # --- the site: navigation, API reference, CLI reference ----------------------------------------

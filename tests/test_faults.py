@@ -12,17 +12,15 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import forked
 import numpy as np
 import pytest
 import torch
 
-import ddpm
 from ddpm.cli.main import main
 from ddpm.runs import folder as rundir
 from ddpm.runs import run as runs
@@ -45,18 +43,12 @@ MOMENTS = {
 }
 
 
-def _env() -> dict[str, str]:
-    src = str(Path(ddpm.__file__).resolve().parents[1])
-    path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+def _start(out: Path, *extra: str) -> forked.Child:
+    """``ddpm train`` as a process of its own (forked ready to run: see tests/forked.py)."""
+    return forked.ddpm("train", "--out", out, *ARGS, *extra, env={"OMP_NUM_THREADS": "1"})
 
 
-def _start(out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ddpm", "train", "--out", str(out), *ARGS, *extra]
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(path: Path, proc: forked.Child, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while not path.exists():
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
@@ -119,7 +111,7 @@ def _logged_lines(out: Path) -> int:
         return 0
 
 
-def _kill_at(proc: subprocess.Popen, out: Path, moment: str, rng: random.Random) -> None:
+def _kill_at(proc: forked.Child, out: Path, moment: str, rng: random.Random) -> None:
     """Wait for the moment, then kill -9 after a random delay."""
     _wait_for(out / runs.CONFIG, proc)
     start, target = _logged_lines(out), None

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-import ddpm
+import forked
+
 from ddpm.progress import LineProgress, progress_bar
 
 # "desc: n/total unit (p%), rate, ETA mm:ss[, postfix]", tqdm's rate being "x unit/s" or "x s/unit"
@@ -97,13 +95,11 @@ def test_a_terminal_gets_a_tqdm_bar():
 
 
 def _ddpm(*args: str | Path) -> str:
-    """Run ``python -m ddpm ARGS`` with stderr to a pipe (not a terminal); its stderr."""
-    src = str(Path(ddpm.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "ddpm", *map(str, args), "--threads", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stderr
+    """Run ``ddpm ARGS`` as a process of its own, stderr to a file (not a terminal); its stderr.
+    The process is forked ready to run (tests/forked.py)."""
+    proc = forked.ddpm(*args, "--threads", "1", env={"OMP_NUM_THREADS": "1"})
+    assert proc.wait() == 0, proc.stderr()[-2000:]
+    return proc.stderr()
 
 
 def _bars(stderr: str) -> Counter:

@@ -12,7 +12,7 @@ import torch
 from ddpm.config import DataConfig
 from ddpm.data import GaussianMixture, load_dataset
 from ddpm.data.toys import gmm8
-from ddpm.quality.coverage import coverage
+from ddpm.quality.coverage import chi2_sf, coverage
 from ddpm.quality.density import density_reference, density_scores
 from ddpm.quality.features import load_or_train_classifier
 from ddpm.quality.fid import frechet_distance, kernel_distance
@@ -85,6 +85,14 @@ def test_chi_square_matches_scipy_and_the_missed_rule():
     assert math.isclose(c.chi2, ref.statistic, rel_tol=1e-12)
     assert math.isclose(c.p_value, ref.pvalue, rel_tol=1e-9)
     assert c.dof == 3 and c.modes_missed == 1  # 15 expected, none seen
+
+
+def test_chi2_survival_function_is_scipys():
+    """Q(k/2, x/2) from torch equals scipy's chi2.sf from the bulk far into the tail."""
+    for dof in (1, 2, 3, 7, 15, 63, 999):
+        for x in (1e-3, 0.5, 1.0, 3.0, 7.0, 20.0, 60.0, 150.0, 400.0, 1500.0):
+            want = scipy.stats.chi2.sf(x, dof)
+            assert math.isclose(chi2_sf(x, dof), want, rel_tol=1e-9, abs_tol=1e-300), (x, dof)
 
 
 def test_samples_between_the_modes_are_counted_as_low_density():
