@@ -62,6 +62,11 @@ def source_names() -> tuple[str, ...]:
     return tuple(name for name, _, _ in SOURCES)
 
 
+def _named_only() -> tuple[str, ...]:
+    """The sources read only when named: checkpoint files, which do not say what they hold."""
+    return tuple(name for name, recognises, _ in SOURCES if recognises is None)
+
+
 def load(
     path: str | Path,
     device: torch.device | str = "cpu",
@@ -88,7 +93,7 @@ def load(
     raise CheckpointError(
         f"{path}: not a ddpm run folder (no config.json) nor a diffusers folder (no "
         "model_index.json); give the folder ddpm train or save_pretrained wrote, or name the "
-        f"library of a checkpoint file with source ({', '.join(source_names()[2:]) or 'none'})",
+        f"library of a checkpoint file with source ({', '.join(_named_only()) or 'none'})",
         params=("source",),
     )
 

@@ -34,7 +34,7 @@ def made_home(model: ModelLike) -> Path | None:
     """``home(model)``, created when it is the folder beside a checkpoint file (a run folder
     must exist already: a missing one is reported by whoever reads it)."""
     folder = home(model)
-    if isinstance(model, Model) and model.source.path is not None and model.source.path.is_file():
+    if isinstance(model, Model) and folder != model.source.path:  # CKPT_ddpm/, not the file
         folder.mkdir(exist_ok=True)
     return folder
 
